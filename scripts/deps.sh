@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs the Debian packages that building, fixtures and tests need. Fast
+# when everything is present: apt runs only for what is missing.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+pkgs=(kmod openssl xz-utils zstd gzip make gcc libc6-dev dpkg-dev ca-certificates time)
+missing=()
+for p in "${pkgs[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+	echo "deps: apt-get install ${missing[*]}" >&2
+	apt-get update -q >/dev/null
+	apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
