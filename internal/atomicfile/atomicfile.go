@@ -1,0 +1,61 @@
+// Package atomicfile replaces files so that readers see either the old or the
+// new content, never a mix, and a crash leaves the old file in place.
+package atomicfile
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+)
+
+// WriteFile replaces path with data: a temporary file in the same folder is
+// written, fsynced, given the old file's mode and owner (or perm for a new
+// file), renamed over path, and the folder is fsynced.
+func WriteFile(path string, data []byte, perm os.FileMode) (err error) {
+	dir := filepath.Dir(path)
+	mode, uid, gid := perm, -1, -1
+	if st, err := os.Stat(path); err == nil {
+		mode = st.Mode().Perm()
+		if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+			uid, gid = int(sys.Uid), int(sys.Gid)
+		}
+	}
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("replace %s: %w", path, err)
+	}
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	if _, err = f.Write(data); err != nil {
+		return fmt.Errorf("replace %s: %w", path, err)
+	}
+	if err = f.Chmod(mode); err != nil {
+		return fmt.Errorf("replace %s: %w", path, err)
+	}
+	if uid >= 0 && (uid != os.Getuid() || gid != os.Getgid()) {
+		if err = f.Chown(uid, gid); err != nil {
+			return fmt.Errorf("replace %s: keep owner: %w", path, err)
+		}
+	}
+	if err = f.Sync(); err != nil {
+		return fmt.Errorf("replace %s: %w", path, err)
+	}
+	if err = f.Close(); err != nil {
+		return fmt.Errorf("replace %s: %w", path, err)
+	}
+	if err = os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("replace %s: %w", path, err)
+	}
+	if d, derr := os.Open(dir); derr == nil {
+		// Makes the rename itself durable.
+		_ = d.Sync()
+		d.Close()
+	}
+	return nil
+}
