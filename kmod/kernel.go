@@ -1,0 +1,745 @@
+package kmod
+
+import (
+	"bufio"
+	"bytes"
+	"debug/elf"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// KernelSymbol is one symbol a target kernel exports to modules.
+type KernelSymbol struct {
+	Name string
+	// CRC is the modversions CRC of the export, when HasCRC.
+	CRC    uint32
+	HasCRC bool
+	// Owner is "vmlinux" or the (normalized) name of the exporting module.
+	Owner string
+	// GPL is set for EXPORT_SYMBOL_GPL exports.
+	GPL bool
+	// Namespace is the symbol namespace (EXPORT_SYMBOL_NS), if any.
+	Namespace string
+}
+
+// Vmlinux is the Owner of symbols exported by the kernel image itself.
+const Vmlinux = "vmlinux"
+
+// Kernel describes a target kernel as far as module loading is concerned:
+// what it exports, which modules it ships and which vermagic it expects.
+// Build one with LoadKernel.
+type Kernel struct {
+	// Release is the kernel release (uname -r), e.g. "6.1.0-56-amd64".
+	Release string
+	// Vermagic is the vermagic string the kernel (and its in-tree modules)
+	// carry, e.g. "6.1.0-56-amd64 SMP preempt mod_unload modversions ".
+	// Empty when unknown.
+	Vermagic string
+	// HasModversions reports CONFIG_MODVERSIONS: the kernel checks the
+	// __versions CRCs of modules against its exports.
+	HasModversions bool
+	// ForceLoad reports CONFIG_MODULE_FORCE_LOAD: modules without vermagic
+	// or __versions load with a taint instead of being refused. Only known
+	// when a kernel config was read (ConfigKnown).
+	ForceLoad bool
+	// AllowMissingNamespaceImports reports
+	// CONFIG_MODULE_ALLOW_MISSING_NAMESPACE_IMPORTS (only a warning then).
+	AllowMissingNamespaceImports bool
+	// ConfigKnown is set when a kernel .config was read.
+	ConfigKnown bool
+	// Machine is the ELF machine of the kernel's modules (0 when unknown).
+	Machine elf.Machine
+	// Exports maps symbol name to export, for vmlinux and in-tree modules.
+	Exports map[string]KernelSymbol
+	// VmlinuxKnown is set when vmlinux's exports were loaded (from a
+	// Module.symvers or a System.map); without them a symbol missing from
+	// Exports may still be exported by vmlinux.
+	VmlinuxKnown bool
+	// Modules maps the normalized name ('-' → '_') of every module the
+	// kernel ships to its file (empty when only known from Module.symvers).
+	Modules map[string]string
+	// Builtin holds the normalized names of modules built into the kernel
+	// image (modules.builtin).
+	Builtin map[string]bool
+	// Sources lists the files and directories the model was built from.
+	Sources []string
+	// Warnings lists inconsistencies found between the sources, e.g. a
+	// Module.symvers CRC that disagrees with the module file's.
+	Warnings []string
+}
+
+// KernelOption adds a source of information to LoadKernel.
+type KernelOption func(*kernelLoader) error
+
+type kernelLoader struct {
+	modulesDirs []string
+	symvers     []string
+	systemMaps  []string
+	headers     []string
+	configs     []string
+	release     string
+}
+
+// WithModulesDir reads a /lib/modules/<release> directory: every *.ko,
+// *.ko.xz, *.ko.zst and *.ko.gz under it (except build/ and source/) is
+// parsed, in parallel, for its name, exports (with CRCs) and vermagic;
+// modules.builtin is read if present, and build/Module.symvers (with the
+// rest of the headers tree) when the build link resolves.
+func WithModulesDir(dir string) KernelOption {
+	return func(l *kernelLoader) error { l.modulesDirs = append(l.modulesDirs, dir); return nil }
+}
+
+// WithSymvers reads a Module.symvers file (exports of vmlinux and modules
+// with their CRCs, export types and namespaces).
+func WithSymvers(path string) KernelOption {
+	return func(l *kernelLoader) error { l.symvers = append(l.symvers, path); return nil }
+}
+
+// WithSystemMap reads a System.map: each __ksymtab_<name> symbol is an
+// export of vmlinux (GPL-only when it lies between __start___ksymtab_gpl and
+// __stop___ksymtab_gpl). __crc_<name> symbols give CRCs only when absolute
+// (type A, kernels before 5.19); since 5.19 they are addresses of the CRC
+// in __kcrctab, so a modern System.map carries no CRCs. A System.map never
+// tells namespaces.
+func WithSystemMap(path string) KernelOption {
+	return func(l *kernelLoader) error { l.systemMaps = append(l.systemMaps, path); return nil }
+}
+
+// WithHeaders reads a kernel headers/build tree (e.g.
+// /usr/src/linux-headers-<release>): its Module.symvers, the release from
+// include/generated/utsrelease.h (else include/config/kernel.release) and
+// the .config, from which the vermagic is derived the way
+// include/linux/vermagic.h builds it.
+func WithHeaders(dir string) KernelOption {
+	return func(l *kernelLoader) error { l.headers = append(l.headers, dir); return nil }
+}
+
+// WithConfig reads a kernel .config (e.g. /boot/config-<release>) for
+// CONFIG_MODVERSIONS, CONFIG_MODULE_FORCE_LOAD and the vermagic flags.
+func WithConfig(path string) KernelOption {
+	return func(l *kernelLoader) error { l.configs = append(l.configs, path); return nil }
+}
+
+// WithRelease sets the kernel release, overriding what the sources say.
+func WithRelease(release string) KernelOption {
+	return func(l *kernelLoader) error {
+		if release == "" || strings.ContainsAny(release, " \t\n") {
+			return fmt.Errorf("bad kernel release %q", release)
+		}
+		l.release = release
+		return nil
+	}
+}
+
+// kernelBuild accumulates the sources before LoadKernel settles the model.
+type kernelBuild struct {
+	k *Kernel
+	// src remembers where each export came from, for warnings.
+	src map[string]string
+	// config is the merged kernel config (nil when none was read).
+	config map[string]string
+	// releases and vermagics found, by source, in priority order.
+	utsRelease, fileRelease, dirRelease string
+	vermagicSample                      string
+	// randstructHash from a headers tree, when present.
+	randstructHash string
+	headersDirs    []string
+}
+
+// LoadKernel builds a Kernel from the given sources. At least one option is
+// required. Sources are merged: module files are authoritative for the
+// exports of modules, Module.symvers for vmlinux (with GPL and namespace
+// information), a System.map only adds vmlinux exports not known otherwise.
+func LoadKernel(opts ...KernelOption) (*Kernel, error) {
+	l := &kernelLoader{}
+	for _, o := range opts {
+		if err := o(l); err != nil {
+			return nil, err
+		}
+	}
+	if len(l.modulesDirs)+len(l.symvers)+len(l.systemMaps)+len(l.headers)+len(l.configs) == 0 {
+		return nil, errors.New("LoadKernel: no source given (WithModulesDir, WithHeaders, WithSymvers, WithSystemMap or WithConfig)")
+	}
+	b := &kernelBuild{
+		k: &Kernel{
+			Exports: map[string]KernelSymbol{},
+			Modules: map[string]string{},
+			Builtin: map[string]bool{},
+		},
+		src: map[string]string{},
+	}
+	for _, dir := range l.headers {
+		if err := b.loadHeaders(dir, true); err != nil {
+			return nil, err
+		}
+	}
+	for _, p := range l.configs {
+		if err := b.loadConfig(p); err != nil {
+			return nil, err
+		}
+	}
+	for _, p := range l.symvers {
+		if err := b.loadSymvers(p); err != nil {
+			return nil, err
+		}
+	}
+	for _, p := range l.systemMaps {
+		if err := b.loadSystemMap(p); err != nil {
+			return nil, err
+		}
+	}
+	for _, dir := range l.modulesDirs {
+		if err := b.loadModulesDir(dir); err != nil {
+			return nil, err
+		}
+	}
+	if err := b.finish(l.release); err != nil {
+		return nil, err
+	}
+	return b.k, nil
+}
+
+// normalizeModName is the kernel's module name form: '-' becomes '_'.
+func normalizeModName(s string) string { return strings.ReplaceAll(s, "-", "_") }
+
+// modNameFromPath turns "drivers/net/foo-bar" or "foo-bar.ko.xz" into "foo_bar".
+func modNameFromPath(p string) string {
+	base := filepath.Base(p)
+	if i := strings.Index(base, ".ko"); i >= 0 {
+		base = base[:i]
+	}
+	return normalizeModName(base)
+}
+
+func (b *kernelBuild) warnf(format string, args ...any) {
+	b.k.Warnings = append(b.k.Warnings, fmt.Sprintf(format, args...))
+}
+
+// addExport merges one export; override says whether it replaces an
+// existing entry (true for module files and Module.symvers).
+func (b *kernelBuild) addExport(s KernelSymbol, source string, override bool) {
+	old, ok := b.k.Exports[s.Name]
+	if ok {
+		if old.HasCRC && s.HasCRC && old.CRC != s.CRC && old.Owner == s.Owner {
+			b.warnf("%s and %s disagree about the CRC of %s: 0x%08x vs 0x%08x",
+				b.src[s.Name], source, s.Name, old.CRC, s.CRC)
+		}
+		if !override {
+			if !old.HasCRC && s.HasCRC && old.Owner == s.Owner {
+				old.CRC, old.HasCRC = s.CRC, true
+				b.k.Exports[s.Name] = old
+			}
+			return
+		}
+		if !s.HasCRC && old.HasCRC && old.Owner == s.Owner {
+			s.CRC, s.HasCRC = old.CRC, true
+		}
+		if s.Namespace == "" && old.Owner == s.Owner {
+			s.Namespace = old.Namespace
+		}
+	}
+	b.k.Exports[s.Name] = s
+	b.src[s.Name] = source
+}
+
+// loadSymvers reads a Module.symvers. Rows are tab-separated:
+//
+//	0x%08x  symbol  module|vmlinux  EXPORT_SYMBOL[_GPL]  namespace   (5.10+)
+//	0x%08x  symbol  namespace  module  EXPORT_SYMBOL[_GPL]          (5.4–5.9)
+//	0x%08x  symbol  module  EXPORT_SYMBOL[_GPL]                     (older)
+func (b *kernelBuild) loadSymvers(path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	syms, err := parseSymvers(path, data)
+	if err != nil {
+		return err
+	}
+	b.k.Sources = append(b.k.Sources, path)
+	for _, s := range syms {
+		if s.Owner == Vmlinux {
+			b.k.VmlinuxKnown = true
+		} else if _, ok := b.k.Modules[s.Owner]; !ok {
+			b.k.Modules[s.Owner] = ""
+		}
+		b.addExport(s, path, true)
+	}
+	return nil
+}
+
+func parseSymvers(path string, data []byte) ([]KernelSymbol, error) {
+	var syms []KernelSymbol
+	line := 0
+	for len(data) > 0 {
+		var text []byte
+		if i := bytes.IndexByte(data, '\n'); i >= 0 {
+			text, data = data[:i], data[i+1:]
+		} else {
+			text, data = data, nil
+		}
+		line++
+		s := strings.TrimSuffix(string(text), "\r")
+		if strings.TrimSpace(s) == "" {
+			continue
+		}
+		f := strings.Split(s, "\t")
+		if len(f) < 4 || len(f) > 5 {
+			return nil, fmt.Errorf("%s:%d: expected 4 or 5 tab-separated fields (CRC, symbol, module, export type, namespace), got %d", path, line, len(f))
+		}
+		var crcStr, name, owner, typ, ns string
+		switch {
+		case strings.HasPrefix(f[3], "EXPORT_"):
+			crcStr, name, owner, typ = f[0], f[1], f[2], f[3]
+			if len(f) == 5 {
+				ns = f[4]
+			}
+		case len(f) == 5 && strings.HasPrefix(f[4], "EXPORT_"):
+			crcStr, name, ns, owner, typ = f[0], f[1], f[2], f[3], f[4]
+		default:
+			return nil, fmt.Errorf("%s:%d: bad export type %q (want EXPORT_SYMBOL...)", path, line, f[3])
+		}
+		if !strings.HasPrefix(crcStr, "0x") && !strings.HasPrefix(crcStr, "0X") {
+			return nil, fmt.Errorf("%s:%d: bad CRC %q", path, line, crcStr)
+		}
+		crc, err := strconv.ParseUint(crcStr[2:], 16, 32)
+		if err != nil {
+			return nil, fmt.Errorf("%s:%d: bad CRC %q", path, line, crcStr)
+		}
+		if name == "" || strings.ContainsAny(name, " ") {
+			return nil, fmt.Errorf("%s:%d: bad symbol name %q", path, line, name)
+		}
+		if owner == "" {
+			return nil, fmt.Errorf("%s:%d: empty module field for symbol %s", path, line, name)
+		}
+		if owner != Vmlinux {
+			owner = modNameFromPath(owner)
+		}
+		syms = append(syms, KernelSymbol{
+			Name:      name,
+			CRC:       uint32(crc),
+			HasCRC:    true,
+			Owner:     owner,
+			GPL:       typ == "EXPORT_SYMBOL_GPL",
+			Namespace: ns,
+		})
+	}
+	// Without CONFIG_MODVERSIONS modpost writes 0x00000000 everywhere.
+	allZero := true
+	for _, s := range syms {
+		if s.CRC != 0 {
+			allZero = false
+			break
+		}
+	}
+	if allZero {
+		for i := range syms {
+			syms[i].HasCRC = false
+		}
+	}
+	return syms, nil
+}
+
+// loadSystemMap reads a System.map (nm output: "address type name").
+func (b *kernelBuild) loadSystemMap(path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	syms, err := parseSystemMap(path, data)
+	if err != nil {
+		return err
+	}
+	b.k.Sources = append(b.k.Sources, path)
+	b.k.VmlinuxKnown = true
+	for _, s := range syms {
+		b.addExport(s, path, false)
+	}
+	return nil
+}
+
+func parseSystemMap(path string, data []byte) ([]KernelSymbol, error) {
+	ksymtab := map[string]uint64{}
+	crcs := map[string]uint64{}
+	markers := map[string]uint64{}
+	line := 0
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(make([]byte, 0, 64*1024), 1<<20)
+	for sc.Scan() {
+		line++
+		s := sc.Text()
+		if line == 1 && strings.Contains(s, "The real System.map is in") {
+			// Debian's linux-image packages ship this one-line stand-in.
+			return nil, fmt.Errorf("%s: placeholder System.map without symbols (%q)", path, strings.TrimSpace(s))
+		}
+		if strings.TrimSpace(s) == "" {
+			continue
+		}
+		f := strings.Fields(s)
+		if len(f) < 3 || len(f) > 4 {
+			return nil, fmt.Errorf("%s:%d: expected \"address type name\", got %q", path, line, s)
+		}
+		addr, err := strconv.ParseUint(f[0], 16, 64)
+		if err != nil {
+			return nil, fmt.Errorf("%s:%d: bad address %q", path, line, f[0])
+		}
+		if len(f[1]) != 1 {
+			return nil, fmt.Errorf("%s:%d: bad symbol type %q", path, line, f[1])
+		}
+		if len(f) == 4 {
+			// /proc/kallsyms style "[module]" column: not vmlinux.
+			continue
+		}
+		name, typ := f[2], f[1][0]
+		switch {
+		case strings.HasPrefix(name, "__start___ksymtab"), strings.HasPrefix(name, "__stop___ksymtab"):
+			markers[name] = addr
+		case strings.HasPrefix(name, "__ksymtab_"):
+			ksymtab[name[len("__ksymtab_"):]] = addr
+		case strings.HasPrefix(name, "__crc_"):
+			if typ == 'A' || typ == 'a' {
+				crcs[name[len("__crc_"):]] = addr
+			}
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("%s:%d: %v", path, line+1, err)
+	}
+	if len(ksymtab) == 0 {
+		return nil, fmt.Errorf("%s: no exported symbols (__ksymtab_*) found", path)
+	}
+	inRange := func(a uint64, start, stop string) (bool, bool) {
+		lo, ok1 := markers[start]
+		hi, ok2 := markers[stop]
+		if !ok1 || !ok2 {
+			return false, false
+		}
+		return a >= lo && a < hi, true
+	}
+	var syms []KernelSymbol
+	for name, addr := range ksymtab {
+		gpl, gplKnown := inRange(addr, "__start___ksymtab_gpl", "__stop___ksymtab_gpl")
+		plain, plainKnown := inRange(addr, "__start___ksymtab", "__stop___ksymtab")
+		if gplKnown && plainKnown && !gpl && !plain {
+			// __ksymtab_* names outside the export tables are not exports
+			// (e.g. section markers of other tables).
+			continue
+		}
+		s := KernelSymbol{Name: name, Owner: Vmlinux, GPL: gpl}
+		if c, ok := crcs[name]; ok && c <= 0xffffffff {
+			s.CRC, s.HasCRC = uint32(c), true
+		}
+		syms = append(syms, s)
+	}
+	sort.Slice(syms, func(i, j int) bool { return syms[i].Name < syms[j].Name })
+	return syms, nil
+}
+
+// loadHeaders reads a headers/build tree. strict requires the .config too.
+func (b *kernelBuild) loadHeaders(dir string, strict bool) error {
+	if err := b.loadSymvers(filepath.Join(dir, "Module.symvers")); err != nil {
+		return fmt.Errorf("headers %s: %w", dir, err)
+	}
+	if data, err := os.ReadFile(filepath.Join(dir, "include/generated/utsrelease.h")); err == nil {
+		rel, err := parseUTSRelease(data)
+		if err != nil {
+			return fmt.Errorf("%s: %v", filepath.Join(dir, "include/generated/utsrelease.h"), err)
+		}
+		b.utsRelease = rel
+	}
+	if data, err := os.ReadFile(filepath.Join(dir, "include/config/kernel.release")); err == nil {
+		b.fileRelease = strings.TrimSpace(string(data))
+	}
+	cfg := filepath.Join(dir, ".config")
+	if _, err := os.Stat(cfg); err != nil {
+		cfg = filepath.Join(dir, "include/config/auto.conf")
+	}
+	if err := b.loadConfig(cfg); err != nil {
+		if strict {
+			return fmt.Errorf("headers %s: %w", dir, err)
+		}
+		b.warnf("headers %s: %v", dir, err)
+	}
+	if data, err := os.ReadFile(filepath.Join(dir, "include/generated/randstruct_hash.h")); err == nil {
+		for _, ln := range strings.Split(string(data), "\n") {
+			f := strings.Fields(ln)
+			if len(f) == 3 && f[0] == "#define" && f[1] == "RANDSTRUCT_HASHED_SEED" {
+				b.randstructHash = strings.Trim(f[2], "\"")
+			}
+		}
+	}
+	b.headersDirs = append(b.headersDirs, dir)
+	return nil
+}
+
+func parseUTSRelease(data []byte) (string, error) {
+	for _, ln := range strings.Split(string(data), "\n") {
+		f := strings.Fields(ln)
+		if len(f) >= 3 && f[0] == "#define" && f[1] == "UTS_RELEASE" {
+			v := strings.Join(f[2:], " ")
+			if len(v) < 2 || v[0] != '"' || v[len(v)-1] != '"' {
+				return "", fmt.Errorf("bad UTS_RELEASE %s", v)
+			}
+			return v[1 : len(v)-1], nil
+		}
+	}
+	return "", errors.New("no UTS_RELEASE definition")
+}
+
+// loadConfig reads a kernel .config; later files override earlier ones.
+func (b *kernelBuild) loadConfig(path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	cfg, err := parseKernelConfig(path, data)
+	if err != nil {
+		return err
+	}
+	if b.config == nil {
+		b.config = map[string]string{}
+	}
+	for k, v := range cfg {
+		b.config[k] = v
+	}
+	b.k.Sources = append(b.k.Sources, path)
+	return nil
+}
+
+// parseKernelConfig parses CONFIG_X=value lines ("# CONFIG_X is not set"
+// and other comments are skipped); values keep their quotes stripped.
+func parseKernelConfig(path string, data []byte) (map[string]string, error) {
+	cfg := map[string]string{}
+	for i, ln := range strings.Split(string(data), "\n") {
+		ln = strings.TrimSpace(strings.TrimSuffix(ln, "\r"))
+		if ln == "" || ln[0] == '#' {
+			continue
+		}
+		k, v, ok := strings.Cut(ln, "=")
+		if !ok || !strings.HasPrefix(k, "CONFIG_") || len(k) == len("CONFIG_") {
+			return nil, fmt.Errorf("%s:%d: expected CONFIG_NAME=value, got %q", path, i+1, ln)
+		}
+		if strings.HasPrefix(v, "\"") {
+			if len(v) < 2 || !strings.HasSuffix(v, "\"") {
+				return nil, fmt.Errorf("%s:%d: unterminated string value for %s", path, i+1, k)
+			}
+			v = v[1 : len(v)-1]
+		}
+		cfg[k] = v
+	}
+	return cfg, nil
+}
+
+// configVermagicFlags returns what follows "<release> " in VERMAGIC_STRING
+// for the config (include/linux/vermagic.h, arch/*/include/asm/vermagic.h).
+func configVermagicFlags(cfg map[string]string, randstructHash string) (string, error) {
+	on := func(k string) bool { v := cfg["CONFIG_"+k]; return v == "y" || v == "m" }
+	var sb strings.Builder
+	if on("SMP") {
+		sb.WriteString("SMP ")
+	}
+	switch {
+	case on("PREEMPT_BUILD"):
+		sb.WriteString("preempt ")
+	case on("PREEMPT_RT"):
+		sb.WriteString("preempt_rt ")
+	}
+	if on("MODULE_UNLOAD") {
+		sb.WriteString("mod_unload ")
+	}
+	if on("MODVERSIONS") {
+		sb.WriteString("modversions ")
+	}
+	arch, err := archVermagic(cfg, on)
+	if err != nil {
+		return "", err
+	}
+	sb.WriteString(arch)
+	if on("RANDSTRUCT_FULL") || on("RANDSTRUCT_PERFORMANCE") || on("GCC_PLUGIN_RANDSTRUCT") {
+		if randstructHash == "" {
+			return "", errors.New("CONFIG_RANDSTRUCT is set but include/generated/randstruct_hash.h is missing")
+		}
+		sb.WriteString("RANDSTRUCT_" + randstructHash)
+	}
+	return sb.String(), nil
+}
+
+var x86Families = []struct{ config, family string }{
+	{"M486SX", "486SX "}, {"M486", "486 "}, {"M586", "586 "}, {"M586TSC", "586TSC "},
+	{"M586MMX", "586MMX "}, {"MCORE2", "CORE2 "}, {"MATOM", "ATOM "}, {"M686", "686 "},
+	{"MPENTIUMII", "PENTIUMII "}, {"MPENTIUMIII", "PENTIUMIII "}, {"MPENTIUMM", "PENTIUMM "},
+	{"MPENTIUM4", "PENTIUM4 "}, {"MK6", "K6 "}, {"MK7", "K7 "}, {"MK8", "K8 "},
+	{"MELAN", "ELAN "}, {"MCRUSOE", "CRUSOE "}, {"MEFFICEON", "EFFICEON "},
+	{"MWINCHIPC6", "WINCHIPC6 "}, {"MWINCHIP3D", "WINCHIP3D "}, {"MCYRIXIII", "CYRIXIII "},
+	{"MVIAC3_2", "VIAC3-2 "}, {"MVIAC7", "VIAC7 "}, {"MGEODEGX1", "GEODEGX1 "}, {"MGEODE_LX", "GEODE "},
+}
+
+func archVermagic(cfg map[string]string, on func(string) bool) (string, error) {
+	switch {
+	case on("X86_64"):
+		return "", nil
+	case on("X86_32"):
+		for _, f := range x86Families {
+			if on(f.config) {
+				return f.family, nil
+			}
+		}
+		return "", errors.New("x86_32 config without a known processor family")
+	case on("ARM64"):
+		return "aarch64", nil
+	case on("RISCV"):
+		return "riscv", nil
+	case on("PPC"):
+		s := ""
+		if on("MPROFILE_KERNEL") {
+			s += "mprofile-kernel "
+		}
+		if on("RELOCATABLE") {
+			s += "relocatable "
+		}
+		return s, nil
+	}
+	return "", errors.New("cannot derive the architecture part of vermagic from this config (supported: x86, arm64, riscv, powerpc)")
+}
+
+func configMachine(cfg map[string]string) elf.Machine {
+	on := func(k string) bool { return cfg["CONFIG_"+k] == "y" }
+	switch {
+	case on("X86_64"):
+		return elf.EM_X86_64
+	case on("X86_32"):
+		return elf.EM_386
+	case on("ARM64"):
+		return elf.EM_AARCH64
+	case on("ARM"):
+		return elf.EM_ARM
+	case on("RISCV"):
+		return elf.EM_RISCV
+	case on("PPC64"):
+		return elf.EM_PPC64
+	case on("PPC32"):
+		return elf.EM_PPC
+	case on("S390"):
+		return elf.EM_S390
+	}
+	return 0
+}
+
+// readModulesBuiltin reads modules.builtin ("kernel/path/name.ko" lines).
+func (b *kernelBuild) readModulesBuiltin(path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	for i, ln := range strings.Split(string(data), "\n") {
+		ln = strings.TrimSpace(ln)
+		if ln == "" {
+			continue
+		}
+		if !strings.HasSuffix(ln, ".ko") {
+			return fmt.Errorf("%s:%d: expected a .ko path, got %q", path, i+1, ln)
+		}
+		b.k.Builtin[modNameFromPath(ln)] = true
+	}
+	b.k.Sources = append(b.k.Sources, path)
+	return nil
+}
+
+// finish settles release, vermagic and modversions from what was read.
+func (b *kernelBuild) finish(release string) error {
+	k := b.k
+	sampleRelease, _, _ := strings.Cut(b.vermagicSample, " ")
+	switch {
+	case release != "":
+		k.Release = release
+	case b.utsRelease != "":
+		k.Release = b.utsRelease
+	case sampleRelease != "":
+		k.Release = sampleRelease
+	case b.dirRelease != "":
+		k.Release = b.dirRelease
+	default:
+		k.Release = b.fileRelease
+	}
+	if b.config != nil {
+		k.ConfigKnown = true
+		on := func(n string) bool { return b.config["CONFIG_"+n] == "y" }
+		k.HasModversions = on("MODVERSIONS")
+		k.ForceLoad = on("MODULE_FORCE_LOAD")
+		k.AllowMissingNamespaceImports = on("MODULE_ALLOW_MISSING_NAMESPACE_IMPORTS")
+		if k.Machine == 0 {
+			k.Machine = configMachine(b.config)
+		}
+	}
+	var computed string
+	if b.config != nil && k.Release != "" {
+		flags, err := configVermagicFlags(b.config, b.randstructHash)
+		if err != nil {
+			b.warnf("vermagic not derived from the config: %v", err)
+		} else {
+			computed = k.Release + " " + flags
+		}
+	}
+	switch {
+	case b.vermagicSample != "":
+		k.Vermagic = b.vermagicSample
+		if release != "" && sampleRelease != release {
+			_, flags, _ := strings.Cut(b.vermagicSample, " ")
+			k.Vermagic = release + " " + flags
+		}
+		if computed != "" && computed != k.Vermagic {
+			b.warnf("vermagic derived from the config %q differs from the modules' %q", computed, k.Vermagic)
+		}
+	default:
+		k.Vermagic = computed
+	}
+	if b.config == nil {
+		if k.Vermagic != "" {
+			k.HasModversions = vermagicHasFlag(k.Vermagic, "modversions")
+		} else {
+			for _, s := range k.Exports {
+				if s.HasCRC {
+					k.HasModversions = true
+					break
+				}
+			}
+		}
+	}
+	if b.utsRelease != "" && b.fileRelease != "" && b.utsRelease != b.fileRelease {
+		// Debian's headers hold the upstream version (6.1.192) in
+		// include/config/kernel.release, but UTS_RELEASE is the ABI name.
+		k.Sources = append(k.Sources, fmt.Sprintf("(include/config/kernel.release says %q, UTS_RELEASE %q: using UTS_RELEASE)", b.fileRelease, b.utsRelease))
+	}
+	if !k.HasModversions {
+		for n, s := range k.Exports {
+			s.CRC, s.HasCRC = 0, false
+			k.Exports[n] = s
+		}
+	}
+	return nil
+}
+
+// vermagicHasFlag reports whether the vermagic (after the release word)
+// contains the flag word.
+func vermagicHasFlag(vermagic, flag string) bool {
+	f := strings.Fields(vermagic)
+	for _, w := range f[min(1, len(f)):] {
+		if w == flag {
+			return true
+		}
+	}
+	return false
+}
+
+// loadModulesDir reads a /lib/modules/<release> tree.
+func (b *kernelBuild) loadModulesDir(dir string) error {
+	return errors.New("WithModulesDir: not implemented yet")
+}
