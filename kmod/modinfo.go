@@ -1,0 +1,112 @@
+package kmod
+
+import (
+	"encoding/hex"
+	"strings"
+)
+
+// ModinfoFields returns the key/value lines that kmod's `modinfo FILE`
+// (kmod 30) prints after its "filename:" line, in the same order:
+//
+//   - every .modinfo string in section order (see Info), except parm and
+//     parmtype, keys without '=' with an empty value;
+//   - then, for a module signed with a PKCS#7 signature whose first signer
+//     is identified by issuer and serial number, sig_id ("PKCS#7"), signer
+//     (issuer commonName), sig_key (serial), sig_hashalgo and signature,
+//     the last two bytes values as colon-separated uppercase hex (modinfo
+//     wraps signature over several lines; here it is one value);
+//   - last, one "parm" line per parameter name, merging its parm
+//     (description) and parmtype strings: "name:desc (type)", "name:desc"
+//     or "name:type"; a later string for the same name replaces an earlier
+//     one, and the parameters come in reverse order of their first
+//     appearance. parm/parmtype strings without ':' are dropped (modinfo
+//     prints an error for them).
+func (m *Module) ModinfoFields() []Field {
+	out := make([]Field, 0, len(m.Info)+5)
+	type param struct {
+		name, desc, typ  string
+		hasDesc, hasType bool
+	}
+	var params []param
+	var index map[string]int
+	for _, f := range m.Info {
+		isDesc := f.Key == "parm"
+		if !isDesc && f.Key != "parmtype" {
+			out = append(out, f)
+			continue
+		}
+		name, val, ok := strings.Cut(f.Value, ":")
+		if !ok {
+			continue
+		}
+		if index == nil {
+			index = make(map[string]int)
+		}
+		i, seen := index[name]
+		if !seen {
+			i = len(params)
+			index[name] = i
+			params = append(params, param{name: name})
+		}
+		if isDesc {
+			params[i].desc, params[i].hasDesc = val, true
+		} else {
+			params[i].typ, params[i].hasType = val, true
+		}
+	}
+	out = append(out, m.signatureFields()...)
+	for i := len(params) - 1; i >= 0; i-- {
+		p := params[i]
+		var v string
+		switch {
+		case !p.hasDesc:
+			v = p.name + ":" + p.typ
+		case p.hasType:
+			v = p.name + ":" + p.desc + " (" + p.typ + ")"
+		default:
+			v = p.name + ":" + p.desc
+		}
+		out = append(out, Field{Key: "parm", Value: v})
+	}
+	return out
+}
+
+// signatureFields are modinfo's sig_* lines, which kmod derives from the
+// first SignerInfo. kmod 30 prints none when OpenSSL cannot give it an
+// issuer and serial number, as for a signer identified by subject key id
+// (sign-file -k).
+func (m *Module) signatureFields() []Field {
+	s := m.Signature
+	if s == nil || len(s.Signers) == 0 {
+		return nil
+	}
+	si := s.Signers[0]
+	if si.Serial == nil || si.SubjectKeyID != nil {
+		return nil
+	}
+	return []Field{
+		{Key: "sig_id", Value: "PKCS#7"},
+		{Key: "signer", Value: si.IssuerCN},
+		{Key: "sig_key", Value: colonHex(si.Serial.Bytes())},
+		{Key: "sig_hashalgo", Value: si.HashName},
+		{Key: "signature", Value: colonHex(si.SignatureBytes)},
+	}
+}
+
+// colonHex formats b as "AB:CD:...", the way modinfo prints keys and
+// signatures.
+func colonHex(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	var sb strings.Builder
+	sb.Grow(3*len(b) - 1)
+	h := strings.ToUpper(hex.EncodeToString(b))
+	for i := 0; i < len(h); i += 2 {
+		if i > 0 {
+			sb.WriteByte(':')
+		}
+		sb.WriteString(h[i : i+2])
+	}
+	return sb.String()
+}

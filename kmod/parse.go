@@ -1,0 +1,597 @@
+package kmod
+
+import (
+	"bytes"
+	"debug/elf"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"os"
+	"slices"
+	"strings"
+
+	"github.com/kmodctl/packer-plugin-kmod/internal/compress"
+	"github.com/kmodctl/packer-plugin-kmod/kmod/modsig"
+)
+
+// MaxModuleSize bounds the size of a module, after decompression: larger
+// input is refused (ErrTooLarge) rather than read into memory. The largest
+// in-tree module of a distribution kernel (amdgpu.ko) is about 20 MiB.
+const MaxModuleSize = 256 << 20
+
+// Errors of Parse and ParseFile; the returned errors wrap them with detail.
+var (
+	// ErrEmpty: the input has no bytes at all.
+	ErrEmpty = errors.New("empty file")
+	// ErrTruncated: the ELF header, section header table or a section
+	// extends past the end of the file (or of the module content, before
+	// the signature).
+	ErrTruncated = errors.New("truncated ELF")
+	// ErrMalformed: the ELF structures are inconsistent.
+	ErrMalformed = errors.New("malformed ELF")
+	// ErrNoModinfo: the ELF object has no .modinfo section, so it is no
+	// kernel module.
+	ErrNoModinfo = errors.New("missing .modinfo section")
+	// ErrCorruptCompressed: the input starts with a gzip/xz/zstd magic but
+	// does not decompress.
+	ErrCorruptCompressed = errors.New("corrupt compressed module")
+	// ErrTooLarge: the (decompressed) module exceeds MaxModuleSize.
+	ErrTooLarge = errors.New("module too large")
+	// ErrBadSignature wraps the error of modsig.Split for a module whose
+	// signature trailer is inconsistent.
+	ErrBadSignature = errors.New("bad module signature trailer")
+)
+
+// Parse parses a kernel module held in memory: a plain .ko or one
+// compressed with gzip, xz or zstd (detected by magic). The Module keeps no
+// reference to data.
+func Parse(data []byte) (*Module, error) {
+	if len(data) == 0 {
+		return nil, ErrEmpty
+	}
+	m := &Module{Compression: compress.Detect(data)}
+	if m.Compression != compress.None {
+		var err error
+		if data, err = decompressModule(data, m.Compression); err != nil {
+			return nil, err
+		}
+	} else if len(data) > MaxModuleSize {
+		return nil, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, len(data), MaxModuleSize)
+	}
+	if err := m.parseDecompressed(memSource(data), data, uint64(len(data)), 0); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// ParseFile parses the module at path like Parse and records the path. An
+// uncompressed file is not read whole: only the ELF header, the section
+// headers, the sections the Module needs and the signature are read.
+// Errors name the path.
+func ParseFile(path string) (*Module, error) {
+	m, err := parseFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	m.Path = path
+	return m, nil
+}
+
+func parseFile(path string) (*Module, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("not a regular file (%v)", st.Mode().Type())
+	}
+	size := st.Size()
+	if size == 0 {
+		return nil, ErrEmpty
+	}
+	if size > MaxModuleSize {
+		return nil, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, size, MaxModuleSize)
+	}
+	fs := &fileSource{f: f, size: uint64(size)}
+	head, err := fs.readCached(0, min(uint64(size), 64), &fs.head, &fs.headOff)
+	if err != nil {
+		return nil, err
+	}
+	m := &Module{Compression: compress.Detect(head)}
+	if m.Compression != compress.None {
+		raw := make([]byte, size)
+		if _, err := f.ReadAt(raw, 0); err != nil {
+			return nil, fmt.Errorf("read: %w", err)
+		}
+		data, err := decompressModule(raw, m.Compression)
+		if err != nil {
+			return nil, err
+		}
+		if err := m.parseDecompressed(memSource(data), data, uint64(len(data)), 0); err != nil {
+			return nil, err
+		}
+		return m, nil
+	}
+	// The signature sits at the end; read a tail that holds it (and, most
+	// of the time, the section headers and name table just before it).
+	tailLen := min(uint64(size), fileTailRead)
+	tail, err := fs.readCached(uint64(size)-tailLen, tailLen, &fs.tail, &fs.tailOff)
+	if err != nil {
+		return nil, err
+	}
+	if need := sigTailLen(tail); need > tailLen {
+		tailLen = min(uint64(size), need)
+		if tail, err = fs.readCached(uint64(size)-tailLen, tailLen, &fs.tail, &fs.tailOff); err != nil {
+			return nil, err
+		}
+	}
+	if err := m.parseDecompressed(fs, tail, uint64(size), uint64(size)-tailLen); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// fileTailRead is how much of a file's end ParseFile reads first.
+const fileTailRead = 16 << 10
+
+// sigTailSlack is how many bytes before a signature the part of the module
+// handed to modsig.Split includes.
+const sigTailSlack = 4096
+
+// sigTailLen is the length of the file tail that holds the whole signature
+// announced by the trailer at the end of tail (plus some slack), or 0 when
+// tail does not end with the signature magic.
+func sigTailLen(tail []byte) uint64 {
+	const trailer = modsigTrailerSize + len(modsig.Magic)
+	if len(tail) < trailer || string(tail[len(tail)-len(modsig.Magic):]) != modsig.Magic {
+		return 0
+	}
+	b := tail[len(tail)-trailer:]
+	sigLen := uint64(b[8])<<24 | uint64(b[9])<<16 | uint64(b[10])<<8 | uint64(b[11])
+	return sigLen + uint64(trailer) + sigTailSlack
+}
+
+// modsigTrailerSize is the size of struct module_signature.
+const modsigTrailerSize = 12
+
+func decompressModule(data []byte, f compress.Format) ([]byte, error) {
+	out, err := compress.Decompress(data, f, MaxModuleSize)
+	if errors.Is(err, compress.ErrTooLarge) {
+		return nil, fmt.Errorf("%w: %s data decompresses to more than %d bytes", ErrTooLarge, f, MaxModuleSize)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w (%s): %w", ErrCorruptCompressed, f, err)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%w: %s data decompresses to nothing", ErrEmpty, f)
+	}
+	return out, nil
+}
+
+// parseDecompressed fills m from a decompressed module of size bytes read
+// through src. tail holds the module's last bytes, starting at tailOff.
+func (m *Module) parseDecompressed(src source, tail []byte, size, tailOff uint64) error {
+	m.Size = int(size)
+	content, sig, err := modsig.Split(tail)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrBadSignature, err)
+	}
+	contentSize := tailOff + uint64(len(content))
+	m.ContentSize = int(contentSize)
+	end := "end of file"
+	if sig != nil {
+		m.Signature = cloneSignature(sig)
+		end = "end of module content (before the signature)"
+	} else if contentSize != size {
+		end = "end of module content"
+	}
+	return m.parseELF(src, contentSize, end)
+}
+
+// cloneSignature copies a signature so that it no longer aliases the
+// module's bytes.
+func cloneSignature(s *modsig.Signature) *modsig.Signature {
+	c := *s
+	c.Raw = bytes.Clone(s.Raw)
+	c.Signers = slices.Clone(s.Signers)
+	for i := range c.Signers {
+		si := &c.Signers[i]
+		si.IssuerRaw = bytes.Clone(si.IssuerRaw)
+		si.IssuerCN = strings.Clone(si.IssuerCN)
+		si.SubjectKeyID = bytes.Clone(si.SubjectKeyID)
+		si.SignatureBytes = bytes.Clone(si.SignatureBytes)
+		if si.Serial != nil {
+			si.Serial = new(big.Int).Set(si.Serial)
+		}
+	}
+	return &c
+}
+
+// Kinds of sections the symbol pass cares about.
+const (
+	secOther uint8 = iota
+	secKsymtab
+	secKsymtabGPL
+)
+
+// ksymtabKind classifies a section name: __ksymtab, __ksymtab_gpl, or the
+// per-symbol ___ksymtab+NAME / ___ksymtab_gpl+NAME input sections of a
+// module not linked with the kernel's module.lds.
+func ksymtabKind(name []byte) uint8 {
+	switch {
+	case string(name) == "__ksymtab", bytes.HasPrefix(name, []byte("___ksymtab+")):
+		return secKsymtab
+	case string(name) == "__ksymtab_gpl", bytes.HasPrefix(name, []byte("___ksymtab_gpl+")):
+		return secKsymtabGPL
+	}
+	return secOther
+}
+
+// symRef is a symbol found by name prefix, kept until the symbol pass ends.
+type symRef struct {
+	name  []byte // without the prefix
+	shndx uint32
+	value uint64
+	kind  uint8
+}
+
+func (m *Module) parseELF(src source, size uint64, end string) error {
+	e, err := openELF(src, size, end)
+	if err != nil {
+		return err
+	}
+	m.Class, m.ByteOrder, m.Machine = e.class, e.bo, e.mach
+
+	modinfo, symtab, versions := -1, -1, -1
+	var kinds []uint8
+	for i := 1; i < e.shnum; i++ {
+		s, err := e.namedSection(i)
+		if s.typ == elf.SHT_NULL {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if err := e.check(s, string(s.name)); err != nil {
+			return err
+		}
+		switch {
+		case string(s.name) == ".modinfo":
+			if modinfo < 0 {
+				modinfo = i
+			}
+		case string(s.name) == "__versions":
+			if versions < 0 {
+				versions = i
+			}
+		case s.typ == elf.SHT_SYMTAB:
+			if symtab < 0 {
+				symtab = i
+			}
+		default:
+			if k := ksymtabKind(s.name); k != secOther {
+				if kinds == nil {
+					kinds = make([]uint8, e.shnum)
+				}
+				kinds[i] = k
+			}
+		}
+	}
+	if modinfo < 0 {
+		return ErrNoModinfo
+	}
+	info, err := e.data(e.section(modinfo))
+	if err != nil {
+		return err
+	}
+	m.Info = splitModinfo(info)
+
+	var names stringPacker
+	var versionNames []int
+	if versions >= 0 {
+		if versionNames, err = m.readVersions(e, e.section(versions), &names); err != nil {
+			return err
+		}
+	}
+	var undef, weak []int
+	var exports, crcs, nss []symRef
+	if symtab >= 0 {
+		if undef, weak, exports, crcs, nss, err = readSymbols(e, e.section(symtab), kinds, &names); err != nil {
+			return err
+		}
+	}
+	exportNames := make([]int, len(exports))
+	for i, x := range exports {
+		exportNames[i] = names.add(x.name)
+	}
+	nsNames := make([]int, len(nss))
+	if len(exports) > 0 {
+		for i, x := range nss {
+			b, _ := e.symbolData(x, 0)
+			nsNames[i] = names.add(cbytes(b))
+		}
+	}
+	names.finish()
+
+	for i, n := range versionNames {
+		m.Versions[i].Name = names.get(n)
+	}
+	m.Undefined = names.list(undef)
+	m.WeakUndefined = names.list(weak)
+	if len(exports) == 0 {
+		return nil
+	}
+	m.Exports = make([]Export, len(exports))
+	byName := make(map[string]int, len(exports))
+	for i, x := range exports {
+		m.Exports[i] = Export{Name: names.get(exportNames[i]), GPL: x.kind == secKsymtabGPL}
+		byName[m.Exports[i].Name] = i
+	}
+	for _, c := range crcs {
+		i, ok := byName[string(c.name)]
+		if !ok {
+			continue
+		}
+		if c.shndx == uint32(elf.SHN_ABS) {
+			m.Exports[i].CRC, m.Exports[i].HasCRC = uint32(c.value), true
+		} else if b, err := e.symbolData(c, 4); err == nil && len(b) >= 4 {
+			m.Exports[i].CRC, m.Exports[i].HasCRC = e.bo.Uint32(b), true
+		} else if err != nil {
+			return err
+		}
+	}
+	for j, x := range nss {
+		if i, ok := byName[string(x.name)]; ok {
+			m.Exports[i].Namespace = names.get(nsNames[j])
+		}
+	}
+	slices.SortFunc(m.Exports, func(a, b Export) int { return strings.Compare(a.Name, b.Name) })
+	return nil
+}
+
+// symbolData returns the bytes of the section a symbol is defined in from
+// the symbol's value (an offset in ET_REL) on, at most max bytes (0: up to
+// the section's end); nil when the symbol does not point into section data.
+func (e *elfFile) symbolData(r symRef, max uint64) ([]byte, error) {
+	if r.shndx == 0 || r.shndx >= uint32(e.shnum) {
+		return nil, nil
+	}
+	s := e.section(int(r.shndx))
+	if s.typ == elf.SHT_NOBITS || s.typ == elf.SHT_NULL || r.value >= s.size {
+		return nil, nil
+	}
+	n := s.size - r.value
+	if max > 0 {
+		n = min(n, max)
+	}
+	return e.src.at(s.offset+r.value, n)
+}
+
+// readVersions decodes __versions: entries of 64 bytes, an unsigned long
+// CRC in the module's byte order and a NUL-padded name.
+func (m *Module) readVersions(e *elfFile, s elfSection, names *stringPacker) ([]int, error) {
+	const entry = 64
+	if s.size%entry != 0 {
+		return nil, fmt.Errorf("%w: __versions size %d is not a multiple of %d", ErrMalformed, s.size, entry)
+	}
+	b, err := e.data(s)
+	if err != nil {
+		return nil, err
+	}
+	crcSize := 4
+	if e.is64 {
+		crcSize = 8
+	}
+	n := len(b) / entry
+	m.Versions = make([]Version, n)
+	idx := make([]int, n)
+	for i := range n {
+		ent := b[i*entry : (i+1)*entry]
+		if e.is64 {
+			m.Versions[i].CRC = e.bo.Uint64(ent)
+		} else {
+			m.Versions[i].CRC = uint64(e.bo.Uint32(ent))
+		}
+		idx[i] = names.add(cbytes(ent[crcSize:]))
+	}
+	return idx, nil
+}
+
+// readSymbols walks the symbol table once, collecting the undefined
+// symbols and the __ksymtab_/__crc_/__kstrtabns_ symbols that describe
+// exports.
+func readSymbols(e *elfFile, s elfSection, kinds []uint8, names *stringPacker) (undef, weak []int, exports, crcs, nss []symRef, err error) {
+	if s.link == 0 || uint64(s.link) >= uint64(e.shnum) {
+		return nil, nil, nil, nil, nil, fmt.Errorf("%w: symbol table links to string table %d of %d sections", ErrMalformed, s.link, e.shnum)
+	}
+	syms, err := e.data(s)
+	if err != nil {
+		return nil, nil, nil, nil, nil, err
+	}
+	strs, err := e.data(e.section(int(s.link)))
+	if err != nil {
+		return nil, nil, nil, nil, nil, err
+	}
+	entsize := sym32Size
+	if e.is64 {
+		entsize = sym64Size
+	}
+	count := len(syms) / entsize
+	for i := 1; i < count; i++ {
+		b := syms[i*entsize : (i+1)*entsize]
+		var nameOff uint32
+		var info byte
+		var shndx uint16
+		var value uint64
+		if e.is64 {
+			nameOff, info, shndx, value = e.bo.Uint32(b), b[4], e.bo.Uint16(b[6:]), e.bo.Uint64(b[8:])
+		} else {
+			nameOff, value, info, shndx = e.bo.Uint32(b), uint64(e.bo.Uint32(b[4:])), b[12], e.bo.Uint16(b[14:])
+		}
+		if nameOff == 0 {
+			continue // no name
+		}
+		if uint64(nameOff) >= uint64(len(strs)) {
+			return nil, nil, nil, nil, nil, fmt.Errorf("%w: symbol %d name offset %#x outside its string table (%d bytes)", ErrMalformed, i, nameOff, len(strs))
+		}
+		rest := strs[nameOff:]
+		if shndx == uint16(elf.SHN_UNDEF) {
+			if elf.SymType(info&0xf) == elf.STT_SECTION {
+				continue
+			}
+			name := cbytes(rest)
+			if len(name) == 0 {
+				continue
+			}
+			if elf.SymBind(info>>4) == elf.STB_WEAK {
+				weak = append(weak, names.add(name))
+			} else {
+				undef = append(undef, names.add(name))
+			}
+			continue
+		}
+		if len(rest) < 2 || rest[0] != '_' || rest[1] != '_' {
+			continue
+		}
+		name := cbytes(rest)
+		ref := symRef{shndx: uint32(shndx), value: value}
+		switch {
+		case bytes.HasPrefix(name, []byte("__ksymtab_")):
+			if kinds != nil && int(shndx) < len(kinds) && kinds[shndx] != secOther {
+				ref.name, ref.kind = name[len("__ksymtab_"):], kinds[shndx]
+				exports = append(exports, ref)
+			}
+		case bytes.HasPrefix(name, []byte("__crc_")):
+			ref.name = name[len("__crc_"):]
+			crcs = append(crcs, ref)
+		case bytes.HasPrefix(name, []byte("__kstrtabns_")):
+			ref.name = name[len("__kstrtabns_"):]
+			nss = append(nss, ref)
+		}
+	}
+	return undef, weak, exports, crcs, nss, nil
+}
+
+// splitModinfo splits .modinfo the way kmod does: leading padding NULs are
+// skipped, a section of at most one byte after them holds nothing, every
+// run of NULs ends a string (an unterminated last string counts), and each
+// string splits at its first '=' (no '=': the whole string is the key).
+// All fields share one copy of the section.
+func splitModinfo(sec []byte) []Field {
+	i := 0
+	for i < len(sec)-1 && sec[i] == 0 {
+		i++
+	}
+	if len(sec)-i <= 1 {
+		return nil
+	}
+	s := string(sec[i:])
+	n := 0
+	for p := range strings.SplitSeq(s, "\x00") {
+		if p != "" {
+			n++
+		}
+	}
+	fields := make([]Field, 0, n)
+	for p := range strings.SplitSeq(s, "\x00") {
+		if p == "" {
+			continue
+		}
+		k, v, _ := strings.Cut(p, "=")
+		fields = append(fields, Field{Key: k, Value: v})
+	}
+	return fields
+}
+
+// stringPacker copies many short byte strings into one allocation.
+type stringPacker struct {
+	parts [][]byte
+	ends  []int
+	all   string
+}
+
+// add queues b and returns its index for get after finish.
+func (p *stringPacker) add(b []byte) int {
+	end := len(b)
+	if n := len(p.ends); n > 0 {
+		end += p.ends[n-1]
+	}
+	p.parts = append(p.parts, b)
+	p.ends = append(p.ends, end)
+	return len(p.ends) - 1
+}
+
+// finish copies the queued strings; the queued slices are released.
+func (p *stringPacker) finish() {
+	if len(p.ends) == 0 {
+		return
+	}
+	var sb strings.Builder
+	sb.Grow(p.ends[len(p.ends)-1])
+	for _, b := range p.parts {
+		sb.Write(b)
+	}
+	p.all, p.parts = sb.String(), nil
+}
+
+func (p *stringPacker) get(i int) string {
+	start := 0
+	if i > 0 {
+		start = p.ends[i-1]
+	}
+	return p.all[start:p.ends[i]]
+}
+
+func (p *stringPacker) list(idx []int) []string {
+	if len(idx) == 0 {
+		return nil
+	}
+	out := make([]string, len(idx))
+	for i, n := range idx {
+		out[i] = p.get(n)
+	}
+	return out
+}
+
+// fileSource reads ranges of a module file, serving them from the head and
+// tail it has already read when it can.
+type fileSource struct {
+	f                *os.File
+	size             uint64
+	head, tail       []byte
+	headOff, tailOff uint64
+}
+
+func (s *fileSource) at(off, n uint64) ([]byte, error) {
+	if off >= s.tailOff && off+n <= s.tailOff+uint64(len(s.tail)) {
+		return s.tail[off-s.tailOff : off-s.tailOff+n], nil
+	}
+	if off >= s.headOff && off+n <= s.headOff+uint64(len(s.head)) {
+		return s.head[off-s.headOff : off-s.headOff+n], nil
+	}
+	buf := make([]byte, n)
+	return buf, s.read(buf, off)
+}
+
+func (s *fileSource) readCached(off, n uint64, buf *[]byte, bufOff *uint64) ([]byte, error) {
+	b := make([]byte, n)
+	if err := s.read(b, off); err != nil {
+		return nil, err
+	}
+	*buf, *bufOff = b, off
+	return b, nil
+}
+
+func (s *fileSource) read(buf []byte, off uint64) error {
+	_, err := s.f.ReadAt(buf, int64(off))
+	if err == io.EOF {
+		return fmt.Errorf("%w: the file shrank while being read", ErrTruncated)
+	}
+	return err
+}
