@@ -6,11 +6,15 @@ import (
 	"debug/elf"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 )
 
 // KernelSymbol is one symbol a target kernel exports to modules.
@@ -657,6 +661,9 @@ func (b *kernelBuild) readModulesBuiltin(path string) error {
 func (b *kernelBuild) finish(release string) error {
 	k := b.k
 	sampleRelease, _, _ := strings.Cut(b.vermagicSample, " ")
+	// UTS_RELEASE wins over include/config/kernel.release: Debian's headers
+	// hold the upstream version (6.1.192) there, not the ABI name modules
+	// carry (6.1.0-56-amd64).
 	switch {
 	case release != "":
 		k.Release = release
@@ -713,11 +720,6 @@ func (b *kernelBuild) finish(release string) error {
 			}
 		}
 	}
-	if b.utsRelease != "" && b.fileRelease != "" && b.utsRelease != b.fileRelease {
-		// Debian's headers hold the upstream version (6.1.192) in
-		// include/config/kernel.release, but UTS_RELEASE is the ABI name.
-		k.Sources = append(k.Sources, fmt.Sprintf("(include/config/kernel.release says %q, UTS_RELEASE %q: using UTS_RELEASE)", b.fileRelease, b.utsRelease))
-	}
 	if !k.HasModversions {
 		for n, s := range k.Exports {
 			s.CRC, s.HasCRC = 0, false
@@ -739,7 +741,134 @@ func vermagicHasFlag(vermagic, flag string) bool {
 	return false
 }
 
-// loadModulesDir reads a /lib/modules/<release> tree.
+// loadModulesDir reads a /lib/modules/<release> tree: all modules in
+// parallel (GOMAXPROCS workers), modules.builtin, and build/ when it
+// resolves to a headers tree with a Module.symvers.
 func (b *kernelBuild) loadModulesDir(dir string) error {
-	return errors.New("WithModulesDir: not implemented yet")
+	st, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("%s: not a directory", dir)
+	}
+	b.k.Sources = append(b.k.Sources, dir)
+	b.dirRelease = filepath.Base(filepath.Clean(dir))
+	if build := filepath.Join(dir, "build"); fileExists(filepath.Join(build, "Module.symvers")) {
+		if err := b.loadHeaders(build, false); err != nil {
+			return err
+		}
+	}
+	if err := b.readModulesBuiltin(filepath.Join(dir, "modules.builtin")); err != nil {
+		return err
+	}
+	var paths []string
+	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			if rel, _ := filepath.Rel(dir, p); rel == "build" || rel == "source" {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if isModuleFile(d.Name()) && d.Type().IsRegular() {
+			paths = append(paths, p)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	sort.Strings(paths)
+	mods := make([]*Module, len(paths))
+	errs := make([]error, len(paths))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	workers := min(runtime.GOMAXPROCS(0), len(paths))
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(paths) {
+					return
+				}
+				mods[i], errs[i] = ParseFile(paths[i])
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	// depmod's default search order: updates/ first, then the rest.
+	chosen := map[string]int{}
+	vermagics := map[string]int{}
+	machines := map[elf.Machine]int{}
+	for i, m := range mods {
+		name := normalizeModName(m.Name())
+		if j, dup := chosen[name]; dup {
+			if underUpdates(dir, paths[i]) && !underUpdates(dir, paths[j]) {
+				chosen[name] = i
+			}
+			b.warnf("module %s found twice: %s and %s; using %s", name, paths[j], paths[i], paths[chosen[name]])
+			continue
+		}
+		chosen[name] = i
+	}
+	names := make([]string, 0, len(chosen))
+	for n := range chosen {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		i := chosen[name]
+		m := mods[i]
+		b.k.Modules[name] = paths[i]
+		if v := m.Vermagic(); v != "" {
+			vermagics[v]++
+		}
+		machines[m.Machine]++
+		for _, e := range m.Exports {
+			b.addExport(KernelSymbol{Name: e.Name, CRC: e.CRC, HasCRC: e.HasCRC, Owner: name, GPL: e.GPL, Namespace: e.Namespace}, paths[i], true)
+		}
+	}
+	best := 0
+	for v, n := range vermagics {
+		if n > best || n == best && v < b.vermagicSample {
+			b.vermagicSample, best = v, n
+		}
+	}
+	if len(vermagics) > 1 {
+		b.warnf("%s: modules carry %d different vermagic strings; using %q (%d modules)", dir, len(vermagics), b.vermagicSample, best)
+	}
+	best = 0
+	for mach, n := range machines {
+		if n > best {
+			b.k.Machine, best = mach, n
+		}
+	}
+	return nil
+}
+
+func isModuleFile(name string) bool {
+	for _, ext := range []string{".ko", ".ko.xz", ".ko.zst", ".ko.gz"} {
+		if strings.HasSuffix(name, ext) {
+			return true
+		}
+	}
+	return false
+}
+
+func underUpdates(dir, p string) bool {
+	rel, err := filepath.Rel(dir, p)
+	return err == nil && strings.HasPrefix(rel, "updates"+string(filepath.Separator))
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }

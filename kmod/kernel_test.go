@@ -4,11 +4,15 @@ import (
 	"bytes"
 	"debug/elf"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/kmodctl/packer-plugin-kmod/internal/fixture"
 )
@@ -335,5 +339,114 @@ func TestKernelConfigVermagic(t *testing.T) {
 	_, err = LoadKernel(WithConfig(writeFile(t, "config", "CONFIG_X86_64=y\nCONFIG_RANDSTRUCT_FULL=y\n")), WithRelease("9.9.9"))
 	if err != nil {
 		t.Errorf("randstruct without hash file and no headers: %v (should only warn)", err)
+	}
+}
+
+var (
+	fixtureKernelOnce sync.Once
+	fixtureKernel     *Kernel
+	fixtureKernelErr  error
+	fixtureKernelTime time.Duration
+)
+
+// loadFixtureKernel is the fixture kernel from its modules tree and headers,
+// loaded once per test binary.
+func loadFixtureKernel(t *testing.T) *Kernel {
+	t.Helper()
+	dir, headers := fixture.ModulesDir(t), fixture.Headers(t)
+	fixtureKernelOnce.Do(func() {
+		start := time.Now()
+		fixtureKernel, fixtureKernelErr = LoadKernel(WithModulesDir(dir), WithHeaders(headers))
+		fixtureKernelTime = time.Since(start)
+	})
+	if fixtureKernelErr != nil {
+		t.Fatal(fixtureKernelErr)
+	}
+	return fixtureKernel
+}
+
+// parseTree parses every module under dir in parallel.
+func parseTree(t *testing.T, dir string) []*Module {
+	t.Helper()
+	var paths []string
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && isModuleFile(d.Name()) {
+			paths = append(paths, p)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(paths)
+	mods := make([]*Module, len(paths))
+	errs := make([]error, len(paths))
+	var wg sync.WaitGroup
+	ch := make(chan int)
+	for w := 0; w < runtime.GOMAXPROCS(0); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range ch {
+				mods[i], errs[i] = ParseFile(paths[i])
+			}
+		}()
+	}
+	for i := range paths {
+		ch <- i
+	}
+	close(ch)
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return mods
+}
+
+func TestKernelModulesDir(t *testing.T) {
+	k := loadFixtureKernel(t)
+	t.Logf("LoadKernel(modules dir + headers) took %v with GOMAXPROCS=%d", fixtureKernelTime, runtime.GOMAXPROCS(0))
+	kver := fixture.KVER(t)
+	if k.Release != kver || k.Vermagic != kver+" SMP preempt mod_unload modversions " {
+		t.Errorf("Release %q Vermagic %q", k.Release, k.Vermagic)
+	}
+	if len(k.Modules) < 4000 {
+		t.Errorf("%d in-tree modules", len(k.Modules))
+	}
+	for _, n := range []string{"snd_hda_intel", "fat", "vfat", "kvm_intel"} {
+		if p := k.Modules[n]; !strings.HasPrefix(p, fixture.ModulesDir(t)) {
+			t.Errorf("Modules[%s] = %q", n, p)
+		}
+	}
+	if !k.Builtin["ext4"] && !k.Builtin["unix"] {
+		t.Errorf("modules.builtin not read: %d builtins", len(k.Builtin))
+	}
+	// Module files and the headers' Module.symvers agree: same build.
+	if len(k.Warnings) != 0 {
+		t.Errorf("warnings: %q", k.Warnings)
+	}
+	if s := k.Exports["snd_hda_codec_configure"]; s.Owner != "snd_hda_codec" || !s.HasCRC || !s.GPL {
+		t.Errorf("snd_hda_codec_configure: %+v", s)
+	}
+
+	// The modules tree alone: module exports only, vmlinux unknown.
+	start := time.Now()
+	k2, err := LoadKernel(WithModulesDir(fixture.ModulesDir(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("LoadKernel(modules dir) took %v", time.Since(start))
+	if k2.VmlinuxKnown || k2.Vermagic != k.Vermagic || !k2.HasModversions {
+		t.Errorf("modules dir only: VmlinuxKnown=%v Vermagic=%q HasModversions=%v", k2.VmlinuxKnown, k2.Vermagic, k2.HasModversions)
+	}
+	for n, s := range k2.Exports {
+		if s.Owner == Vmlinux {
+			t.Fatalf("vmlinux export %s from modules only", n)
+		}
+		if w := k.Exports[n]; w != s {
+			t.Fatalf("export %s: %+v from modules, %+v with headers", n, s, w)
+		}
 	}
 }
