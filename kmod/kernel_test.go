@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kmodctl/packer-plugin-kmod/internal/compress"
 	"github.com/kmodctl/packer-plugin-kmod/internal/fixture"
 )
 
@@ -448,5 +449,74 @@ func TestKernelModulesDir(t *testing.T) {
 		if w := k.Exports[n]; w != s {
 			t.Fatalf("export %s: %+v from modules, %+v with headers", n, s, w)
 		}
+	}
+}
+
+func TestKernelModulesDirLayout(t *testing.T) {
+	headers := fixture.Headers(t)
+	base, err := os.ReadFile(fixture.TestModule(t, "kmodtest_base"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	param, err := os.ReadFile(fixture.TestModule(t, "kmodtest_param"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), fixture.KVER(t))
+	put := func(rel string, data []byte, f compress.Format) {
+		t.Helper()
+		if f != compress.None {
+			var err error
+			if data, err = compress.Compress(data, f); err != nil {
+				t.Fatal(err)
+			}
+		}
+		p := filepath.Join(dir, rel)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("kernel/misc/kmodtest_base.ko.xz", base, compress.XZ)
+	put("updates/dkms/kmodtest_base.ko.zst", base, compress.Zstd)
+	put("kernel/misc/kmodtest_param.ko.gz", param, compress.Gzip)
+	put("modules.builtin", []byte("kernel/fs/ext4/ext4.ko\nkernel/drivers/foo-bar.ko\n"), compress.None)
+	if err := os.Symlink(headers, filepath.Join(dir, "build")); err != nil {
+		t.Fatal(err)
+	}
+	k, err := LoadKernel(WithModulesDir(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// build/Module.symvers names the in-tree modules that export symbols.
+	if p, ok := k.Modules["drm"]; !ok || p != "" {
+		t.Errorf("drm: %q, %v: build/Module.symvers not read", p, ok)
+	}
+	if p := k.Modules["kmodtest_base"]; p != filepath.Join(dir, "updates/dkms/kmodtest_base.ko.zst") {
+		t.Errorf("kmodtest_base from %q, want the updates/ copy", p)
+	}
+	if len(k.Warnings) != 1 || !strings.Contains(k.Warnings[0], "module kmodtest_base found twice") {
+		t.Errorf("warnings %q", k.Warnings)
+	}
+	if !k.Builtin["ext4"] || !k.Builtin["foo_bar"] || !k.VmlinuxKnown || k.Release != fixture.KVER(t) || !k.ConfigKnown {
+		t.Errorf("Builtin %v VmlinuxKnown %v Release %q ConfigKnown %v", k.Builtin, k.VmlinuxKnown, k.Release, k.ConfigKnown)
+	}
+	if s := k.Exports["kmodtest_base_value"]; s.Owner != "kmodtest_base" || s.CRC != 0x603c7473 || !s.GPL {
+		t.Errorf("kmodtest_base_value: %+v", s)
+	}
+	dep, err := ParseFile(fixture.TestModule(t, "kmodtest_dep"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := Check(k, []*Module{dep}); !r.OK() {
+		t.Errorf("kmodtest_dep against a tree with kmodtest_base:\n%s", r)
+	}
+
+	put("modules.builtin", []byte("kernel/fs/ext4/ext4.ko\nnot a module path\n"), compress.None)
+	_, err = LoadKernel(WithModulesDir(dir))
+	if err == nil || !strings.Contains(err.Error(), "modules.builtin:2: expected a .ko path") {
+		t.Errorf("malformed modules.builtin: %v", err)
 	}
 }
