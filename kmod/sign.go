@@ -1,0 +1,316 @@
+package kmod
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+
+	"github.com/kmodctl/packer-plugin-kmod/internal/atomicfile"
+	"github.com/kmodctl/packer-plugin-kmod/internal/compress"
+	"github.com/kmodctl/packer-plugin-kmod/kmod/modsig"
+)
+
+// IfSigned says what signing does with a module that already carries a
+// signature.
+type IfSigned int
+
+const (
+	// Replace strips every existing signature and signs again (default).
+	// sign-file instead appends a second signature, which the kernel
+	// then reads as part of the content.
+	Replace IfSigned = iota
+	// Skip leaves an already signed module untouched.
+	Skip
+	// Fail refuses an already signed module with ErrAlreadySigned.
+	Fail
+)
+
+func (p IfSigned) String() string {
+	switch p {
+	case Replace:
+		return "replace"
+	case Skip:
+		return "skip"
+	case Fail:
+		return "fail"
+	}
+	return fmt.Sprintf("IfSigned(%d)", int(p))
+}
+
+// ErrAlreadySigned is returned for a signed module under WithIfSigned(Fail).
+var ErrAlreadySigned = errors.New("module is already signed")
+
+// DefaultMaxModuleSize bounds the decompressed size of a module that
+// signing and verification accept, so a compression bomb fails early.
+const DefaultMaxModuleSize = 1 << 30
+
+type signConfig struct {
+	hash     crypto.Hash
+	ifSigned IfSigned
+	maxSize  int64
+}
+
+// SignOption configures NewSigner.
+type SignOption func(*signConfig)
+
+// WithHash sets the digest: crypto.SHA256 (default, Debian's
+// CONFIG_MODULE_SIG_HASH), crypto.SHA384 or crypto.SHA512. Use the target
+// kernel's CONFIG_MODULE_SIG_HASH when it differs; the hash must be built
+// into that kernel.
+func WithHash(h crypto.Hash) SignOption { return func(c *signConfig) { c.hash = h } }
+
+// WithIfSigned sets the policy for modules that are already signed.
+func WithIfSigned(p IfSigned) SignOption { return func(c *signConfig) { c.ifSigned = p } }
+
+// WithMaxModuleSize bounds the decompressed module size (default
+// DefaultMaxModuleSize).
+func WithMaxModuleSize(n int64) SignOption { return func(c *signConfig) { c.maxSize = n } }
+
+// Signer signs module files the way Kbuild and DKMS do: decompress, strip
+// the old signature, sign the ELF with sign-file's exact format, compress
+// again in the same format (xz with a CRC32 check). It is safe for
+// concurrent use.
+type Signer struct {
+	sig *modsig.Signer
+	cfg signConfig
+}
+
+// NewSigner prepares a Signer for key and its certificate cert (RSA, or
+// ECDSA P-256/P-384). The key must match the certificate.
+func NewSigner(key crypto.Signer, cert *x509.Certificate, opts ...SignOption) (*Signer, error) {
+	cfg := signConfig{hash: crypto.SHA256, ifSigned: Replace, maxSize: DefaultMaxModuleSize}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	switch cfg.ifSigned {
+	case Replace, Skip, Fail:
+	default:
+		return nil, fmt.Errorf("unknown IfSigned policy %d", int(cfg.ifSigned))
+	}
+	if cfg.maxSize <= 0 {
+		cfg.maxSize = DefaultMaxModuleSize
+	}
+	s, err := modsig.NewSigner(key, cert, cfg.hash)
+	if err != nil {
+		return nil, err
+	}
+	return &Signer{sig: s, cfg: cfg}, nil
+}
+
+// SignResult describes what SignBytes did.
+type SignResult struct {
+	// Compression is the module's compression, kept in the output.
+	Compression compress.Format
+	// Skipped is true when the module was already signed and the policy
+	// was Skip: the output is the input.
+	Skipped bool
+	// Replaced counts the signatures stripped before signing (more than
+	// one when sign-file had been run on a signed module).
+	Replaced int
+	// PreviousSigner is the signer (issuer CN) of the outermost existing
+	// signature, if any.
+	PreviousSigner string
+	// ContentSize is the size of the signed ELF content, SignatureSize the
+	// bytes appended to it (CMS, struct, magic), both uncompressed.
+	ContentSize, SignatureSize int
+}
+
+// notELFError is returned for content that is not an ELF file.
+type notELFError struct{ head []byte }
+
+func (e notELFError) Error() string {
+	return fmt.Sprintf("not an ELF module (starts with %q)", e.head)
+}
+
+func (e notELFError) Is(target error) bool { return target == ErrNotELF }
+
+var elfMagic = []byte("\x7fELF")
+
+// SignBytes signs a module image: plain or compressed (gzip, xz, zstd),
+// unsigned or signed (see WithIfSigned). data is not modified. With Skip
+// on a signed module, out is data itself.
+func (s *Signer) SignBytes(data []byte) (out []byte, result SignResult, err error) {
+	return s.signBytes(data, false)
+}
+
+// signBytes does SignBytes; owned says data may be overwritten past its
+// signed content and its spare capacity used for the output.
+func (s *Signer) signBytes(data []byte, owned bool) (out []byte, res SignResult, err error) {
+	res.Compression = compress.Detect(data)
+	raw := data
+	if res.Compression != compress.None {
+		raw, err = compress.Decompress(data, res.Compression, s.cfg.maxSize)
+		if err != nil {
+			return nil, res, fmt.Errorf("decompress: %w", err)
+		}
+		owned = true
+	} else if int64(len(data)) > s.cfg.maxSize {
+		return nil, res, fmt.Errorf("module of %d bytes exceeds the %d-byte limit", len(data), s.cfg.maxSize)
+	}
+
+	content := raw
+	for {
+		c, sig, err := modsig.Split(content)
+		if c == nil {
+			// The trailer itself is bad: the content's end is unknown.
+			return nil, res, fmt.Errorf("existing signature: %w", err)
+		}
+		if sig == nil && err == nil {
+			break
+		}
+		// A good trailer with an unparsable CMS is still a signature to
+		// strip.
+		if res.Replaced == 0 {
+			if sig != nil && len(sig.Signers) > 0 {
+				res.PreviousSigner = sig.Signers[0].IssuerCN
+			}
+			switch s.cfg.ifSigned {
+			case Skip:
+				res.Skipped = true
+				return data, res, nil
+			case Fail:
+				if res.PreviousSigner != "" {
+					return nil, res, fmt.Errorf("%w (by %q)", ErrAlreadySigned, res.PreviousSigner)
+				}
+				return nil, res, ErrAlreadySigned
+			}
+		}
+		content = c
+		res.Replaced++
+	}
+	if !bytes.HasPrefix(content, elfMagic) {
+		head := content
+		if len(head) > 4 {
+			head = head[:4]
+		}
+		return nil, res, notELFError{head: bytes.Clone(head)}
+	}
+	res.ContentSize = len(content)
+
+	var dst []byte
+	if owned {
+		// Append in place over the old signature, into spare capacity:
+		// the content is not copied.
+		dst = content
+	} else {
+		dst = make([]byte, len(content), len(content)+s.sig.MaxSize())
+		copy(dst, content)
+	}
+	out, err = s.sig.Append(dst, content)
+	if err != nil {
+		return nil, res, err
+	}
+	res.SignatureSize = len(out) - len(content)
+	if res.Compression != compress.None {
+		if out, err = compress.Compress(out, res.Compression); err != nil {
+			return nil, res, fmt.Errorf("compress %s: %w", res.Compression, err)
+		}
+	}
+	return out, res, nil
+}
+
+// SignFile signs the module at path in place (see SignFileResult).
+func (s *Signer) SignFile(path string) error {
+	_, err := s.SignFileResult(path)
+	return err
+}
+
+// SignFileResult signs the module at path in place: read, SignBytes, then
+// an atomic replacement that keeps the file's mode and owner (a symlink's
+// target is replaced, not the link). A skipped module is not rewritten; on
+// any error the file is left untouched. Errors name the file.
+func (s *Signer) SignFileResult(path string) (SignResult, error) {
+	res, err := s.signFile(path)
+	if err != nil {
+		return res, fmt.Errorf("sign %s: %w", path, err)
+	}
+	return res, nil
+}
+
+func (s *Signer) signFile(path string) (SignResult, error) {
+	target, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return SignResult{}, err
+	}
+	f, err := os.Open(target)
+	if err != nil {
+		return SignResult{}, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return SignResult{}, err
+	}
+	if !st.Mode().IsRegular() {
+		f.Close()
+		return SignResult{}, fmt.Errorf("not a regular file (%s)", st.Mode().Type())
+	}
+	if st.Size() > s.cfg.maxSize {
+		f.Close()
+		return SignResult{}, fmt.Errorf("file of %d bytes exceeds the %d-byte limit", st.Size(), s.cfg.maxSize)
+	}
+	// Room for the signature, so an uncompressed module is signed in its
+	// own buffer.
+	buf := make([]byte, st.Size(), st.Size()+int64(s.sig.MaxSize()))
+	_, err = io.ReadFull(f, buf)
+	f.Close()
+	if err != nil {
+		return SignResult{}, fmt.Errorf("read: %w", err)
+	}
+	out, res, err := s.signBytes(buf, true)
+	if err != nil || res.Skipped {
+		return res, err
+	}
+	return res, atomicfile.WriteFile(target, out, st.Mode().Perm())
+}
+
+// SignFiles signs the modules at paths in place with workers goroutines
+// (<= 0: twice GOMAXPROCS, so that signing overlaps the fsyncs of the
+// atomic rewrites). It returns the errors of the files that failed, in
+// the order of paths, each naming its file; nil when all succeeded.
+// Cancelling ctx stops before the next file; unsigned files then report
+// ctx's error.
+func (s *Signer) SignFiles(ctx context.Context, paths []string, workers int) []error {
+	if workers <= 0 {
+		workers = 2 * runtime.GOMAXPROCS(0)
+	}
+	if workers > len(paths) {
+		workers = len(paths)
+	}
+	errs := make([]error, len(paths))
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				if err := ctx.Err(); err != nil {
+					errs[i] = fmt.Errorf("sign %s: %w", paths[i], err)
+					continue
+				}
+				_, errs[i] = s.SignFileResult(paths[i])
+			}
+		}()
+	}
+	for i := range paths {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	var out []error
+	for _, err := range errs {
+		if err != nil {
+			out = append(out, err)
+		}
+	}
+	return out
+}
