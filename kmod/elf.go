@@ -168,8 +168,8 @@ func openELF(src source, size uint64, end string) (*elfFile, error) {
 		return nil, fmt.Errorf("%w: section name table index %d out of range (%d sections)", ErrMalformed, strndx, count)
 	}
 	str := e.section(int(strndx))
-	if str.typ == elf.SHT_NOBITS {
-		return nil, fmt.Errorf("%w: section name table has no data", ErrMalformed)
+	if str.typ == elf.SHT_NOBITS || str.typ == elf.SHT_NULL {
+		return nil, fmt.Errorf("%w: section name table has type %v", ErrMalformed, str.typ)
 	}
 	if err := e.check(str, fmt.Sprintf("#%d (section names)", strndx)); err != nil {
 		return nil, err

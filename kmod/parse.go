@@ -91,14 +91,19 @@ func parseFile(path string) (*Module, error) {
 	if !st.Mode().IsRegular() {
 		return nil, fmt.Errorf("not a regular file (%v)", st.Mode().Type())
 	}
-	size := st.Size()
+	return parseReaderAt(f, st.Size())
+}
+
+// parseReaderAt parses the size-byte module read through r, reading an
+// uncompressed module piecewise.
+func parseReaderAt(r io.ReaderAt, size int64) (*Module, error) {
 	if size == 0 {
 		return nil, ErrEmpty
 	}
 	if size > MaxModuleSize {
 		return nil, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, size, MaxModuleSize)
 	}
-	fs := &fileSource{f: f, size: uint64(size)}
+	fs := &fileSource{r: r, size: uint64(size)}
 	head, err := fs.readCached(0, min(uint64(size), 64), &fs.head, &fs.headOff)
 	if err != nil {
 		return nil, err
@@ -106,8 +111,8 @@ func parseFile(path string) (*Module, error) {
 	m := &Module{Compression: compress.Detect(head)}
 	if m.Compression != compress.None {
 		raw := make([]byte, size)
-		if _, err := f.ReadAt(raw, 0); err != nil {
-			return nil, fmt.Errorf("read: %w", err)
+		if err := fs.read(raw, 0); err != nil {
+			return nil, err
 		}
 		data, err := decompressModule(raw, m.Compression)
 		if err != nil {
@@ -562,7 +567,7 @@ func (p *stringPacker) list(idx []int) []string {
 // fileSource reads ranges of a module file, serving them from the head and
 // tail it has already read when it can.
 type fileSource struct {
-	f                *os.File
+	r                io.ReaderAt
 	size             uint64
 	head, tail       []byte
 	headOff, tailOff uint64
@@ -589,8 +594,11 @@ func (s *fileSource) readCached(off, n uint64, buf *[]byte, bufOff *uint64) ([]b
 }
 
 func (s *fileSource) read(buf []byte, off uint64) error {
-	_, err := s.f.ReadAt(buf, int64(off))
-	if err == io.EOF {
+	n, err := s.r.ReadAt(buf, int64(off))
+	if n == len(buf) {
+		return nil
+	}
+	if err == io.EOF || err == nil {
 		return fmt.Errorf("%w: the file shrank while being read", ErrTruncated)
 	}
 	return err
