@@ -236,26 +236,45 @@ func (s *Signer) SignFileResult(path string) (SignResult, error) {
 }
 
 func (s *Signer) signFile(path string) (SignResult, error) {
+	j, err := s.prepare(path)
+	if err != nil || j.res.Skipped {
+		return j.res, err
+	}
+	return j.res, j.write()
+}
+
+// job is a signed module waiting to be written.
+type job struct {
+	target string
+	out    []byte
+	perm   os.FileMode
+	res    SignResult
+}
+
+func (j *job) write() error { return atomicfile.WriteFile(j.target, j.out, j.perm) }
+
+// prepare reads and signs the module at path (the CPU part of signFile).
+func (s *Signer) prepare(path string) (job, error) {
 	target, err := filepath.EvalSymlinks(path)
 	if err != nil {
-		return SignResult{}, err
+		return job{}, err
 	}
 	f, err := os.Open(target)
 	if err != nil {
-		return SignResult{}, err
+		return job{}, err
 	}
 	st, err := f.Stat()
 	if err != nil {
 		f.Close()
-		return SignResult{}, err
+		return job{}, err
 	}
 	if !st.Mode().IsRegular() {
 		f.Close()
-		return SignResult{}, fmt.Errorf("not a regular file (%s)", st.Mode().Type())
+		return job{}, fmt.Errorf("not a regular file (%s)", st.Mode().Type())
 	}
 	if st.Size() > s.cfg.maxSize {
 		f.Close()
-		return SignResult{}, fmt.Errorf("file of %d bytes exceeds the %d-byte limit", st.Size(), s.cfg.maxSize)
+		return job{}, fmt.Errorf("file of %d bytes exceeds the %d-byte limit", st.Size(), s.cfg.maxSize)
 	}
 	// Room for the signature, so an uncompressed module is signed in its
 	// own buffer.
@@ -263,41 +282,63 @@ func (s *Signer) signFile(path string) (SignResult, error) {
 	_, err = io.ReadFull(f, buf)
 	f.Close()
 	if err != nil {
-		return SignResult{}, fmt.Errorf("read: %w", err)
+		return job{}, fmt.Errorf("read: %w", err)
 	}
 	out, res, err := s.signBytes(buf, true)
-	if err != nil || res.Skipped {
-		return res, err
-	}
-	return res, atomicfile.WriteFile(target, out, st.Mode().Perm())
+	return job{target: target, out: out, perm: st.Mode().Perm(), res: res}, err
 }
 
-// SignFiles signs the modules at paths in place with workers goroutines
-// (<= 0: twice GOMAXPROCS, so that signing overlaps the fsyncs of the
-// atomic rewrites). It returns the errors of the files that failed, in
-// the order of paths, each naming its file; nil when all succeeded.
-// Cancelling ctx stops before the next file; unsigned files then report
-// ctx's error.
+// SignFiles signs the modules at paths in place, as SignFile does, in a
+// pipeline: workers goroutines read and sign (<= 0: GOMAXPROCS, the
+// private-key operations being CPU-bound) and hand the results to more
+// writer goroutines, so that the fsyncs of the atomic rewrites overlap
+// each other and the signing. It returns the errors of the files that
+// failed, in the order of paths, each naming its file; nil when all
+// succeeded. Cancelling ctx stops before the next file; files not signed
+// then report ctx's error.
 func (s *Signer) SignFiles(ctx context.Context, paths []string, workers int) []error {
 	if workers <= 0 {
-		workers = 2 * runtime.GOMAXPROCS(0)
+		workers = runtime.GOMAXPROCS(0)
 	}
-	if workers > len(paths) {
-		workers = len(paths)
-	}
+	workers = min(workers, len(paths))
+	writers := min(max(8, 2*workers), len(paths))
 	errs := make([]error, len(paths))
 	next := make(chan int)
-	var wg sync.WaitGroup
+	type done struct {
+		i int
+		j job
+	}
+	// The buffer bounds the signed modules held in memory.
+	written := make(chan done, writers)
+	var signWG, writeWG sync.WaitGroup
 	for w := 0; w < workers; w++ {
-		wg.Add(1)
+		signWG.Add(1)
 		go func() {
-			defer wg.Done()
+			defer signWG.Done()
 			for i := range next {
 				if err := ctx.Err(); err != nil {
 					errs[i] = fmt.Errorf("sign %s: %w", paths[i], err)
 					continue
 				}
-				_, errs[i] = s.SignFileResult(paths[i])
+				j, err := s.prepare(paths[i])
+				if err != nil {
+					errs[i] = fmt.Errorf("sign %s: %w", paths[i], err)
+					continue
+				}
+				if !j.res.Skipped {
+					written <- done{i, j}
+				}
+			}
+		}()
+	}
+	for w := 0; w < writers; w++ {
+		writeWG.Add(1)
+		go func() {
+			defer writeWG.Done()
+			for d := range written {
+				if err := d.j.write(); err != nil {
+					errs[d.i] = fmt.Errorf("sign %s: %w", paths[d.i], err)
+				}
 			}
 		}()
 	}
@@ -305,7 +346,9 @@ func (s *Signer) SignFiles(ctx context.Context, paths []string, workers int) []e
 		next <- i
 	}
 	close(next)
-	wg.Wait()
+	signWG.Wait()
+	close(written)
+	writeWG.Wait()
 	var out []error
 	for _, err := range errs {
 		if err != nil {

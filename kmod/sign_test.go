@@ -257,6 +257,7 @@ func TestSignFileKeepsModeAndSymlink(t *testing.T) {
 	p := filepath.Join(dir, "m.ko")
 	copyFile(t, fixture.TestModule(t, "kmodtest_base"), p)
 	os.Chmod(p, 0o600)
+	chowned := os.Chown(p, 65534, 65534) == nil // as root: the owner must survive
 	link := filepath.Join(dir, "link.ko")
 	os.Symlink("m.ko", link)
 	if err := newSigner(t, k).SignFile(link); err != nil {
@@ -265,6 +266,9 @@ func TestSignFileKeepsModeAndSymlink(t *testing.T) {
 	st, _ := os.Stat(p)
 	if st.Mode().Perm() != 0o600 {
 		t.Errorf("mode %v", st.Mode())
+	}
+	if sys := st.Sys().(*syscall.Stat_t); chowned && (sys.Uid != 65534 || sys.Gid != 65534) {
+		t.Errorf("owner %d:%d", sys.Uid, sys.Gid)
 	}
 	if l, err := os.Lstat(link); err != nil || l.Mode()&os.ModeSymlink == 0 {
 		t.Errorf("symlink replaced")

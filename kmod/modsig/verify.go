@@ -148,7 +148,8 @@ var errBadSignature = errors.New("signature does not verify (content modified or
 func IsBadSignature(err error) bool { return errors.Is(err, errBadSignature) }
 
 // FormatSerial formats a serial number as modinfo's sig_key does: the
-// big-endian magnitude bytes in upper-case hex joined by colons.
+// big-endian magnitude bytes (the sign is dropped, as BN_bn2bin does) in
+// upper-case hex joined by colons.
 func FormatSerial(n *big.Int) string {
 	if n == nil {
 		return ""
@@ -160,9 +161,6 @@ func FormatSerial(n *big.Int) string {
 			sb.WriteByte(':')
 		}
 		fmt.Fprintf(&sb, "%02X", x)
-	}
-	if n.Sign() < 0 {
-		return "-" + sb.String()
 	}
 	return sb.String()
 }
