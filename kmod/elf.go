@@ -55,6 +55,8 @@ type elfFile struct {
 	shentsize uint64
 	// shstr is the section name string table.
 	shstr []byte
+	// cache holds the sections read for symbol values, by index.
+	cache map[uint32][]byte
 }
 
 // elfSection is a decoded section header.
@@ -171,7 +173,7 @@ func openELF(src source, size uint64, end string) (*elfFile, error) {
 	if str.typ == elf.SHT_NOBITS || str.typ == elf.SHT_NULL {
 		return nil, fmt.Errorf("%w: section name table has type %v", ErrMalformed, str.typ)
 	}
-	if err := e.check(str, fmt.Sprintf("#%d (section names)", strndx)); err != nil {
+	if err := e.check(str, "the section name table"); err != nil {
 		return nil, err
 	}
 	if e.shstr, err = src.at(str.offset, str.size); err != nil {
@@ -203,13 +205,17 @@ func (e *elfFile) namedSection(i int) (elfSection, error) {
 	return s, nil
 }
 
-// check verifies that a section's data lies within the content. label
-// names the section in the error.
-func (e *elfFile) check(s elfSection, label string) error {
+// check verifies that a section's data lies within the content. The error
+// names the section by its name, else as #index followed by what.
+func (e *elfFile) check(s elfSection, what string) error {
 	if s.typ == elf.SHT_NOBITS || s.typ == elf.SHT_NULL {
 		return nil
 	}
 	if s.offset > e.size || s.size > e.size-s.offset {
+		label := string(s.name)
+		if s.name == nil {
+			label = fmt.Sprintf("#%d (%s)", s.index, what)
+		}
 		return fmt.Errorf("%w: section %s (offset %#x, size %#x) extends past %s (%d bytes)", ErrTruncated, label, s.offset, s.size, e.end, e.size)
 	}
 	return nil
@@ -221,6 +227,28 @@ func (e *elfFile) data(s elfSection) ([]byte, error) {
 		return nil, nil
 	}
 	return e.src.at(s.offset, s.size)
+}
+
+// data2 returns the bytes of two checked sections, read at once when they
+// are close together in the file (as .symtab and .strtab are).
+func (e *elfFile) data2(a, b elfSection) ([]byte, []byte, error) {
+	if _, mem := e.src.(memSource); !mem && a.typ != elf.SHT_NOBITS && b.typ != elf.SHT_NOBITS &&
+		a.typ != elf.SHT_NULL && b.typ != elf.SHT_NULL && a.size > 0 && b.size > 0 {
+		lo, hi := min(a.offset, b.offset), max(a.offset+a.size, b.offset+b.size)
+		if hi-lo <= a.size+b.size+4096 {
+			all, err := e.src.at(lo, hi-lo)
+			if err != nil {
+				return nil, nil, err
+			}
+			return all[a.offset-lo : a.offset-lo+a.size], all[b.offset-lo : b.offset-lo+b.size], nil
+		}
+	}
+	da, err := e.data(a)
+	if err != nil {
+		return nil, nil, err
+	}
+	db, err := e.data(b)
+	return da, db, err
 }
 
 // cbytes is b up to its first NUL (all of b without one), without copying.

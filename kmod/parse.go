@@ -3,13 +3,14 @@ package kmod
 import (
 	"bytes"
 	"debug/elf"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"math/big"
-	"os"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/kmodctl/packer-plugin-kmod/internal/compress"
 	"github.com/kmodctl/packer-plugin-kmod/kmod/modsig"
@@ -59,7 +60,9 @@ func Parse(data []byte) (*Module, error) {
 	} else if len(data) > MaxModuleSize {
 		return nil, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, len(data), MaxModuleSize)
 	}
-	if err := m.parseDecompressed(memSource(data), data, uint64(len(data)), 0); err != nil {
+	sc := getScratch()
+	defer putScratch(sc)
+	if err := m.parseDecompressed(memSource(data), data, uint64(len(data)), 0, sc); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -79,19 +82,12 @@ func ParseFile(path string) (*Module, error) {
 }
 
 func parseFile(path string) (*Module, error) {
-	f, err := os.Open(path)
+	f, size, err := openModuleFile(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("not a regular file (%v)", st.Mode().Type())
-	}
-	return parseReaderAt(f, st.Size())
+	return parseReaderAt(f, size)
 }
 
 // parseReaderAt parses the size-byte module read through r, reading an
@@ -103,12 +99,14 @@ func parseReaderAt(r io.ReaderAt, size int64) (*Module, error) {
 	if size > MaxModuleSize {
 		return nil, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, size, MaxModuleSize)
 	}
-	fs := &fileSource{r: r, size: uint64(size)}
-	head, err := fs.readCached(0, min(uint64(size), 64), &fs.head, &fs.headOff)
-	if err != nil {
+	sc := getScratch()
+	defer putScratch(sc)
+	fs := &fileSource{r: r, size: uint64(size), sc: sc}
+	var err error
+	if fs.head, err = fs.readAt(0, min(uint64(size), 64)); err != nil {
 		return nil, err
 	}
-	m := &Module{Compression: compress.Detect(head)}
+	m := &Module{Compression: compress.Detect(fs.head)}
 	if m.Compression != compress.None {
 		raw := make([]byte, size)
 		if err := fs.read(raw, 0); err != nil {
@@ -118,36 +116,77 @@ func parseReaderAt(r io.ReaderAt, size int64) (*Module, error) {
 		if err != nil {
 			return nil, err
 		}
-		if err := m.parseDecompressed(memSource(data), data, uint64(len(data)), 0); err != nil {
+		if err := m.parseDecompressed(memSource(data), data, uint64(len(data)), 0, sc); err != nil {
 			return nil, err
 		}
 		return m, nil
 	}
-	// The signature sits at the end; read a tail that holds it (and, most
-	// of the time, the section headers and name table just before it).
-	tailLen := min(uint64(size), fileTailRead)
-	tail, err := fs.readCached(uint64(size)-tailLen, tailLen, &fs.tail, &fs.tailOff)
-	if err != nil {
+	// Read the end of the file at once: the signature, and the section
+	// header table with, usually, the section name table just before it.
+	fs.tailOff = tailStart(fs.head, uint64(size))
+	tailLen := uint64(size) - fs.tailOff
+	if fs.tail, err = fs.readAt(fs.tailOff, tailLen); err != nil {
 		return nil, err
 	}
-	if need := sigTailLen(tail); need > tailLen {
-		tailLen = min(uint64(size), need)
-		if tail, err = fs.readCached(uint64(size)-tailLen, tailLen, &fs.tail, &fs.tailOff); err != nil {
+	sigTail := fs.tail
+	if need := sigTailLen(fs.tail); need > 0 {
+		// modsig.Split gets bytes of its own, not the reusable scratch:
+		// what it returns may alias its input.
+		n := min(uint64(size), need)
+		sigTail = make([]byte, n)
+		if n <= tailLen {
+			copy(sigTail, fs.tail[tailLen-n:])
+		} else if err := fs.read(sigTail, uint64(size)-n); err != nil {
 			return nil, err
 		}
 	}
-	if err := m.parseDecompressed(fs, tail, uint64(size), uint64(size)-tailLen); err != nil {
+	fs.ownTail = len(sigTail) > 0 && &sigTail[0] != &fs.tail[0]
+	if err := m.parseDecompressed(fs, sigTail, uint64(size), uint64(size)-uint64(len(sigTail)), sc); err != nil {
 		return nil, err
 	}
 	return m, nil
 }
 
-// fileTailRead is how much of a file's end ParseFile reads first.
-const fileTailRead = 16 << 10
+// tailStart is where ParseFile starts reading the end of a file: a little
+// before the section header table that head (the file's start) announces,
+// as linkers put it after all sections but the signature and place the
+// section name table just before it. Without a plausible table offset it
+// is fileTailRead bytes before the end.
+func tailStart(head []byte, size uint64) uint64 {
+	fallback := size - min(size, fileTailRead)
+	if len(head) < ehdr64Size || string(head[:4]) != elf.ELFMAG {
+		return fallback
+	}
+	var bo binary.ByteOrder = binary.LittleEndian
+	if elf.Data(head[elf.EI_DATA]) == elf.ELFDATA2MSB {
+		bo = binary.BigEndian
+	}
+	var shoff uint64
+	if elf.Class(head[elf.EI_CLASS]) == elf.ELFCLASS64 {
+		shoff = bo.Uint64(head[40:])
+	} else {
+		shoff = uint64(bo.Uint32(head[32:]))
+	}
+	start := shoff - min(shoff, tailSlack)
+	if shoff >= size || size-start > maxTailRead {
+		return fallback
+	}
+	return start
+}
+
+const (
+	// fileTailRead is how much of a file's end ParseFile reads when the
+	// header gives no section header table offset.
+	fileTailRead = 16 << 10
+	// tailSlack is how much before the section header table it reads.
+	tailSlack = 2 << 10
+	// maxTailRead bounds the tail read from the section header table on.
+	maxTailRead = 256 << 10
+)
 
 // sigTailSlack is how many bytes before a signature the part of the module
 // handed to modsig.Split includes.
-const sigTailSlack = 4096
+const sigTailSlack = 512
 
 // sigTailLen is the length of the file tail that holds the whole signature
 // announced by the trailer at the end of tail (plus some slack), or 0 when
@@ -181,7 +220,7 @@ func decompressModule(data []byte, f compress.Format) ([]byte, error) {
 
 // parseDecompressed fills m from a decompressed module of size bytes read
 // through src. tail holds the module's last bytes, starting at tailOff.
-func (m *Module) parseDecompressed(src source, tail []byte, size, tailOff uint64) error {
+func (m *Module) parseDecompressed(src source, tail []byte, size, tailOff uint64, sc *scratch) error {
 	m.Size = int(size)
 	content, sig, err := modsig.Split(tail)
 	if err != nil {
@@ -191,12 +230,18 @@ func (m *Module) parseDecompressed(src source, tail []byte, size, tailOff uint64
 	m.ContentSize = int(contentSize)
 	end := "end of file"
 	if sig != nil {
-		m.Signature = cloneSignature(sig)
+		// A signature parsed from a file's private tail may keep it; one
+		// parsed from a whole module must not.
+		if fs, ok := src.(*fileSource); ok && fs.ownTail {
+			m.Signature = sig
+		} else {
+			m.Signature = cloneSignature(sig)
+		}
 		end = "end of module content (before the signature)"
 	} else if contentSize != size {
 		end = "end of module content"
 	}
-	return m.parseELF(src, contentSize, end)
+	return m.parseELF(src, contentSize, end, sc)
 }
 
 // cloneSignature copies a signature so that it no longer aliases the
@@ -246,7 +291,7 @@ type symRef struct {
 	kind  uint8
 }
 
-func (m *Module) parseELF(src source, size uint64, end string) error {
+func (m *Module) parseELF(src source, size uint64, end string, sc *scratch) error {
 	e, err := openELF(src, size, end)
 	if err != nil {
 		return err
@@ -263,7 +308,7 @@ func (m *Module) parseELF(src source, size uint64, end string) error {
 		if err != nil {
 			return err
 		}
-		if err := e.check(s, string(s.name)); err != nil {
+		if err := e.check(s, ""); err != nil {
 			return err
 		}
 		switch {
@@ -297,45 +342,46 @@ func (m *Module) parseELF(src source, size uint64, end string) error {
 	}
 	m.Info = splitModinfo(info)
 
-	var names stringPacker
-	var versionNames []int
+	// Every name goes to sc.names first, then to one string.
 	if versions >= 0 {
-		if versionNames, err = m.readVersions(e, e.section(versions), &names); err != nil {
+		if err = m.readVersions(e, e.section(versions), sc); err != nil {
 			return err
 		}
 	}
-	var undef, weak []int
-	var exports, crcs, nss []symRef
 	if symtab >= 0 {
-		if undef, weak, exports, crcs, nss, err = readSymbols(e, e.section(symtab), kinds, &names); err != nil {
+		if err = readSymbols(e, e.section(symtab), kinds, sc); err != nil {
 			return err
 		}
 	}
-	exportNames := make([]int, len(exports))
-	for i, x := range exports {
-		exportNames[i] = names.add(x.name)
+	exports, crcs, nss := sc.exports, sc.crcs, sc.nss
+	firstExport := len(sc.ends)
+	for _, x := range exports {
+		sc.add(x.name)
 	}
-	nsNames := make([]int, len(nss))
+	firstNS := len(sc.ends)
 	if len(exports) > 0 {
-		for i, x := range nss {
-			b, _ := e.symbolData(x, 0)
-			nsNames[i] = names.add(cbytes(b))
+		for _, x := range nss {
+			b, err := e.symbolData(x, 0)
+			if err != nil {
+				return err
+			}
+			sc.add(cbytes(b))
 		}
 	}
-	names.finish()
+	all := string(sc.names)
 
-	for i, n := range versionNames {
-		m.Versions[i].Name = names.get(n)
+	for i := range m.Versions {
+		m.Versions[i].Name = sc.get(all, i)
 	}
-	m.Undefined = names.list(undef)
-	m.WeakUndefined = names.list(weak)
+	m.Undefined = sc.list(all, sc.undef)
+	m.WeakUndefined = sc.list(all, sc.weak)
 	if len(exports) == 0 {
 		return nil
 	}
 	m.Exports = make([]Export, len(exports))
 	byName := make(map[string]int, len(exports))
 	for i, x := range exports {
-		m.Exports[i] = Export{Name: names.get(exportNames[i]), GPL: x.kind == secKsymtabGPL}
+		m.Exports[i] = Export{Name: sc.get(all, firstExport+i), GPL: x.kind == secKsymtabGPL}
 		byName[m.Exports[i].Name] = i
 	}
 	for _, c := range crcs {
@@ -353,7 +399,7 @@ func (m *Module) parseELF(src source, size uint64, end string) error {
 	}
 	for j, x := range nss {
 		if i, ok := byName[string(x.name)]; ok {
-			m.Exports[i].Namespace = names.get(nsNames[j])
+			m.Exports[i].Namespace = sc.get(all, firstNS+j)
 		}
 	}
 	slices.SortFunc(m.Exports, func(a, b Export) int { return strings.Compare(a.Name, b.Name) })
@@ -363,31 +409,43 @@ func (m *Module) parseELF(src source, size uint64, end string) error {
 // symbolData returns the bytes of the section a symbol is defined in from
 // the symbol's value (an offset in ET_REL) on, at most max bytes (0: up to
 // the section's end); nil when the symbol does not point into section data.
+// Each section is read once.
 func (e *elfFile) symbolData(r symRef, max uint64) ([]byte, error) {
 	if r.shndx == 0 || r.shndx >= uint32(e.shnum) {
 		return nil, nil
 	}
-	s := e.section(int(r.shndx))
-	if s.typ == elf.SHT_NOBITS || s.typ == elf.SHT_NULL || r.value >= s.size {
+	data, ok := e.cache[r.shndx]
+	if !ok {
+		var err error
+		if data, err = e.data(e.section(int(r.shndx))); err != nil {
+			return nil, err
+		}
+		if e.cache == nil {
+			e.cache = map[uint32][]byte{}
+		}
+		e.cache[r.shndx] = data
+	}
+	if r.value >= uint64(len(data)) {
 		return nil, nil
 	}
-	n := s.size - r.value
-	if max > 0 {
-		n = min(n, max)
+	data = data[r.value:]
+	if max > 0 && uint64(len(data)) > max {
+		data = data[:max]
 	}
-	return e.src.at(s.offset+r.value, n)
+	return data, nil
 }
 
 // readVersions decodes __versions: entries of 64 bytes, an unsigned long
 // CRC in the module's byte order and a NUL-padded name.
-func (m *Module) readVersions(e *elfFile, s elfSection, names *stringPacker) ([]int, error) {
+// Their names are the first strings of sc.
+func (m *Module) readVersions(e *elfFile, s elfSection, sc *scratch) error {
 	const entry = 64
 	if s.size%entry != 0 {
-		return nil, fmt.Errorf("%w: __versions size %d is not a multiple of %d", ErrMalformed, s.size, entry)
+		return fmt.Errorf("%w: __versions size %d is not a multiple of %d", ErrMalformed, s.size, entry)
 	}
 	b, err := e.data(s)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	crcSize := 4
 	if e.is64 {
@@ -395,7 +453,6 @@ func (m *Module) readVersions(e *elfFile, s elfSection, names *stringPacker) ([]
 	}
 	n := len(b) / entry
 	m.Versions = make([]Version, n)
-	idx := make([]int, n)
 	for i := range n {
 		ent := b[i*entry : (i+1)*entry]
 		if e.is64 {
@@ -403,25 +460,21 @@ func (m *Module) readVersions(e *elfFile, s elfSection, names *stringPacker) ([]
 		} else {
 			m.Versions[i].CRC = uint64(e.bo.Uint32(ent))
 		}
-		idx[i] = names.add(cbytes(ent[crcSize:]))
+		sc.add(cbytes(ent[crcSize:]))
 	}
-	return idx, nil
+	return nil
 }
 
-// readSymbols walks the symbol table once, collecting the undefined
-// symbols and the __ksymtab_/__crc_/__kstrtabns_ symbols that describe
-// exports.
-func readSymbols(e *elfFile, s elfSection, kinds []uint8, names *stringPacker) (undef, weak []int, exports, crcs, nss []symRef, err error) {
+// readSymbols walks the symbol table once, collecting into sc the
+// undefined symbols and the __ksymtab_/__crc_/__kstrtabns_ symbols that
+// describe exports.
+func readSymbols(e *elfFile, s elfSection, kinds []uint8, sc *scratch) error {
 	if s.link == 0 || uint64(s.link) >= uint64(e.shnum) {
-		return nil, nil, nil, nil, nil, fmt.Errorf("%w: symbol table links to string table %d of %d sections", ErrMalformed, s.link, e.shnum)
+		return fmt.Errorf("%w: symbol table links to string table %d of %d sections", ErrMalformed, s.link, e.shnum)
 	}
-	syms, err := e.data(s)
+	syms, strs, err := e.data2(s, e.section(int(s.link)))
 	if err != nil {
-		return nil, nil, nil, nil, nil, err
-	}
-	strs, err := e.data(e.section(int(s.link)))
-	if err != nil {
-		return nil, nil, nil, nil, nil, err
+		return err
 	}
 	entsize := sym32Size
 	if e.is64 {
@@ -443,7 +496,7 @@ func readSymbols(e *elfFile, s elfSection, kinds []uint8, names *stringPacker) (
 			continue // no name
 		}
 		if uint64(nameOff) >= uint64(len(strs)) {
-			return nil, nil, nil, nil, nil, fmt.Errorf("%w: symbol %d name offset %#x outside its string table (%d bytes)", ErrMalformed, i, nameOff, len(strs))
+			return fmt.Errorf("%w: symbol %d name offset %#x outside its string table (%d bytes)", ErrMalformed, i, nameOff, len(strs))
 		}
 		rest := strs[nameOff:]
 		if shndx == uint16(elf.SHN_UNDEF) {
@@ -455,9 +508,9 @@ func readSymbols(e *elfFile, s elfSection, kinds []uint8, names *stringPacker) (
 				continue
 			}
 			if elf.SymBind(info>>4) == elf.STB_WEAK {
-				weak = append(weak, names.add(name))
+				sc.weak = append(sc.weak, sc.add(name))
 			} else {
-				undef = append(undef, names.add(name))
+				sc.undef = append(sc.undef, sc.add(name))
 			}
 			continue
 		}
@@ -470,17 +523,17 @@ func readSymbols(e *elfFile, s elfSection, kinds []uint8, names *stringPacker) (
 		case bytes.HasPrefix(name, []byte("__ksymtab_")):
 			if kinds != nil && int(shndx) < len(kinds) && kinds[shndx] != secOther {
 				ref.name, ref.kind = name[len("__ksymtab_"):], kinds[shndx]
-				exports = append(exports, ref)
+				sc.exports = append(sc.exports, ref)
 			}
 		case bytes.HasPrefix(name, []byte("__crc_")):
 			ref.name = name[len("__crc_"):]
-			crcs = append(crcs, ref)
+			sc.crcs = append(sc.crcs, ref)
 		case bytes.HasPrefix(name, []byte("__kstrtabns_")):
 			ref.name = name[len("__kstrtabns_"):]
-			nss = append(nss, ref)
+			sc.nss = append(sc.nss, ref)
 		}
 	}
-	return undef, weak, exports, crcs, nss, nil
+	return nil
 }
 
 // splitModinfo splits .modinfo the way kmod does: leading padding NULs are
@@ -514,83 +567,111 @@ func splitModinfo(sec []byte) []Field {
 	return fields
 }
 
-// stringPacker copies many short byte strings into one allocation.
-type stringPacker struct {
-	parts [][]byte
+// scratch holds a parse's temporary buffers; they are pooled, so nothing
+// in a returned Module may alias them.
+type scratch struct {
+	// arena backs the ranges read from a file.
+	arena []byte
+	// names holds the symbol names of the module back to back; ends[i] is
+	// where the i-th ends.
+	names []byte
 	ends  []int
-	all   string
+	// undef and weak index names; exports, crcs and nss are the symbols
+	// that describe exports.
+	undef, weak        []int
+	exports, crcs, nss []symRef
 }
 
-// add queues b and returns its index for get after finish.
-func (p *stringPacker) add(b []byte) int {
-	end := len(b)
-	if n := len(p.ends); n > 0 {
-		end += p.ends[n-1]
+var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
+
+func getScratch() *scratch { return scratchPool.Get().(*scratch) }
+
+// maxPooledArena bounds the arena kept for reuse: a few huge modules must
+// not pin memory.
+const maxPooledArena = 4 << 20
+
+func putScratch(sc *scratch) {
+	if cap(sc.arena) > maxPooledArena {
+		sc.arena = nil
 	}
-	p.parts = append(p.parts, b)
-	p.ends = append(p.ends, end)
-	return len(p.ends) - 1
+	if cap(sc.names) > maxPooledArena {
+		sc.names = nil
+	}
+	sc.arena, sc.names, sc.ends = sc.arena[:0], sc.names[:0], sc.ends[:0]
+	sc.undef, sc.weak = sc.undef[:0], sc.weak[:0]
+	// Entries past len were cleared by earlier calls.
+	clear(sc.exports)
+	clear(sc.crcs)
+	clear(sc.nss)
+	sc.exports, sc.crcs, sc.nss = sc.exports[:0], sc.crcs[:0], sc.nss[:0]
+	scratchPool.Put(sc)
 }
 
-// finish copies the queued strings; the queued slices are released.
-func (p *stringPacker) finish() {
-	if len(p.ends) == 0 {
-		return
+// alloc returns n bytes of the arena. A request that does not fit gets a
+// new, larger arena; the old one stays valid for the slices handed out.
+func (sc *scratch) alloc(n uint64) []byte {
+	if uint64(cap(sc.arena)-len(sc.arena)) < n {
+		sc.arena = make([]byte, 0, max(n, 2*uint64(cap(sc.arena)), 64<<10))
 	}
-	var sb strings.Builder
-	sb.Grow(p.ends[len(p.ends)-1])
-	for _, b := range p.parts {
-		sb.Write(b)
-	}
-	p.all, p.parts = sb.String(), nil
+	l := uint64(len(sc.arena))
+	sc.arena = sc.arena[:l+n]
+	return sc.arena[l : l+n : l+n]
 }
 
-func (p *stringPacker) get(i int) string {
+// add appends a name and returns its index.
+func (sc *scratch) add(b []byte) int {
+	sc.names = append(sc.names, b...)
+	sc.ends = append(sc.ends, len(sc.names))
+	return len(sc.ends) - 1
+}
+
+// get is name i, cut from all, the copy of sc.names.
+func (sc *scratch) get(all string, i int) string {
 	start := 0
 	if i > 0 {
-		start = p.ends[i-1]
+		start = sc.ends[i-1]
 	}
-	return p.all[start:p.ends[i]]
+	return all[start:sc.ends[i]]
 }
 
-func (p *stringPacker) list(idx []int) []string {
+func (sc *scratch) list(all string, idx []int) []string {
 	if len(idx) == 0 {
 		return nil
 	}
 	out := make([]string, len(idx))
 	for i, n := range idx {
-		out[i] = p.get(n)
+		out[i] = sc.get(all, n)
 	}
 	return out
 }
 
-// fileSource reads ranges of a module file, serving them from the head and
-// tail it has already read when it can.
+// fileSource reads ranges of a module file into the scratch arena, serving
+// them from the head and tail it has already read when it can.
 type fileSource struct {
-	r                io.ReaderAt
-	size             uint64
-	head, tail       []byte
-	headOff, tailOff uint64
+	r          io.ReaderAt
+	size       uint64
+	sc         *scratch
+	head, tail []byte
+	tailOff    uint64
+	// ownTail is set when the tail handed to modsig.Split is a buffer of
+	// its own rather than scratch memory.
+	ownTail bool
 }
 
 func (s *fileSource) at(off, n uint64) ([]byte, error) {
 	if off >= s.tailOff && off+n <= s.tailOff+uint64(len(s.tail)) {
 		return s.tail[off-s.tailOff : off-s.tailOff+n], nil
 	}
-	if off >= s.headOff && off+n <= s.headOff+uint64(len(s.head)) {
-		return s.head[off-s.headOff : off-s.headOff+n], nil
+	if off+n <= uint64(len(s.head)) {
+		return s.head[off : off+n], nil
 	}
-	buf := make([]byte, n)
-	return buf, s.read(buf, off)
+	return s.readAt(off, n)
 }
 
-func (s *fileSource) readCached(off, n uint64, buf *[]byte, bufOff *uint64) ([]byte, error) {
-	b := make([]byte, n)
-	if err := s.read(b, off); err != nil {
-		return nil, err
-	}
-	*buf, *bufOff = b, off
-	return b, nil
+// readAt reads n bytes at off into the arena.
+func (s *fileSource) readAt(off, n uint64) ([]byte, error) {
+	buf := s.sc.alloc(n)
+	return buf, s.read(buf, off)
 }
 
 func (s *fileSource) read(buf []byte, off uint64) error {

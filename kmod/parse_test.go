@@ -11,12 +11,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 
 	"github.com/kmodctl/packer-plugin-kmod/internal/compress"
@@ -694,7 +694,9 @@ func TestParseBadSignature(t *testing.T) {
 }
 
 // BenchmarkParseTree parses every module of the fixture tree on
-// GOMAXPROCS goroutines per iteration.
+// GOMAXPROCS goroutines per iteration, keeping all the Modules until the
+// iteration ends (as a tree-wide check does). It reports the CPU time per
+// iteration besides the wall time.
 func BenchmarkParseTree(b *testing.B) {
 	files := treeModules(b, fixture.ModulesDir(b))
 	var bytesRead int64
@@ -705,11 +707,14 @@ func BenchmarkParseTree(b *testing.B) {
 	}
 	b.SetBytes(bytesRead)
 	b.ReportAllocs()
+	cpu0 := cpuTime()
 	b.ResetTimer()
 	for range b.N {
+		mods := make([]*Module, len(files))
 		var failed atomic.Int64
 		parallelFor(len(files), func(i int) {
-			if _, err := ParseFile(files[i]); err != nil {
+			var err error
+			if mods[i], err = ParseFile(files[i]); err != nil {
 				failed.Add(1)
 			}
 		})
@@ -717,6 +722,47 @@ func BenchmarkParseTree(b *testing.B) {
 			b.Fatalf("%d modules failed to parse", failed.Load())
 		}
 	}
+	b.StopTimer()
+	b.ReportMetric(float64(cpuTime()-cpu0)/1e6/float64(b.N), "cpu-ms/op")
 	b.ReportMetric(float64(len(files)), "modules/op")
-	_ = runtime.GOMAXPROCS(0)
+}
+
+// BenchmarkModinfoTree runs kmod's modinfo over the same files, 200 per
+// process, one process at a time ("serial") or GOMAXPROCS at a time, for
+// comparison with BenchmarkParseTree.
+func BenchmarkModinfoTree(b *testing.B) {
+	tool := fixture.Tool(b, "modinfo")
+	files := treeModules(b, fixture.ModulesDir(b))
+	var batches [][]string
+	for c := range slices.Chunk(files, modinfoBatch) {
+		batches = append(batches, c)
+	}
+	run := func(b *testing.B, batch []string) {
+		if err := exec.Command(tool, batch...).Run(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.Run("serial", func(b *testing.B) {
+		for range b.N {
+			for _, batch := range batches {
+				run(b, batch)
+			}
+		}
+		b.ReportMetric(float64(len(files)), "modules/op")
+	})
+	b.Run("parallel", func(b *testing.B) {
+		for range b.N {
+			parallelFor(len(batches), func(i int) { run(b, batches[i]) })
+		}
+		b.ReportMetric(float64(len(files)), "modules/op")
+	})
+}
+
+// cpuTime is the process's user+system CPU time in nanoseconds.
+func cpuTime() int64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return ru.Utime.Nano() + ru.Stime.Nano()
 }
