@@ -5,7 +5,6 @@ package kmod
 import (
 	"fmt"
 	"io"
-	"os"
 	"syscall"
 )
 
@@ -27,12 +26,12 @@ func openModuleFile(path string) (moduleFile, int64, error) {
 		}
 	}
 	if err != nil {
-		return -1, 0, &os.PathError{Op: "open", Path: path, Err: err}
+		return -1, 0, fmt.Errorf("open: %w", err)
 	}
 	var st syscall.Stat_t
 	if err := syscall.Fstat(fd, &st); err != nil {
 		syscall.Close(fd)
-		return -1, 0, &os.PathError{Op: "stat", Path: path, Err: err}
+		return -1, 0, fmt.Errorf("stat: %w", err)
 	}
 	if st.Mode&syscall.S_IFMT != syscall.S_IFREG {
 		syscall.Close(fd)

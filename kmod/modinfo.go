@@ -1,6 +1,7 @@
 package kmod
 
 import (
+	"encoding/asn1"
 	"encoding/hex"
 	"strings"
 )
@@ -71,26 +72,83 @@ func (m *Module) ModinfoFields() []Field {
 	return out
 }
 
+// kmodHashes are the digests kmod 30 maps to a name (its obj_to_hash_algo,
+// by the names modsig gives them); for any other digest, sha3-256 for one,
+// it prints no signature fields at all.
+var kmodHashes = map[string]bool{
+	"md4": true, "md5": true, "sha1": true, "rmd160": true, "sha224": true,
+	"sha256": true, "sha384": true, "sha512": true, "sm3": true,
+}
+
 // signatureFields are modinfo's sig_* lines, which kmod derives from the
-// first SignerInfo. kmod 30 prints none when OpenSSL cannot give it an
-// issuer and serial number, as for a signer identified by subject key id
-// (sign-file -k).
+// first SignerInfo. kmod 30 prints none when its OpenSSL-based reader
+// fails: a signer identified by subject key id (sign-file -k), a digest it
+// has no name for, an issuer without attributes.
 func (m *Module) signatureFields() []Field {
 	s := m.Signature
 	if s == nil || len(s.Signers) == 0 {
 		return nil
 	}
 	si := s.Signers[0]
-	if si.Serial == nil || si.SubjectKeyID != nil {
+	if si.Serial == nil || si.SubjectKeyID != nil || !kmodHashes[si.HashName] {
 		return nil
+	}
+	signer, ok := kmodSigner(si.IssuerRaw)
+	if !ok {
+		if len(si.IssuerRaw) > 0 && len(si.IssuerCN) == 0 {
+			return nil
+		}
+		signer = si.IssuerCN
 	}
 	return []Field{
 		{Key: "sig_id", Value: "PKCS#7"},
-		{Key: "signer", Value: si.IssuerCN},
+		{Key: "signer", Value: signer},
 		{Key: "sig_key", Value: colonHex(si.Serial.Bytes())},
 		{Key: "sig_hashalgo", Value: si.HashName},
 		{Key: "signature", Value: colonHex(si.SignatureBytes)},
 	}
+}
+
+var oidCommonName = asn1.ObjectIdentifier{2, 5, 4, 3}
+
+// kmodSigner is kmod 30's "signer" for a DER issuer Name: the value of its
+// first commonName attribute or, when there is none, of its last attribute
+// (so "O=Org, OU=Unit" gives "Unit"), as raw string bytes up to the first
+// NUL. ok is false when the Name does not parse or has no attribute.
+func kmodSigner(issuer []byte) (signer string, ok bool) {
+	var name asn1.RawValue
+	if rest, err := asn1.Unmarshal(issuer, &name); err != nil || len(rest) > 0 || name.Tag != asn1.TagSequence {
+		return "", false
+	}
+	var last []byte
+	found := false
+	for rdns := name.Bytes; len(rdns) > 0; {
+		var set asn1.RawValue
+		var err error
+		if rdns, err = asn1.Unmarshal(rdns, &set); err != nil || set.Tag != asn1.TagSet {
+			return "", false
+		}
+		for atvs := set.Bytes; len(atvs) > 0; {
+			var atv asn1.RawValue
+			if atvs, err = asn1.Unmarshal(atvs, &atv); err != nil || atv.Tag != asn1.TagSequence {
+				return "", false
+			}
+			var oid asn1.ObjectIdentifier
+			rest, err := asn1.Unmarshal(atv.Bytes, &oid)
+			if err != nil {
+				return "", false
+			}
+			var value asn1.RawValue
+			if _, err := asn1.Unmarshal(rest, &value); err != nil {
+				return "", false
+			}
+			last, found = value.Bytes, true
+			if oid.Equal(oidCommonName) {
+				return string(cbytes(last)), true
+			}
+		}
+	}
+	return string(cbytes(last)), found
 }
 
 // colonHex formats b as "AB:CD:...", the way modinfo prints keys and

@@ -376,3 +376,61 @@ func TestModinfoDiffCrafted(t *testing.T) {
 	slices.Sort(files)
 	compareWithModinfo(t, files, nil)
 }
+
+// TestModinfoDiffSigned signs a test module with the kernel's sign-file
+// under various issuers, serials, keys and digests and compares the sig_*
+// fields with modinfo's: kmod's signer rule (first CN, else the last
+// attribute), serial magnitude, and the cases where kmod 30 prints no
+// signature at all (subject key id, digests it cannot name).
+func TestModinfoDiffSigned(t *testing.T) {
+	signFile := fixture.SignFile(t)
+	openssl := fixture.Tool(t, "openssl")
+	base := fixture.TestModule(t, "kmodtest_base")
+	dir := t.TempDir()
+	run := func(name string, args ...string) {
+		t.Helper()
+		if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
+			t.Fatalf("%s %q: %v: %s", filepath.Base(name), args, err, out)
+		}
+	}
+	rsa := filepath.Join(dir, "rsa.key")
+	run(openssl, "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", rsa)
+	ec := filepath.Join(dir, "ec.key")
+	run(openssl, "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", ec)
+	cases := []struct {
+		name, key, subject, serial, hash string
+		skid                             bool
+	}{
+		{"cn", rsa, "/CN=Test signer/O=Org", "1", "sha256", false},
+		{"no-cn", rsa, "/O=Org1/OU=Unit", "0x80aabb", "sha512", false},
+		{"two-cn", rsa, "/CN=First/CN=Second", "2", "sha1", false},
+		{"country", rsa, "/C=DE", "0", "sha224", false},
+		{"utf8", rsa, "/CN=Ünïcode ñame", "-5", "sha384", false},
+		{"ecdsa", ec, "/CN=EC signer", "0x00ff", "sha256", false},
+		{"md5", rsa, "/CN=md5", "3", "md5", false},
+		{"ripemd160", rsa, "/CN=rmd", "4", "ripemd160", false},
+		{"sha3", rsa, "/CN=sha3", "5", "sha3-256", false},
+		{"sha512-224", rsa, "/CN=short", "6", "sha512-224", false},
+		{"skid", rsa, "/CN=Test signer", "7", "sha256", true},
+	}
+	var files []string
+	for _, c := range cases {
+		crt := filepath.Join(dir, c.name+".crt")
+		run(openssl, "req", "-new", "-x509", "-utf8", "-key", c.key, "-out", crt, "-days", "2", "-subj", c.subject, "-set_serial", c.serial)
+		ko := filepath.Join(dir, c.name+".ko")
+		data, err := os.ReadFile(base)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(ko, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		args := []string{c.hash, c.key, crt, ko}
+		if c.skid {
+			args = append([]string{"-k"}, args...)
+		}
+		run(signFile, args...)
+		files = append(files, ko)
+	}
+	compareWithModinfo(t, files, nil)
+}

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -495,6 +496,15 @@ func TestParseErrors(t *testing.T) {
 	}
 	_, err = ParseFile(empty)
 	wantError(t, "empty file", err, ErrEmpty, empty+": empty file")
+
+	_, err = ParseFile(filepath.Join(t.TempDir(), "missing.ko"))
+	if !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), "missing.ko: open: ") {
+		t.Errorf("missing file: %v", err)
+	}
+	dir := t.TempDir()
+	if _, err = ParseFile(dir); err == nil || !strings.Contains(err.Error(), dir+": not a regular file") {
+		t.Errorf("directory: %v", err)
+	}
 
 	_, err = Parse([]byte("#!/bin/sh\necho not a module\n"))
 	wantError(t, "script", err, ErrNotELF, "not an ELF kernel module: no ELF magic (file starts with 23 21 2f 62)")
