@@ -1,0 +1,55 @@
+// Command kmodctl inspects, signs, verifies and checks Linux kernel modules
+// and the images that carry them.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := newRootCmd().ExecuteContext(ctx); err != nil {
+		var quiet errQuiet
+		if !errors.As(err, &quiet) {
+			fmt.Fprintln(os.Stderr, "kmodctl:", err)
+		}
+		os.Exit(1)
+	}
+}
+
+// errQuiet is a failure whose details were already printed per file.
+type errQuiet struct{ msg string }
+
+func (e errQuiet) Error() string { return e.msg }
+
+func newRootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "kmodctl",
+		Short:         "Build-time toolkit for out-of-tree kernel modules",
+		Version:       version,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(newModuleCmd())
+	return root
+}
+
+func newModuleCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "module",
+		Short: "Inspect, sign, verify and check kernel module files",
+	}
+	cmd.AddCommand(newInspectCmd(), newSignCmd(), newVerifyCmd(), newCheckCmd())
+	return cmd
+}

@@ -1,0 +1,98 @@
+// Command bench measures kmodctl against the anchor tools in the same run and
+// prints the ratios (make bench). Nothing here asserts: the numbers go into
+// the issue notes.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"time"
+)
+
+type result struct {
+	name  string
+	value string
+	note  string
+}
+
+var results []result
+
+func report(name, value, note string) {
+	results = append(results, result{name, value, note})
+	fmt.Printf("%-52s %14s  %s\n", name, value, note)
+}
+
+func main() {
+	fixtures := flag.String("fixtures", envOr("KMODCTL_FIXTURES", "/var/cache/kmodctl-fixtures"), "fixture cache")
+	kmodctl := flag.String("kmodctl", "bin/kmodctl", "kmodctl binary")
+	signN := flag.Int("sign-modules", 500, "modules to sign")
+	only := flag.String("only", "", "comma list of benchmarks (sign,inspect)")
+	flag.Parse()
+	abs, err := filepath.Abs(*kmodctl)
+	must(err)
+	kver := strings.TrimSpace(string(mustRead(filepath.Join(*fixtures, "KVER"))))
+	tree := filepath.Join(*fixtures, "kernel/root/lib/modules", kver)
+	mods := modulesUnder(tree)
+	fmt.Printf("bench: %d cores, kernel %s, %d modules in the fixture tree\n\n", runtime.NumCPU(), kver, len(mods))
+	want := func(n string) bool { return *only == "" || strings.Contains(","+*only+",", ","+n+",") }
+	if want("sign") {
+		benchSign(abs, kver, mods, *signN)
+	}
+	if want("inspect") {
+		benchInspect(abs, mods)
+	}
+}
+
+func modulesUnder(dir string) []string {
+	var out []string
+	must(filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.IsDir() && strings.Contains(d.Name(), ".ko") {
+			out = append(out, p)
+		}
+		return nil
+	}))
+	sort.Strings(out)
+	return out
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func must(err error) {
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func mustRead(p string) []byte {
+	b, err := os.ReadFile(p)
+	must(err)
+	return b
+}
+
+func secs(d time.Duration) string { return fmt.Sprintf("%.3f s", d.Seconds()) }
+
+// best runs f n times and returns the shortest duration: the least disturbed
+// by whatever else the machine was doing.
+func best(n int, f func() time.Duration) time.Duration {
+	var m time.Duration
+	for i := 0; i < n; i++ {
+		if d := f(); i == 0 || d < m {
+			m = d
+		}
+	}
+	return m
+}
