@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -253,6 +254,24 @@ func TestParseTreeExportsMatchSymvers(t *testing.T) {
 	}
 	files := treeModules(t, dir)
 	mods := parseAll(t, files)
+	// __versions: every CRC a module expects equals the exporter's.
+	crcs := map[string]uint32{}
+	for _, r := range rows {
+		crcs[r.Name] = r.CRC
+	}
+	checked := 0
+	for i, m := range mods {
+		for _, v := range m.Versions {
+			if crc, ok := crcs[v.Name]; ok {
+				checked++
+				if uint64(crc) != v.CRC {
+					t.Errorf("%s: __versions %s = %#x, Module.symvers %#x", files[i], v.Name, v.CRC, crc)
+				}
+			} else {
+				t.Errorf("%s: __versions %s not in Module.symvers", files[i], v.Name)
+			}
+		}
+	}
 	exporting, exports := 0, 0
 	for i, f := range files {
 		rel, _ := filepath.Rel(filepath.Join(dir, "kernel"), f)
@@ -274,7 +293,7 @@ func TestParseTreeExportsMatchSymvers(t *testing.T) {
 	if exporting == 0 {
 		t.Fatal("no exporting module found")
 	}
-	t.Logf("%d modules, %d of them exporting %d symbols, match Module.symvers", len(files), exporting, exports)
+	t.Logf("%d modules, %d of them exporting %d symbols, and %d __versions entries match Module.symvers", len(files), exporting, exports, checked)
 }
 
 // TestParseTreeUndefinedMatchesNm compares Undefined with binutils' `nm -u`
@@ -700,6 +719,32 @@ func TestParseBadSignature(t *testing.T) {
 	_, err2 := ParseFile(f)
 	if err2 == nil || err2.Error() != f+": "+err.Error() {
 		t.Errorf("ParseFile error %q, Parse error %q", err2, err)
+	}
+}
+
+// TestParseTreeMemory parses the whole fixture tree on 2 cores in a child
+// process, keeping every Module, and checks the child's peak RSS.
+func TestParseTreeMemory(t *testing.T) {
+	dir := fixture.ModulesDir(t)
+	if os.Getenv("KMOD_PARSE_MEMORY_CHILD") == "1" {
+		files := treeModules(t, dir)
+		mods := parseAll(t, files)
+		runtime.KeepAlive(mods)
+		return
+	}
+	cmd := exec.Command(os.Args[0], "-test.run", "^TestParseTreeMemory$")
+	cmd.Env = append(os.Environ(), "KMOD_PARSE_MEMORY_CHILD=1", "GOMAXPROCS=2")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("child: %v: %s", err, out)
+	}
+	ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage)
+	if !ok {
+		t.Skip("no rusage on this platform")
+	}
+	peak := ru.Maxrss << 10 // KiB on Linux
+	t.Logf("peak RSS parsing the tree on 2 cores: %d MiB", peak>>20)
+	if peak > 200<<20 {
+		t.Errorf("peak RSS %d MiB exceeds 200 MiB", peak>>20)
 	}
 }
 
