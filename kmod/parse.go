@@ -192,7 +192,7 @@ const sigTailSlack = 512
 // announced by the trailer at the end of tail (plus some slack), or 0 when
 // tail does not end with the signature magic.
 func sigTailLen(tail []byte) uint64 {
-	const trailer = modsigTrailerSize + len(modsig.Magic)
+	const trailer = modsig.TrailerSize + len(modsig.Magic)
 	if len(tail) < trailer || string(tail[len(tail)-len(modsig.Magic):]) != modsig.Magic {
 		return 0
 	}
@@ -200,9 +200,6 @@ func sigTailLen(tail []byte) uint64 {
 	sigLen := uint64(b[8])<<24 | uint64(b[9])<<16 | uint64(b[10])<<8 | uint64(b[11])
 	return sigLen + uint64(trailer) + sigTailSlack
 }
-
-// modsigTrailerSize is the size of struct module_signature.
-const modsigTrailerSize = 12
 
 func decompressModule(data []byte, f compress.Format) ([]byte, error) {
 	out, err := compress.Decompress(data, f, MaxModuleSize)
