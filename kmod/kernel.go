@@ -741,6 +741,43 @@ func vermagicHasFlag(vermagic, flag string) bool {
 	return false
 }
 
+// headersFor finds the headers tree belonging to a module tree: its build
+// link, or <root>/usr/src/linux-headers-<release>. The tree is often inside a
+// mounted image, where an absolute link names a path of the image, not of
+// this host, so absolute targets are resolved under the image's root.
+func headersFor(dir string) string {
+	dir = filepath.Clean(dir)
+	release := filepath.Base(dir)
+	root := ""
+	for _, suffix := range []string{"/usr/lib/modules/" + release, "/lib/modules/" + release} {
+		if strings.HasSuffix(dir, suffix) {
+			root = strings.TrimSuffix(dir, suffix)
+			break
+		}
+	}
+	var candidates []string
+	link := filepath.Join(dir, "build")
+	if target, err := os.Readlink(link); err == nil {
+		if filepath.IsAbs(target) {
+			// root is "" for the host's own tree and for loose trees.
+			candidates = append(candidates, filepath.Join(root, target))
+		} else {
+			candidates = append(candidates, filepath.Join(dir, target))
+		}
+	} else {
+		candidates = append(candidates, link)
+	}
+	if root != "" || strings.HasPrefix(dir, "/lib/modules/") || strings.HasPrefix(dir, "/usr/lib/modules/") {
+		candidates = append(candidates, filepath.Join(root, "usr/src", "linux-headers-"+release))
+	}
+	for _, c := range candidates {
+		if fileExists(filepath.Join(c, "Module.symvers")) {
+			return c
+		}
+	}
+	return ""
+}
+
 // loadModulesDir reads a /lib/modules/<release> tree: all modules in
 // parallel (GOMAXPROCS workers), modules.builtin, and build/ when it
 // resolves to a headers tree with a Module.symvers.
@@ -754,7 +791,7 @@ func (b *kernelBuild) loadModulesDir(dir string) error {
 	}
 	b.k.Sources = append(b.k.Sources, dir)
 	b.dirRelease = filepath.Base(filepath.Clean(dir))
-	if build := filepath.Join(dir, "build"); fileExists(filepath.Join(build, "Module.symvers")) {
+	if build := headersFor(dir); build != "" {
 		if err := b.loadHeaders(build, false); err != nil {
 			return err
 		}

@@ -520,3 +520,51 @@ func TestKernelModulesDirLayout(t *testing.T) {
 		t.Errorf("malformed modules.builtin: %v", err)
 	}
 }
+
+// A module tree inside a mounted image: its absolute build link names a path
+// of the image, so the headers must come from under the image root, not from
+// the host's /usr/src.
+func TestKernelModulesDirInImageRoot(t *testing.T) {
+	headers := fixture.Headers(t)
+	kver := fixture.KVER(t)
+	root := t.TempDir()
+	dir := filepath.Join(root, "lib/modules", kver)
+	if err := os.MkdirAll(filepath.Join(dir, "kernel"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// The image's headers: only Module.symvers, with one extra export the
+	// host's copy does not have, so we can tell which one was read.
+	symvers, err := os.ReadFile(filepath.Join(headers, "Module.symvers"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	symvers = append(symvers, []byte("0x12345678\tkmodctl_image_only_symbol\tvmlinux\tEXPORT_SYMBOL\t\n")...)
+	ih := filepath.Join(root, "usr/src", "linux-headers-"+kver)
+	if err := os.MkdirAll(ih, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(ih, "Module.symvers"), symvers, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/usr/src/linux-headers-"+kver, filepath.Join(dir, "build")); err != nil {
+		t.Fatal(err)
+	}
+	k, err := LoadKernel(WithModulesDir(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := k.Exports["kmodctl_image_only_symbol"]; !ok || !k.VmlinuxKnown {
+		t.Fatalf("headers not read from the image root (VmlinuxKnown=%v)", k.VmlinuxKnown)
+	}
+	// Without the link, <root>/usr/src/linux-headers-<release> is found too.
+	if err := os.Remove(filepath.Join(dir, "build")); err != nil {
+		t.Fatal(err)
+	}
+	k, err = LoadKernel(WithModulesDir(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := k.Exports["kmodctl_image_only_symbol"]; !ok {
+		t.Fatal("headers under <root>/usr/src not found")
+	}
+}

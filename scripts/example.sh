@@ -35,7 +35,8 @@ step "check them against kernel $KVER"
 	--symvers "/usr/src/linux-headers-$KVER/Module.symvers" "$W"/kmodtest_*.ko
 
 step "check a module that cannot load (expected to fail)"
-if "$K" module check --kernel-dir "$C/kernel/root/lib/modules/$KVER" "$C/testmods/kmodtest_unresolved.ko"; then
+if "$K" module check --kernel-dir "$C/kernel/root/lib/modules/$KVER" \
+	--symvers "/usr/src/linux-headers-$KVER/Module.symvers" "$C/testmods/kmodtest_unresolved.ko"; then
 	echo "example: the unresolved module passed the check" >&2
 	exit 1
 fi

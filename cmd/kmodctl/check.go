@@ -47,6 +47,11 @@ func newCheckCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if !k.VmlinuxKnown {
+				// Without vmlinux's exports every core symbol would look
+				// unresolved, or pass unchecked: refuse rather than guess.
+				return fmt.Errorf("the target kernel's own exports are unknown: give --symvers, --headers or --system-map (a kernel dir whose build link or usr/src/linux-headers-%s holds Module.symvers also works)", k.Release)
+			}
 			mods := make([]*kmod.Module, 0, len(args))
 			failed := 0
 			for _, p := range args {
