@@ -271,7 +271,7 @@ func FuzzParse(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m, err := Parse(data)
 		// The piecewise reader of ParseFile must agree with Parse.
-		m2, err2 := parseReaderAt(bytes.NewReader(data), int64(len(data)))
+		m2, err2 := parseReaderAt(bytes.NewReader(data), int64(len(data)), parseConfig{})
 		if (err == nil) != (err2 == nil) {
 			t.Fatalf("Parse error %v, piecewise error %v", err, err2)
 		}
@@ -290,6 +290,14 @@ func FuzzParse(f *testing.F) {
 		}
 		if !reflect.DeepEqual(m, m2) {
 			t.Fatalf("Parse and the piecewise reader differ")
+		}
+		// InfoOnly reads a subset: it must succeed and agree on that subset.
+		mi, err := Parse(data, InfoOnly())
+		if err != nil {
+			t.Fatalf("full parse succeeded, InfoOnly failed: %v", err)
+		}
+		if !reflect.DeepEqual(mi.Info, m.Info) || !reflect.DeepEqual(mi.ModinfoFields(), m.ModinfoFields()) {
+			t.Fatalf("InfoOnly and the full parse differ on .modinfo")
 		}
 		if m.Size > MaxModuleSize || m.ContentSize > m.Size {
 			t.Fatalf("Size %d ContentSize %d", m.Size, m.ContentSize)

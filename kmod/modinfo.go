@@ -2,8 +2,9 @@ package kmod
 
 import (
 	"encoding/asn1"
-	"encoding/hex"
 	"strings"
+
+	"github.com/kmodctl/packer-plugin-kmod/kmod/modsig"
 )
 
 // ModinfoFields returns the key/value lines that kmod's `modinfo FILE`
@@ -103,9 +104,9 @@ func (m *Module) signatureFields() []Field {
 	return []Field{
 		{Key: "sig_id", Value: "PKCS#7"},
 		{Key: "signer", Value: signer},
-		{Key: "sig_key", Value: colonHex(si.Serial.Bytes())},
+		{Key: "sig_key", Value: modsig.ColonHex(si.Serial.Bytes())},
 		{Key: "sig_hashalgo", Value: si.HashName},
-		{Key: "signature", Value: colonHex(si.SignatureBytes)},
+		{Key: "signature", Value: modsig.ColonHex(si.SignatureBytes)},
 	}
 }
 
@@ -149,22 +150,4 @@ func kmodSigner(issuer []byte) (signer string, ok bool) {
 		}
 	}
 	return string(cbytes(last)), found
-}
-
-// colonHex formats b as "AB:CD:...", the way modinfo prints keys and
-// signatures.
-func colonHex(b []byte) string {
-	if len(b) == 0 {
-		return ""
-	}
-	var sb strings.Builder
-	sb.Grow(3*len(b) - 1)
-	h := strings.ToUpper(hex.EncodeToString(b))
-	for i := 0; i < len(h); i += 2 {
-		if i > 0 {
-			sb.WriteByte(':')
-		}
-		sb.WriteString(h[i : i+2])
-	}
-	return sb.String()
 }

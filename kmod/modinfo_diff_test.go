@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"slices"
 	"strings"
@@ -173,6 +174,18 @@ func compareWithModinfo(t *testing.T, files []string, reference map[string]strin
 	results := make([]result, len(files))
 	parallelFor(len(files), func(i int) {
 		m, err := ParseFile(files[i])
+		if err == nil {
+			// kmodctl inspect reads with InfoOnly: it must print the same.
+			mi, err := ParseFile(files[i], InfoOnly())
+			if err != nil {
+				results[i] = result{nil, fmt.Errorf("InfoOnly: %w", err)}
+				return
+			}
+			if !reflect.DeepEqual(mi.ModinfoFields(), m.ModinfoFields()) {
+				results[i] = result{nil, fmt.Errorf("%s: InfoOnly fields differ from the full parse", files[i])}
+				return
+			}
+		}
 		results[i] = result{m, err}
 	})
 	var diffs []string

@@ -44,10 +44,31 @@ var (
 	ErrBadSignature = errors.New("bad module signature trailer")
 )
 
+// ParseOption changes what Parse and ParseFile read.
+type ParseOption func(*parseConfig)
+
+type parseConfig struct {
+	infoOnly bool
+}
+
+// InfoOnly reads only what modinfo shows (.modinfo and the signature) and
+// leaves Undefined, WeakUndefined, Exports and Versions empty: listing a
+// whole tree does not pay for the symbol tables.
+func InfoOnly() ParseOption { return func(c *parseConfig) { c.infoOnly = true } }
+
+func newParseConfig(opts []ParseOption) parseConfig {
+	var c parseConfig
+	for _, o := range opts {
+		o(&c)
+	}
+	return c
+}
+
 // Parse parses a kernel module held in memory: a plain .ko or one
 // compressed with gzip, xz or zstd (detected by magic). The Module keeps no
 // reference to data.
-func Parse(data []byte) (*Module, error) {
+func Parse(data []byte, opts ...ParseOption) (*Module, error) {
+	cfg := newParseConfig(opts)
 	if len(data) == 0 {
 		return nil, ErrEmpty
 	}
@@ -62,7 +83,7 @@ func Parse(data []byte) (*Module, error) {
 	}
 	sc := getScratch()
 	defer putScratch(sc)
-	if err := m.parseDecompressed(memSource(data), data, uint64(len(data)), 0, sc); err != nil {
+	if err := m.parseDecompressed(memSource(data), data, uint64(len(data)), 0, sc, cfg); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -72,8 +93,8 @@ func Parse(data []byte) (*Module, error) {
 // uncompressed file is not read whole: only the ELF header, the section
 // headers, the sections the Module needs and the signature are read.
 // Errors name the path.
-func ParseFile(path string) (*Module, error) {
-	m, err := parseFile(path)
+func ParseFile(path string, opts ...ParseOption) (*Module, error) {
+	m, err := parseFile(path, newParseConfig(opts))
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -81,18 +102,18 @@ func ParseFile(path string) (*Module, error) {
 	return m, nil
 }
 
-func parseFile(path string) (*Module, error) {
+func parseFile(path string, cfg parseConfig) (*Module, error) {
 	f, size, err := openModuleFile(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	return parseReaderAt(f, size)
+	return parseReaderAt(f, size, cfg)
 }
 
 // parseReaderAt parses the size-byte module read through r, reading an
 // uncompressed module piecewise.
-func parseReaderAt(r io.ReaderAt, size int64) (*Module, error) {
+func parseReaderAt(r io.ReaderAt, size int64, cfg parseConfig) (*Module, error) {
 	if size == 0 {
 		return nil, ErrEmpty
 	}
@@ -116,7 +137,7 @@ func parseReaderAt(r io.ReaderAt, size int64) (*Module, error) {
 		if err != nil {
 			return nil, err
 		}
-		if err := m.parseDecompressed(memSource(data), data, uint64(len(data)), 0, sc); err != nil {
+		if err := m.parseDecompressed(memSource(data), data, uint64(len(data)), 0, sc, cfg); err != nil {
 			return nil, err
 		}
 		return m, nil
@@ -141,7 +162,7 @@ func parseReaderAt(r io.ReaderAt, size int64) (*Module, error) {
 		}
 	}
 	fs.ownTail = len(sigTail) > 0 && &sigTail[0] != &fs.tail[0]
-	if err := m.parseDecompressed(fs, sigTail, uint64(size), uint64(size)-uint64(len(sigTail)), sc); err != nil {
+	if err := m.parseDecompressed(fs, sigTail, uint64(size), uint64(size)-uint64(len(sigTail)), sc, cfg); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -217,7 +238,7 @@ func decompressModule(data []byte, f compress.Format) ([]byte, error) {
 
 // parseDecompressed fills m from a decompressed module of size bytes read
 // through src. tail holds the module's last bytes, starting at tailOff.
-func (m *Module) parseDecompressed(src source, tail []byte, size, tailOff uint64, sc *scratch) error {
+func (m *Module) parseDecompressed(src source, tail []byte, size, tailOff uint64, sc *scratch, cfg parseConfig) error {
 	m.Size = int(size)
 	content, sig, err := modsig.Split(tail)
 	if err != nil {
@@ -238,7 +259,7 @@ func (m *Module) parseDecompressed(src source, tail []byte, size, tailOff uint64
 	} else if contentSize != size {
 		end = "end of module content"
 	}
-	return m.parseELF(src, contentSize, end, sc)
+	return m.parseELF(src, contentSize, end, sc, cfg)
 }
 
 // cloneSignature copies a signature so that it no longer aliases the
@@ -288,7 +309,7 @@ type symRef struct {
 	kind  uint8
 }
 
-func (m *Module) parseELF(src source, size uint64, end string, sc *scratch) error {
+func (m *Module) parseELF(src source, size uint64, end string, sc *scratch, cfg parseConfig) error {
 	e, err := openELF(src, size, end)
 	if err != nil {
 		return err
@@ -338,6 +359,9 @@ func (m *Module) parseELF(src source, size uint64, end string, sc *scratch) erro
 		return err
 	}
 	m.Info = splitModinfo(info)
+	if cfg.infoOnly {
+		return nil
+	}
 
 	// Every name goes to sc.names first, then to one string.
 	if versions >= 0 {

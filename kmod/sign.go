@@ -251,7 +251,9 @@ type job struct {
 	res    SignResult
 }
 
-func (j *job) write() error { return atomicfile.WriteFile(j.target, j.out, j.perm) }
+func (j *job) write(opts ...atomicfile.Option) error {
+	return atomicfile.WriteFile(j.target, j.out, j.perm, opts...)
+}
 
 // prepare reads and signs the module at path (the CPU part of signFile).
 func (s *Signer) prepare(path string) (job, error) {
@@ -311,6 +313,8 @@ func (s *Signer) SignFiles(ctx context.Context, paths []string, workers int) []e
 	// The buffer bounds the signed modules held in memory.
 	written := make(chan done, writers)
 	var signWG, writeWG sync.WaitGroup
+	var dirsMu sync.Mutex
+	dirs := make(map[string][]int) // folder -> files renamed into it
 	for w := 0; w < workers; w++ {
 		signWG.Add(1)
 		go func() {
@@ -336,9 +340,14 @@ func (s *Signer) SignFiles(ctx context.Context, paths []string, workers int) []e
 		go func() {
 			defer writeWG.Done()
 			for d := range written {
-				if err := d.j.write(); err != nil {
+				// The folders are fsynced once each at the end, not per file.
+				if err := d.j.write(atomicfile.NoDirSync()); err != nil {
 					errs[d.i] = fmt.Errorf("sign %s: %w", paths[d.i], err)
+					continue
 				}
+				dirsMu.Lock()
+				dirs[filepath.Dir(d.j.target)] = append(dirs[filepath.Dir(d.j.target)], d.i)
+				dirsMu.Unlock()
 			}
 		}()
 	}
@@ -349,6 +358,15 @@ func (s *Signer) SignFiles(ctx context.Context, paths []string, workers int) []e
 	signWG.Wait()
 	close(written)
 	writeWG.Wait()
+	// Until its folder is fsynced a rename may not survive a crash, so a
+	// failure here fails every file renamed in that folder.
+	for dir, idx := range dirs {
+		if err := atomicfile.SyncDir(dir); err != nil {
+			for _, i := range idx {
+				errs[i] = fmt.Errorf("sign %s: %w", paths[i], err)
+			}
+		}
+	}
 	var out []error
 	for _, err := range errs {
 		if err != nil {

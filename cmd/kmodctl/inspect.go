@@ -2,10 +2,10 @@ package main
 
 import (
 	"bufio"
-	"encoding/json"
 	"fmt"
 	"os"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 
@@ -39,16 +39,13 @@ func newInspectCmd() *cobra.Command {
 			}
 			first := true
 			forEachOrdered(len(args), jobs, func(i int) any {
-				m, err := kmod.ParseFile(args[i])
+				// Only what modinfo shows: the symbol tables are not read.
+				m, err := kmod.ParseFile(args[i], kmod.InfoOnly())
 				if err != nil {
 					return err
 				}
 				if asJSON {
-					b, err := json.Marshal(inspectObject(args[i], m))
-					if err != nil {
-						return err
-					}
-					return b
+					return appendInspectJSON(make([]byte, 0, 4096), args[i], m)
 				}
 				return inspectText(args[i], m)
 			}, func(i int, v any) {
@@ -81,30 +78,99 @@ func newInspectCmd() *cobra.Command {
 	return cmd
 }
 
-func inspectObject(path string, m *kmod.Module) map[string]any {
-	obj := map[string]any{"filename": path}
-	for k := range arrayKeys {
-		obj[k] = []string{}
+// appendInspectJSON appends one file's object: "filename" first, then the
+// fields in modinfo's order. Hand-written rather than a map through
+// encoding/json: over a whole kernel tree the reflection and key sorting
+// cost more than parsing the modules.
+func appendInspectJSON(b []byte, path string, m *kmod.Module) []byte {
+	fields := m.ModinfoFields()
+	// modinfo merges parmtype into parm; the raw types are kept as well.
+	for _, v := range m.All("parmtype") {
+		fields = append(fields, kmod.Field{Key: "parmtype", Value: v})
 	}
-	for _, f := range m.ModinfoFields() {
-		if arrayKeys[f.Key] {
-			obj[f.Key] = append(obj[f.Key].([]string), f.Value)
+	b = append(b, `{"filename":`...)
+	b = appendJSONString(b, path)
+	done := make(map[string]bool, len(fields))
+	for i, f := range fields {
+		if done[f.Key] {
 			continue
 		}
-		if _, seen := obj[f.Key]; !seen {
-			obj[f.Key] = f.Value
+		done[f.Key] = true
+		b = append(b, ',')
+		b = appendJSONString(b, f.Key)
+		b = append(b, ':')
+		if !arrayKeys[f.Key] {
+			// A repeated scalar key keeps its first value, as the kernel reads it.
+			b = appendJSONString(b, f.Value)
+			continue
+		}
+		b = append(b, '[')
+		n := 0
+		for _, g := range fields[i:] {
+			if g.Key == f.Key {
+				if n > 0 {
+					b = append(b, ',')
+				}
+				b = appendJSONString(b, g.Value)
+				n++
+			}
+		}
+		b = append(b, ']')
+	}
+	for _, k := range arrayKeyOrder {
+		if !done[k] {
+			b = append(b, ',')
+			b = appendJSONString(b, k)
+			b = append(b, ":[]"...)
 		}
 	}
-	// modinfo merges parmtype into parm; keep the raw types too.
-	obj["parmtype"] = nonNil(m.All("parmtype"))
-	return obj
+	return append(b, '}')
 }
 
-func nonNil(s []string) []string {
-	if s == nil {
-		return []string{}
+var arrayKeyOrder = []string{"alias", "author", "firmware", "import_ns", "parm", "parmtype", "softdep", "weakdep"}
+
+// appendJSONString appends s as a JSON string; invalid UTF-8 becomes U+FFFD
+// as with encoding/json.
+func appendJSONString(b []byte, s string) []byte {
+	const hexDigits = "0123456789abcdef"
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c >= 0x20 && c != '"' && c != '\\' && c < utf8.RuneSelf {
+			i++
+			continue
+		}
+		if c < utf8.RuneSelf {
+			b = append(b, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				b = append(b, '\\', c)
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\t':
+				b = append(b, '\\', 't')
+			case '\r':
+				b = append(b, '\\', 'r')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, s[start:i]...)
+			b = append(b, "\\ufffd"...)
+			i++
+			start = i
+			continue
+		}
+		i += size
 	}
-	return s
+	b = append(b, s[start:]...)
+	return append(b, '"')
 }
 
 func inspectText(path string, m *kmod.Module) string {

@@ -9,10 +9,37 @@ import (
 	"syscall"
 )
 
+// Option changes how WriteFile replaces a file.
+type Option func(*options)
+
+type options struct{ noDirSync bool }
+
+// NoDirSync leaves the folder's fsync to the caller, who replaces many files
+// of a folder and makes all the renames durable with one SyncDir at the end
+// (each fsync of a folder is a journal commit of its own).
+func NoDirSync() Option { return func(o *options) { o.noDirSync = true } }
+
+// SyncDir fsyncs a folder, making the renames done in it durable.
+func SyncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	return nil
+}
+
 // WriteFile replaces path with data: a temporary file in the same folder is
 // written, fsynced, given the old file's mode and owner (or perm for a new
 // file), renamed over path, and the folder is fsynced.
-func WriteFile(path string, data []byte, perm os.FileMode) (err error) {
+func WriteFile(path string, data []byte, perm os.FileMode, opts ...Option) (err error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	dir := filepath.Dir(path)
 	mode, uid, gid := perm, -1, -1
 	if st, err := os.Stat(path); err == nil {
@@ -52,10 +79,9 @@ func WriteFile(path string, data []byte, perm os.FileMode) (err error) {
 	if err = os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("replace %s: %w", path, err)
 	}
-	if d, derr := os.Open(dir); derr == nil {
-		// Makes the rename itself durable.
-		_ = d.Sync()
-		d.Close()
+	if o.noDirSync {
+		return nil
 	}
-	return nil
+	// Makes the rename itself durable.
+	return SyncDir(dir)
 }

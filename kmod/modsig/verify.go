@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
-	"strings"
 )
 
 // ErrNoSignature is returned by Verify for a nil Signature.
@@ -154,13 +153,23 @@ func FormatSerial(n *big.Int) string {
 	if n == nil {
 		return ""
 	}
-	b := n.Bytes()
-	var sb strings.Builder
-	for i, x := range b {
-		if i > 0 {
-			sb.WriteByte(':')
-		}
-		fmt.Fprintf(&sb, "%02X", x)
+	return ColonHex(n.Bytes())
+}
+
+// ColonHex formats b as upper-case hex bytes joined by colons ("4E:0A:D1"),
+// as modinfo prints sig_key and signature.
+func ColonHex(b []byte) string {
+	if len(b) == 0 {
+		return ""
 	}
-	return sb.String()
+	const digits = "0123456789ABCDEF"
+	out := make([]byte, 3*len(b)-1)
+	for i, x := range b {
+		j := 3 * i
+		if i > 0 {
+			out[j-1] = ':'
+		}
+		out[j], out[j+1] = digits[x>>4], digits[x&0xf]
+	}
+	return string(out)
 }

@@ -1,15 +1,17 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
+	"io"
 	"os/exec"
-	"syscall"
+	"strconv"
+	"strings"
 	"time"
 )
 
-// run executes a command with output discarded and returns its wall time and
-// peak resident memory (from the kernel's rusage of the child).
-func run(name string, args ...string) (time.Duration, int64) {
+// run executes a command with output discarded and returns its wall time.
+func run(name string, args ...string) time.Duration {
 	cmd := exec.Command(name, args...)
 	start := time.Now()
 	out, err := cmd.CombinedOutput()
@@ -21,24 +23,35 @@ func run(name string, args ...string) (time.Duration, int64) {
 		}
 		must(fmt.Errorf("%s: %v\n%s", name, err, msg))
 	}
-	ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
-	return d, ru.Maxrss * 1024
+	return d
+}
+
+// peakRSS runs a command under /usr/bin/time and returns its peak resident
+// memory. The child's own rusage from Go would count the pages it shared
+// with this process before exec.
+func peakRSS(name string, args ...string) int64 {
+	cmd := exec.Command("/usr/bin/time", append([]string{"-f", "%M", name}, args...)...)
+	var stderr bytes.Buffer
+	cmd.Stdout = io.Discard
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		must(fmt.Errorf("%s: %v: %s", name, err, stderr.String()))
+	}
+	lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+	kb, err := strconv.ParseInt(lines[len(lines)-1], 10, 64)
+	must(err)
+	return kb * 1024
 }
 
 // benchInspect: the whole fixture tree through kmodctl inspect --json vs
 // modinfo, both one process over all files, output discarded.
 func benchInspect(kmodctl string, mods []string) {
-	var rss int64
 	ours := best(3, func() time.Duration {
-		d, r := run("sh", append([]string{"-c", `"$0" module inspect --json "$@" >/dev/null`, kmodctl}, mods...)...)
-		_ = r
-		return d
+		return run("sh", append([]string{"-c", `"$0" module inspect --json "$@" >/dev/null`, kmodctl}, mods...)...)
 	})
-	// Peak memory of kmodctl itself, not of the shell around it.
-	_, rss = run(kmodctl, append([]string{"module", "inspect", "--json"}, mods...)...)
+	rss := peakRSS(kmodctl, append([]string{"module", "inspect", "--json"}, mods...)...)
 	theirs := best(3, func() time.Duration {
-		d, _ := run("sh", append([]string{"-c", `modinfo "$@" >/dev/null`, "modinfo"}, mods...)...)
-		return d
+		return run("sh", append([]string{"-c", `modinfo "$@" >/dev/null`, "modinfo"}, mods...)...)
 	})
 	n := len(mods)
 	report(fmt.Sprintf("inspect %d modules: kmodctl --json", n), secs(ours), "")
