@@ -211,15 +211,6 @@ func LoadKernel(opts ...KernelOption) (*Kernel, error) {
 // normalizeModName is the kernel's module name form: '-' becomes '_'.
 func normalizeModName(s string) string { return strings.ReplaceAll(s, "-", "_") }
 
-// modNameFromPath turns "drivers/net/foo-bar" or "foo-bar.ko.xz" into "foo_bar".
-func modNameFromPath(p string) string {
-	base := filepath.Base(p)
-	if i := strings.Index(base, ".ko"); i >= 0 {
-		base = base[:i]
-	}
-	return normalizeModName(base)
-}
-
 func (b *kernelBuild) warnf(format string, args ...any) {
 	b.k.Warnings = append(b.k.Warnings, fmt.Sprintf(format, args...))
 }
@@ -322,7 +313,7 @@ func parseSymvers(path string, data []byte) ([]KernelSymbol, error) {
 			return nil, fmt.Errorf("%s:%d: empty module field for symbol %s", path, line, name)
 		}
 		if owner != Vmlinux {
-			owner = modNameFromPath(owner)
+			owner = ModuleNameFromPath(owner)
 		}
 		syms = append(syms, KernelSymbol{
 			Name:      name,
@@ -651,7 +642,7 @@ func (b *kernelBuild) readModulesBuiltin(path string) error {
 		if !strings.HasSuffix(ln, ".ko") {
 			return fmt.Errorf("%s:%d: expected a .ko path, got %q", path, i+1, ln)
 		}
-		b.k.Builtin[modNameFromPath(ln)] = true
+		b.k.Builtin[ModuleNameFromPath(ln)] = true
 	}
 	b.k.Sources = append(b.k.Sources, path)
 	return nil

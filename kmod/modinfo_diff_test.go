@@ -255,7 +255,7 @@ func treeModules(t testing.TB, dir string) []string {
 		if d.IsDir() && p != dir && (d.Name() == "build" || d.Name() == "source") {
 			return filepath.SkipDir
 		}
-		if d.Type().IsRegular() && isModuleName(d.Name()) {
+		if d.Type().IsRegular() && isModuleFile(d.Name()) {
 			files = append(files, p)
 		}
 		return nil
@@ -264,15 +264,6 @@ func treeModules(t testing.TB, dir string) []string {
 		t.Fatal(err)
 	}
 	return files
-}
-
-func isModuleName(n string) bool {
-	for _, ext := range []string{".ko", ".ko.gz", ".ko.xz", ".ko.zst"} {
-		if strings.HasSuffix(n, ext) {
-			return true
-		}
-	}
-	return false
 }
 
 func globFixtures(t testing.TB, pattern string) []string {
