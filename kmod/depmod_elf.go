@@ -1,0 +1,395 @@
+package kmod
+
+import (
+	"bytes"
+	"debug/elf"
+	"fmt"
+	"io"
+
+	"github.com/kmodctl/packer-plugin-kmod/internal/compress"
+)
+
+// This file reads what depmod needs from a module, with kmod 30's rules
+// (libkmod-elf.c), which differ from Module's:
+//
+//   - exports are the names of the __crc_* symbols of .symtab, in symbol
+//     table order (kmod_elf_get_symbols); a module without any (built
+//     without modversions), or whose symbol table names point outside
+//     .strtab, exports every string of __ksymtab_strings instead, which
+//     also holds namespace names;
+//   - dependency symbols are the undefined symbols with a name, weak ones
+//     included, plus the __versions entries no undefined symbol named
+//     (module_layout), with the CRC of the first __versions entry of the
+//     same name (0 without one);
+//   - sections are found by name (.modinfo, .symtab, .strtab, __versions,
+//     __ksymtab_strings), the first valid one winning;
+//   - a module without .modinfo, .symtab or .strtab is not an error: it
+//     has no aliases, exports or dependencies.
+//
+// Only the .modinfo keys depmod writes out are kept: alias and softdep.
+
+// depSym is a symbol a module needs.
+type depSym struct {
+	name string
+	crc  uint64
+	weak bool
+}
+
+// depmodFacts is what depmod reads from one module file.
+type depmodFacts struct {
+	aliases, softdeps []string
+	exports           []string
+	// exportCRCs holds the exports' CRCs (kmod_elf_resolve_crc) when the
+	// scan was asked for them.
+	exportCRCs []uint64
+	deps       []depSym
+}
+
+// depmodScanner reads modules for depmod; one per goroutine, as it keeps
+// buffers from one module to the next.
+type depmodScanner struct {
+	wantCRC bool
+	// Indexes of strings in the scratch name buffer.
+	aliases, softdeps, exports, depNames []int
+	depWeak                              []bool
+	exportCRCs, depCRCs                  []uint64
+	// versions maps a __versions name to its first entry.
+	versions map[string]int32
+	visited  []bool
+}
+
+func (w *depmodScanner) reset() {
+	w.aliases, w.softdeps, w.exports, w.depNames = w.aliases[:0], w.softdeps[:0], w.exports[:0], w.depNames[:0]
+	w.depWeak, w.exportCRCs, w.depCRCs = w.depWeak[:0], w.exportCRCs[:0], w.depCRCs[:0]
+	clear(w.versions)
+	w.visited = w.visited[:0]
+}
+
+// scanFile reads the module at a host path.
+func (w *depmodScanner) scanFile(path string) (*depmodFacts, error) {
+	f, size, err := openModuleFile(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return w.scanReaderAt(f, size)
+}
+
+// scanReaderAt reads a size-byte module through r: an uncompressed one
+// piecewise, a compressed one whole.
+func (w *depmodScanner) scanReaderAt(r io.ReaderAt, size int64) (*depmodFacts, error) {
+	if size == 0 {
+		return nil, ErrEmpty
+	}
+	if size > MaxModuleSize {
+		return nil, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, size, MaxModuleSize)
+	}
+	sc := getScratch()
+	defer putScratch(sc)
+	src := &fileSource{r: r, size: uint64(size), sc: sc}
+	var err error
+	if src.head, err = src.readAt(0, min(uint64(size), 64)); err != nil {
+		return nil, err
+	}
+	if c := compress.Detect(src.head); c != compress.None {
+		raw := make([]byte, size)
+		if err := src.read(raw, 0); err != nil {
+			return nil, err
+		}
+		data, err := decompressModule(raw, c)
+		if err != nil {
+			return nil, err
+		}
+		return w.scanELF(memSource(data), uint64(len(data)), sc)
+	}
+	src.tailOff = tailStart(src.head, uint64(size))
+	if src.tail, err = src.readAt(src.tailOff, uint64(size)-src.tailOff); err != nil {
+		return nil, err
+	}
+	return w.scanELF(src, uint64(size), sc)
+}
+
+// scanBytes reads a module held in memory (plain or compressed).
+func (w *depmodScanner) scanBytes(data []byte) (*depmodFacts, error) {
+	if len(data) == 0 {
+		return nil, ErrEmpty
+	}
+	if c := compress.Detect(data); c != compress.None {
+		var err error
+		if data, err = decompressModule(data, c); err != nil {
+			return nil, err
+		}
+	} else if len(data) > MaxModuleSize {
+		return nil, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, len(data), MaxModuleSize)
+	}
+	sc := getScratch()
+	defer putScratch(sc)
+	return w.scanELF(memSource(data), uint64(len(data)), sc)
+}
+
+func (w *depmodScanner) scanELF(src source, size uint64, sc *scratch) (*depmodFacts, error) {
+	w.reset()
+	e, err := openELF(src, size, "end of file")
+	if err != nil {
+		return nil, err
+	}
+	modinfo, strtab, symtab, versions, ksymStrings := -1, -1, -1, -1, -1
+	for i := 1; i < e.shnum; i++ {
+		s, err := e.namedSection(i)
+		if err != nil || e.check(s, "") != nil {
+			continue // kmod skips sections it cannot name or read
+		}
+		var slot *int
+		switch string(s.name) {
+		case ".modinfo":
+			slot = &modinfo
+		case ".strtab":
+			slot = &strtab
+		case ".symtab":
+			slot = &symtab
+		case "__versions":
+			slot = &versions
+		case "__ksymtab_strings":
+			slot = &ksymStrings
+		default:
+			continue
+		}
+		if *slot < 0 {
+			*slot = i
+		}
+	}
+	if modinfo >= 0 {
+		b, err := e.data(e.section(modinfo))
+		if err != nil {
+			return nil, err
+		}
+		w.readModinfo(b, sc)
+	}
+
+	// __versions: 64-byte entries, a CRC of the word size, then the name.
+	var vers []byte
+	crcLen := 4
+	if e.is64 {
+		crcLen = 8
+	}
+	if versions >= 0 {
+		if vers, err = e.data(e.section(versions)); err != nil {
+			return nil, err
+		}
+		if len(vers)%64 != 0 {
+			vers = nil
+		}
+		if len(vers) > 0 {
+			// One string for all names: the map keys cost no allocation each.
+			var names []byte
+			ends := make([]int, 0, len(vers)/64)
+			for off := 0; off < len(vers); off += 64 {
+				names = append(names, cbytes(vers[off+crcLen:])...)
+				ends = append(ends, len(names))
+			}
+			all, start := string(names), 0
+			if w.versions == nil {
+				w.versions = make(map[string]int32, len(ends))
+			}
+			for i, end := range ends {
+				if _, dup := w.versions[all[start:end]]; !dup {
+					w.versions[all[start:end]] = int32(i)
+				}
+				start = end
+			}
+			w.visited = append(w.visited, make([]bool, len(ends))...)
+		}
+	}
+
+	exportsFallback, depsValid := true, false
+	if symtab >= 0 && strtab >= 0 {
+		symSec, strSec := e.section(symtab), e.section(strtab)
+		syms, strs, err := e.data2(symSec, strSec)
+		if err != nil {
+			return nil, err
+		}
+		if exportsFallback, depsValid, err = w.readSymtab(e, syms, strs, vers, crcLen, sc); err != nil {
+			return nil, err
+		}
+	}
+	if exportsFallback {
+		w.exports, w.exportCRCs = w.exports[:0], w.exportCRCs[:0]
+		if ksymStrings >= 0 {
+			b, err := e.data(e.section(ksymStrings))
+			if err != nil {
+				return nil, err
+			}
+			forEachCString(b, func(s []byte) {
+				w.exports = append(w.exports, sc.add(s))
+				w.exportCRCs = append(w.exportCRCs, 0)
+			})
+		}
+	}
+	if depsValid {
+		// The __versions entries no undefined symbol claimed.
+		for i, seen := range w.visited {
+			if seen {
+				continue
+			}
+			ent := vers[i*64:]
+			w.depNames = append(w.depNames, sc.add(cbytes(ent[crcLen:])))
+			w.depWeak = append(w.depWeak, false)
+			w.depCRCs = append(w.depCRCs, versionCRC(e, ent, crcLen))
+		}
+	}
+
+	all := string(sc.names)
+	f := &depmodFacts{
+		aliases:  sc.list(all, w.aliases),
+		softdeps: sc.list(all, w.softdeps),
+		exports:  sc.list(all, w.exports),
+	}
+	if w.wantCRC && len(w.exportCRCs) > 0 {
+		f.exportCRCs = append([]uint64(nil), w.exportCRCs...)
+	}
+	if len(w.depNames) > 0 {
+		f.deps = make([]depSym, len(w.depNames))
+		for i, n := range w.depNames {
+			f.deps[i] = depSym{name: sc.get(all, n), weak: w.depWeak[i], crc: w.depCRCs[i]}
+		}
+	}
+	return f, nil
+}
+
+func versionCRC(e *elfFile, ent []byte, crcLen int) uint64 {
+	if crcLen == 8 {
+		return e.bo.Uint64(ent)
+	}
+	return uint64(e.bo.Uint32(ent))
+}
+
+// readModinfo keeps the alias= and softdep= values of .modinfo, split the
+// way kmod_elf_get_strings splits it.
+func (w *depmodScanner) readModinfo(b []byte, sc *scratch) {
+	forEachCString(b, func(s []byte) {
+		// The key runs up to the first '='; without one the value is empty.
+		key, val := s, []byte(nil)
+		if i := bytes.IndexByte(s, '='); i >= 0 {
+			key, val = s[:i], s[i+1:]
+		}
+		switch string(key) {
+		case "alias":
+			w.aliases = append(w.aliases, sc.add(val))
+		case "softdep":
+			w.softdeps = append(w.softdeps, sc.add(val))
+		}
+	})
+}
+
+// forEachCString calls f for every string of a section of NUL-terminated
+// strings the way kmod reads .modinfo and __ksymtab_strings: leading NULs
+// are skipped, a section of at most one byte after them holds nothing,
+// runs of NULs separate strings, and an unterminated last string counts.
+func forEachCString(b []byte, f func([]byte)) {
+	i := 0
+	for i < len(b)-1 && b[i] == 0 {
+		i++
+	}
+	if len(b)-i <= 1 {
+		return
+	}
+	b = b[i:]
+	for len(b) > 0 {
+		j := bytes.IndexByte(b, 0)
+		if j < 0 {
+			f(b)
+			return
+		}
+		if j > 0 {
+			f(b[:j])
+		}
+		b = b[j+1:]
+	}
+}
+
+const stRegister = 13 // STT_REGISTER of SPARC
+
+// readSymtab walks the symbol table once for exports (__crc_ symbols) and
+// dependency symbols (undefined ones). It reports whether the exports must
+// come from __ksymtab_strings instead and whether kmod would accept the
+// dependency symbols at all.
+func (w *depmodScanner) readSymtab(e *elfFile, syms, strs, vers []byte, crcLen int, sc *scratch) (exportsFallback, depsValid bool, err error) {
+	entsize := sym32Size
+	if e.is64 {
+		entsize = sym64Size
+	}
+	if len(syms)%entsize != 0 {
+		return true, false, nil
+	}
+	sparc := e.mach == elf.EM_SPARC || e.mach == elf.EM_SPARCV9
+	badName, badUndefName := false, false
+	count := len(syms) / entsize
+	for i := 1; i < count; i++ {
+		b := syms[i*entsize : (i+1)*entsize]
+		var nameOff uint32
+		var info byte
+		var shndx uint16
+		var value uint64
+		if e.is64 {
+			nameOff, info, shndx, value = e.bo.Uint32(b), b[4], e.bo.Uint16(b[6:]), e.bo.Uint64(b[8:])
+		} else {
+			nameOff, value, info, shndx = e.bo.Uint32(b), uint64(e.bo.Uint32(b[4:])), b[12], e.bo.Uint16(b[14:])
+		}
+		undef := shndx == uint16(elf.SHN_UNDEF) && !(sparc && info&0xf == stRegister)
+		if uint64(nameOff) >= uint64(len(strs)) {
+			badName = true
+			if undef {
+				badUndefName = true
+			}
+			continue
+		}
+		name := cbytes(strs[nameOff:])
+		if undef {
+			if len(name) == 0 {
+				continue
+			}
+			var crc uint64
+			if len(vers) > 0 {
+				if vi, ok := w.versions[string(name)]; ok {
+					w.visited[vi] = true
+					crc = versionCRC(e, vers[int(vi)*64:], crcLen)
+				}
+			}
+			w.depNames = append(w.depNames, sc.add(name))
+			w.depWeak = append(w.depWeak, elf.SymBind(info>>4) == elf.STB_WEAK)
+			w.depCRCs = append(w.depCRCs, crc)
+			// An undefined __crc_ symbol still counts as an export below.
+		}
+		if bytes.HasPrefix(name, []byte("__crc_")) {
+			w.exports = append(w.exports, sc.add(name[6:]))
+			if w.wantCRC {
+				crc, err := resolveCRC(e, value, shndx)
+				if err != nil {
+					return false, false, err
+				}
+				w.exportCRCs = append(w.exportCRCs, crc)
+			}
+		}
+	}
+	if badUndefName {
+		w.depNames, w.depWeak, w.depCRCs = w.depNames[:0], w.depWeak[:0], w.depCRCs[:0]
+	}
+	return badName || len(w.exports) == 0, !badUndefName, nil
+}
+
+// resolveCRC is kmod_elf_resolve_crc: the value of an absolute or
+// undefined __crc_ symbol, else the 32-bit word it points at; all ones
+// when it points nowhere.
+func resolveCRC(e *elfFile, value uint64, shndx uint16) (uint64, error) {
+	if shndx == uint16(elf.SHN_ABS) || shndx == uint16(elf.SHN_UNDEF) {
+		return value, nil
+	}
+	b, err := e.symbolData(symRef{shndx: uint32(shndx), value: value}, 4)
+	if err != nil {
+		return 0, err
+	}
+	if len(b) < 4 {
+		return ^uint64(0), nil
+	}
+	return uint64(e.bo.Uint32(b)), nil
+}
