@@ -369,11 +369,11 @@ func (r *Reader) finish() error {
 				return err
 			}
 		} else {
-			n, _ := r.br.Discard(int(min(r.remain, 1<<62)))
+			n, err := r.br.Discard(int(min(r.remain, 1<<62)))
 			r.off += int64(n)
 			r.remain -= int64(n)
 			if r.remain > 0 {
-				return r.truncated(r.off, "body", nil)
+				return r.truncated(r.off, "body", err)
 			}
 		}
 	}

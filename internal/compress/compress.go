@@ -22,6 +22,11 @@ const (
 	Gzip Format = "gzip"
 	XZ   Format = "xz"
 	Zstd Format = "zstd"
+	// Formats only initramfs images use (more.go).
+	Lzma  Format = "lzma"  // LZMA "alone" (.lzma, lzma(1))
+	LZ4   Format = "lz4"   // LZ4 legacy frames (lz4 -l), the kernel's lz4
+	Bzip2 Format = "bzip2" // bzip2; decompression only
+	LZO   Format = "lzo"   // lzop; detected, not supported
 )
 
 // Extension is the file-name suffix modules carry for f (".xz", ...).
@@ -34,7 +39,7 @@ func (f Format) Extension() string {
 	case Zstd:
 		return ".zst"
 	}
-	return ""
+	return moreExtension(f)
 }
 
 var (
@@ -53,7 +58,7 @@ func Detect(b []byte) Format {
 	case bytes.HasPrefix(b, magicZstd):
 		return Zstd
 	}
-	return None
+	return detectMore(b)
 }
 
 // ErrTooLarge is returned when decompressed data exceeds the caller's limit.
@@ -79,7 +84,7 @@ func NewReader(r io.Reader, f Format) (io.ReadCloser, error) {
 		}
 		return zr.IOReadCloser(), nil
 	}
-	return nil, fmt.Errorf("unsupported compression %q", f)
+	return newMoreReader(r, f)
 }
 
 // Decompress returns the decompressed form of b (b itself when f is None),
@@ -152,7 +157,7 @@ func Compress(b []byte, f Format) ([]byte, error) {
 			return nil, err
 		}
 	default:
-		return nil, fmt.Errorf("unsupported compression %q", f)
+		return compressMore(b, f)
 	}
 	return out.Bytes(), nil
 }
