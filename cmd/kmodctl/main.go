@@ -49,6 +49,7 @@ func newRootCmd() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand(newModuleCmd())
+	root.AddCommand(newInitramfsCmd())
 	return root
 }
 

@@ -104,7 +104,9 @@ func sample(t testing.TB, format Format) []byte {
 	return buf.Bytes()
 }
 
-func itoa(i int) string { return string(rune('0'+i/100)) + string(rune('0'+i/10%10)) + string(rune('0'+i%10)) }
+func itoa(i int) string {
+	return string(rune('0'+i/100)) + string(rune('0'+i/10%10)) + string(rune('0'+i%10))
+}
 
 func TestRoundTripOwnArchive(t *testing.T) {
 	for _, f := range []Format{Newc, CRC} {
