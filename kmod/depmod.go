@@ -48,33 +48,42 @@ import (
 // readable kernel module (the error names it), a dependency cycle, more
 // than 65534 modules. Warnings go to the WithDepmodErrors callback.
 func GenerateDepmod(root fs.FS, kver string, opts ...DepmodOption) (*DepmodOutput, error) {
-	o := depmodOptions{}
-	for _, opt := range opts {
-		opt(&o)
-	}
-	if o.warn == nil {
-		o.warn = func(string) {}
-	}
-	if kver == "" || strings.ContainsAny(kver, "/\x00") {
-		return nil, fmt.Errorf("depmod: bad kernel release %q", kver)
-	}
-	d := &depmodRun{root: root, opts: &o}
-	if err := d.run(kver); err != nil {
+	d, err := generateDepmod(root, kver, opts)
+	if err != nil {
 		return nil, err
 	}
 	return d.out, nil
 }
 
-// Depmod runs GenerateDepmod on the folder basedir and replaces the files
-// in basedir/lib/modules/KVER (or usr/lib/modules/KVER, see
-// GenerateDepmod) atomically: each is written to a temporary file,
-// fsynced, and renamed over the old one (mode 0644 for a new file, the old
-// file's mode and owner otherwise); the folder is fsynced once at the end.
-// Module folders are listed in readdir order, as kmod does.
-func Depmod(basedir, kver string, opts ...DepmodOption) error {
+func generateDepmod(root fs.FS, kver string, opts []DepmodOption) (*depmodRun, error) {
+	o := &depmodOptions{}
+	for _, opt := range opts {
+		opt(o)
+	}
+	if o.warn == nil {
+		o.warn = func(string) {}
+	}
+	if h, ok := root.(hostFS); ok {
+		o.displayRoot = h.display
+	}
+	if kver == "" || kver == "." || kver == ".." || strings.ContainsAny(kver, "/\x00") {
+		return nil, fmt.Errorf("depmod: bad kernel release %q", kver)
+	}
+	d := &depmodRun{root: root, opts: o}
+	if err := d.run(kver); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// DepmodDir is the host folder basedir as an fs.FS for GenerateDepmod that
+// reads it the way Depmod does: folders in readdir order (kmod's order,
+// which decides between two files of one module name at equal rank),
+// modules with pread, and messages naming paths below basedir.
+func DepmodDir(basedir string) (fs.FS, error) {
 	abs, err := filepath.Abs(basedir)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	// kmod's messages name paths below the base folder as given.
 	display := basedir
@@ -83,22 +92,24 @@ func Depmod(basedir, kver string, opts ...DepmodOption) error {
 			display = wd + "/" + basedir
 		}
 	}
-	root := hostFS{dir: abs}
-	d := &depmodRun{root: root, opts: &depmodOptions{}}
-	for _, opt := range opts {
-		opt(d.opts)
-	}
-	if d.opts.warn == nil {
-		d.opts.warn = func(string) {}
-	}
-	d.opts.displayRoot = strings.TrimSuffix(display, "/")
-	if kver == "" || strings.ContainsAny(kver, "/\x00") {
-		return fmt.Errorf("depmod: bad kernel release %q", kver)
-	}
-	if err := d.run(kver); err != nil {
+	return hostFS{dir: abs, display: strings.TrimSuffix(display, "/")}, nil
+}
+
+// Depmod runs GenerateDepmod on the folder basedir (see DepmodDir) and
+// replaces the files in basedir/lib/modules/KVER (or usr/lib/modules/KVER,
+// see GenerateDepmod) atomically: each is written to a temporary file,
+// fsynced, and renamed over the old one (mode 0644 for a new file, the old
+// file's mode and owner otherwise); the folder is fsynced once at the end.
+func Depmod(basedir, kver string, opts ...DepmodOption) error {
+	root, err := DepmodDir(basedir)
+	if err != nil {
 		return err
 	}
-	dir := filepath.Join(abs, filepath.FromSlash(d.moddir))
+	d, err := generateDepmod(root, kver, opts)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Join(root.(hostFS).dir, filepath.FromSlash(d.moddir))
 	errs := make([]error, len(d.out.Files))
 	var wg sync.WaitGroup
 	for i, f := range d.out.Files {
@@ -770,7 +781,7 @@ func (d *depmodRun) cycleError(users []int) error {
 // hostFS is a host folder as an fs.FS for Depmod: folders are listed in
 // readdir order (not sorted), as kmod lists them, and modules are read by
 // path with pread.
-type hostFS struct{ dir string }
+type hostFS struct{ dir, display string }
 
 func (h hostFS) join(name, op string) (string, error) {
 	if !fs.ValidPath(name) {

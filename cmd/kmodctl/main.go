@@ -48,7 +48,7 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newModuleCmd())
+	root.AddCommand(newModuleCmd(), newDepmodCmd())
 	root.AddCommand(newInitramfsCmd())
 	return root
 }

@@ -1,0 +1,106 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"regexp"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kmodctl/packer-plugin-kmod/kmod"
+)
+
+func newDepmodCmd() *cobra.Command {
+	var basedir, symvers string
+	var configs []string
+	var dryRun, errsyms, all bool
+	cmd := &cobra.Command{
+		Use:   "depmod [-b BASEDIR] [-C CONFIG]... [-n] [-e -E Module.symvers] [KVER]",
+		Short: "Generate modules.dep and the module indexes, byte-identical to kmod 30's depmod",
+		Long: "Writes modules.dep, modules.dep.bin, modules.alias(.bin), modules.softdep, " +
+			"modules.symbols(.bin), modules.builtin.bin, modules.builtin.alias.bin and " +
+			"modules.devname into BASEDIR/lib/modules/KVER, as `depmod -b BASEDIR KVER` of " +
+			"kmod 30 does, byte for byte; each file is replaced atomically. KVER defaults to " +
+			"the running kernel's release.\n\n" +
+			"Unlike depmod, which reads the host's /etc/depmod.d even with -b, the depmod.d " +
+			"configuration comes from inside BASEDIR (etc/depmod.d, run/depmod.d, " +
+			"usr/local/lib/depmod.d, lib/depmod.d); -C names host paths instead, as with depmod. " +
+			"A module file that cannot be read is an error naming it (depmod warns and lists the " +
+			"module without dependencies).",
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			_ = all // depmod -a: all modules, which is what this command always does
+			kver := ""
+			if len(args) == 1 {
+				kver = args[0]
+				if !versionNumber.MatchString(kver) {
+					return fmt.Errorf("bad version passed %s", kver)
+				}
+			} else {
+				b, err := os.ReadFile("/proc/sys/kernel/osrelease")
+				if err != nil {
+					return fmt.Errorf("no KVER given and the running kernel's release is unknown: %w", err)
+				}
+				kver = strings.TrimSpace(string(b))
+			}
+			stderr := cmd.ErrOrStderr()
+			opts := []kmod.DepmodOption{kmod.WithDepmodErrors(func(msg string) {
+				fmt.Fprintf(stderr, "kmodctl depmod: WARNING: %s\n", msg)
+			})}
+			if len(configs) > 0 {
+				opts = append(opts, kmod.WithDepmodConfigFS(os.DirFS("/"), configs...))
+			}
+			if symvers != "" {
+				if !errsyms {
+					// depmod -E alone checks nothing visible either.
+					symvers = ""
+				} else {
+					b, err := os.ReadFile(symvers)
+					if err != nil {
+						return err
+					}
+					opts = append(opts, kmod.WithDepmodSymvers(b))
+				}
+			} else if errsyms {
+				fmt.Fprintln(stderr, "kmodctl depmod: WARNING: -e needs -E")
+			}
+			if basedir == "" {
+				basedir = "/"
+			}
+			if !dryRun {
+				return kmod.Depmod(basedir, kver, opts...)
+			}
+			root, err := kmod.DepmodDir(basedir)
+			if err != nil {
+				return err
+			}
+			out, err := kmod.GenerateDepmod(root, kver, opts...)
+			if err != nil {
+				return err
+			}
+			// depmod -n: the text files, in order, on standard output.
+			w := cmd.OutOrStdout()
+			for _, f := range out.Files {
+				if strings.HasSuffix(f.Name, ".bin") {
+					continue
+				}
+				if _, err := w.Write(f.Data); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&basedir, "basedir", "b", "", "root of the image holding lib/modules/KVER (default /)")
+	f.StringArrayVarP(&configs, "config", "C", nil, "depmod.d folder or file on the host, instead of the image's configuration (repeatable)")
+	f.BoolVarP(&dryRun, "dry-run", "n", false, "write the text files to standard output instead (no .bin indexes)")
+	f.BoolVarP(&errsyms, "errsyms", "e", false, "report symbols no module nor vmlinux supplies, and CRC mismatches (needs -E)")
+	f.StringVarP(&symvers, "symvers", "E", "", "the kernel's Module.symvers, for -e")
+	f.BoolVarP(&all, "all", "a", false, "probe all modules (always the case)")
+	return cmd
+}
+
+// versionNumber is depmod's test of a release, sscanf("%u.%u") == 2.
+var versionNumber = regexp.MustCompile(`^\s*[+-]?[0-9]+\.\s*[+-]?[0-9]+`)
