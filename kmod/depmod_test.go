@@ -2,7 +2,11 @@ package kmod
 
 import (
 	"bytes"
+	"debug/elf"
+	"encoding/binary"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/fstest"
 
 	"github.com/kmodctl/packer-plugin-kmod/internal/compress"
 
@@ -594,4 +599,467 @@ func firstLines(text []byte, prefixes ...string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// synthMod is a hand-made module for depmod: only the sections depmod
+// reads.
+type synthMod struct {
+	class       elf.Class
+	bo          binary.ByteOrder
+	modinfo     string   // raw .modinfo
+	exports     []string // __crc_ symbols (absolute)
+	ksymStrings string   // raw __ksymtab_strings, if any
+	needs, weak []string // undefined symbols
+	versions    []string // __versions names
+}
+
+func (m synthMod) build() []byte {
+	class, bo := m.class, m.bo
+	if class == elf.ELFCLASSNONE {
+		class, bo = elf.ELFCLASS64, binary.LittleEndian
+	}
+	var syms []testSym
+	for i, e := range m.exports {
+		syms = append(syms, testSym{name: "__crc_" + e, shndx: uint16(elf.SHN_ABS), value: uint64(0x1000 + i), bind: elf.STB_GLOBAL})
+	}
+	for _, n := range m.needs {
+		syms = append(syms, testSym{name: n, bind: elf.STB_GLOBAL})
+	}
+	for _, n := range m.weak {
+		syms = append(syms, testSym{name: n, bind: elf.STB_WEAK})
+	}
+	syms = append(syms, testSym{name: "", bind: elf.STB_GLOBAL}, testSym{shndx: 1, typ: elf.STT_SECTION})
+	secs := []testSection{{name: ".modinfo", typ: elf.SHT_PROGBITS, data: []byte(m.modinfo)}}
+	if len(m.versions) > 0 {
+		crcSize := 4
+		if class == elf.ELFCLASS64 {
+			crcSize = 8
+		}
+		v := make([]byte, 64*len(m.versions))
+		for i, n := range m.versions {
+			bo.PutUint32(v[i*64+crcSize-4:], uint32(0xabc0+i))
+			copy(v[i*64+crcSize:], n)
+		}
+		secs = append(secs, testSection{name: "__versions", typ: elf.SHT_PROGBITS, data: v})
+	}
+	if m.ksymStrings != "" {
+		secs = append(secs, testSection{name: "__ksymtab_strings", typ: elf.SHT_PROGBITS, data: []byte(m.ksymStrings)})
+	}
+	tab, strs := symtab(class, bo, syms)
+	secs = append(secs,
+		testSection{name: ".symtab", typ: elf.SHT_SYMTAB, data: tab, link: uint32(len(secs) + 2)},
+		testSection{name: ".strtab", typ: elf.SHT_STRTAB, data: strs})
+	return buildELF(class, bo, elf.ET_REL, secs)
+}
+
+// synthTree writes modules and other files below a new root's module
+// folder and returns the root.
+func synthTree(t *testing.T, mods map[string]synthMod, files map[string]string) string {
+	t.Helper()
+	root := filepath.Join(t.TempDir(), "root")
+	moddir := filepath.Join(root, "lib/modules", fixture.KVER(t))
+	for p, m := range mods {
+		writeTestFile(t, filepath.Join(moddir, p), string(m.build()))
+	}
+	for p, data := range files {
+		writeTestFile(t, filepath.Join(moddir, p), data)
+	}
+	return root
+}
+
+// TestDepmodSynthetic: hand-made modules and inputs for the corners of
+// kmod 30's rules, against kmod.
+func TestDepmodSynthetic(t *testing.T) {
+	long := strings.Repeat("long_symbol_", 92) // 1104 characters
+	mods := map[string]synthMod{
+		"kernel/a/alpha.ko": {
+			modinfo: "\x00\x00alias=pci:v00001234d*sv*sd*bc*sc*i*\x00alias=of:N*T*Cfoo-bar\x00" +
+				"alias=platform:my-dev[0-9]x\x00alias=bad]alias\x00alias=x[-y\x00alias=devname:alpha\x00" +
+				"alias=char-major-10-123\x00softdep=pre: beta post: gam-ma\x00alias\x00name=alpha\x00\x00",
+			exports: []string{"alpha_fn", "alpha_data"}, needs: []string{"beta_fn"},
+			versions: []string{"beta_fn", "module_layout", "beta_fn"}},
+		"kernel/b/beta.ko.xz": {modinfo: "alias=devname:betadev\x00alias=block-major-8-*\x00softdep=pre: alpha",
+			exports: []string{"beta_fn", "shared_sym"}},
+		"kernel/c/gam-ma.ko": {modinfo: "alias=char-major-1-2\x00alias=block-major-259-0\x00alias=devname:gam/ma\x00",
+			exports: []string{"shared_sym"}, weak: []string{"alpha_fn", "nobody_fn"}},
+		"kernel/d/delta.ko": {modinfo: "alias=devname:delta\x00alias=char-major-+7-x\x00alias=char-major- 5-6\x00",
+			exports: []string{"shared_sym", "delta_fn"}},
+		"kernel/e/nocrc.ko": {modinfo: "license=GPL\x00", ksymStrings: "\x00\x00ns_fn\x00\x00MYNS\x00other_fn"},
+		"kernel/f/user.ko": {modinfo: "alias=usb:v*p*d*dc*dsc*dp*ic09isc*ip*in*\x00",
+			needs: []string{"ns_fn", "other_fn", "shared_sym", "delta_fn", ".alpha_data"}, versions: []string{"unrelated"}},
+		"kernel/g/elf32.ko": {class: elf.ELFCLASS32, bo: binary.LittleEndian, modinfo: "alias=e32\x00",
+			exports: []string{"e32_fn"}, needs: []string{"alpha_fn"}, versions: []string{"alpha_fn"}},
+		"kernel/h/be64.ko": {class: elf.ELFCLASS64, bo: binary.BigEndian, modinfo: "alias=be64-thing\x00",
+			exports: []string{"be_fn"}, needs: []string{"e32_fn"}},
+		"kernel/h/be32.ko": {class: elf.ELFCLASS32, bo: binary.BigEndian, modinfo: "",
+			needs: []string{"be_fn", "beta_fn"}},
+		"kernel/i/foo.bar.ko":  {modinfo: "alias=foo-alias\x00", needs: []string{"be_fn"}},
+		"kernel/l/longsym.ko":  {modinfo: "alias=long\x00", exports: append([]string{long}, "after_long")},
+		"kernel/l/short.ko":    {exports: []string{"s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8"}},
+		"build/ignored.ko":     {exports: []string{"ignored_fn"}},
+		"kernel/source/x.ko":   {exports: []string{"ignored_fn"}},
+		"kernel/weird.ko.bak":  {exports: []string{"ignored_fn"}},
+		"extra/other/other.ko": {exports: []string{"other_dir_fn"}, needs: []string{"be_fn"}},
+	}
+	files := map[string]string{
+		"modules.order": "kernel/h/be64.ko\nkernel/a/alpha.ko\nkernel/zz/missing.ko\nkernel/i/foo.ba\n" +
+			"kernel/b/beta.ko\nkernel/h/be64.ko\n\nkernel/c/gam-ma.ko\n",
+		"modules.builtin": "kernel/x/builtin-one.ko\n9invalid\nkernel/noext\nkernel/x/builtin-one.ko\n" +
+			"/abs/path.ko\nkernel/y/two.ko.xz\nkernel/trailing/",
+		"modules.builtin.modinfo": "b1.alias=pci:v*d*\x00b1.license=GPL\x00b2.flag\x00b2.alias=lost\x00" +
+			"b3.alias=x-y[a-b]\x00b3.alias=bad]\x00b4.alias=\x00.alias=nomod\x00b5.alias=a-1\x00b1.alias=pci:v*d*\x00b5.alias=unterminated",
+		"kernel/.ko": "not a module",
+	}
+	root := synthTree(t, mods, files)
+	moddir := filepath.Join(root, "lib/modules", fixture.KVER(t))
+	// beta.ko.xz is compressed for real.
+	beta := filepath.Join(moddir, "kernel/b/beta.ko.xz")
+	raw, err := os.ReadFile(beta)
+	if err != nil {
+		t.Fatal(err)
+	}
+	xz, err := compress.Compress(raw, compress.XZ)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeTestFile(t, beta, string(xz))
+	// A folder reached through a symbolic link, a module through another.
+	if err := os.Symlink("../extra/other", filepath.Join(moddir, "kernel/linked-dir")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("h/be64.ko", filepath.Join(moddir, "kernel/be-link.ko")); err != nil {
+		t.Fatal(err)
+	}
+	out := compareWithKmod(t, root, nil)
+	for _, want := range []string{"\nkernel/f/user.ko: ", "kernel/c/gam-ma.ko: kernel/a/alpha.ko"} {
+		if !strings.Contains(string(out.File("modules.dep")), want) {
+			t.Errorf("modules.dep lacks %q:\n%s", want, out.File("modules.dep"))
+		}
+	}
+	t.Logf("modules.dep:\n%s", out.File("modules.dep"))
+	t.Logf("modules.devname:\n%s", out.File("modules.devname"))
+}
+
+// readIndex decodes a depmod .bin index into key → values (priority and
+// value), checking the layout on the way.
+func readIndex(t *testing.T, data []byte) map[string][]string {
+	t.Helper()
+	if len(data) < 12 || binary.BigEndian.Uint32(data) != indexMagic || binary.BigEndian.Uint32(data[4:]) != indexVersion {
+		t.Fatalf("bad index header % x", data[:min(12, len(data))])
+	}
+	out := map[string][]string{}
+	var walk func(ref uint32, key string)
+	cstr := func(off int) (string, int) {
+		end := bytes.IndexByte(data[off:], 0)
+		if end < 0 {
+			t.Fatalf("unterminated string at %#x", off)
+		}
+		return string(data[off : off+end]), off + end + 1
+	}
+	walk = func(ref uint32, key string) {
+		off := int(ref & 0x0FFFFFFF)
+		if off < 12 || off >= len(data) && ref&0xF0000000 != 0 {
+			t.Fatalf("node offset %#x out of range", off)
+		}
+		if ref&indexNodePrefix != 0 {
+			var p string
+			p, off = cstr(off)
+			key += p
+		}
+		if ref&indexNodeChildren != 0 {
+			first, last := int(data[off]), int(data[off+1])
+			off += 2
+			for c := first; c <= last; c++ {
+				if child := binary.BigEndian.Uint32(data[off:]); child != 0 {
+					walk(child, key+string(rune(c)))
+				}
+				off += 4
+			}
+		}
+		if ref&indexNodeValues != 0 {
+			n := int(binary.BigEndian.Uint32(data[off:]))
+			off += 4
+			for range n {
+				prio := binary.BigEndian.Uint32(data[off:])
+				var v string
+				v, off = cstr(off + 4)
+				out[key] = append(out[key], fmt.Sprintf("%d %s", prio, v))
+			}
+		}
+	}
+	walk(binary.BigEndian.Uint32(data[8:]), "")
+	return out
+}
+
+// TestDepmodLongSymbol: kmod 30 keys every symbol after the first one
+// longer than 1016 characters (in hash order) with the last shorter key.
+func TestDepmodLongSymbol(t *testing.T) {
+	long := strings.Repeat("long_symbol_", 92)
+	mods := map[string]synthMod{"kernel/longsym.ko": {exports: []string{long}}}
+	var short []string
+	for i := range 40 {
+		short = append(short, fmt.Sprintf("short_%d", i))
+	}
+	mods["kernel/short.ko"] = synthMod{exports: short}
+	out := compareWithKmod(t, synthTree(t, mods, nil), nil)
+	idx := readIndex(t, out.File("modules.symbols.bin"))
+	if _, ok := idx["symbol:"+long]; ok {
+		t.Error("the long symbol has its own key")
+	}
+	if len(idx) >= 41 {
+		t.Errorf("%d keys: no key was lost", len(idx))
+	}
+	text := string(out.File("modules.symbols"))
+	if !strings.Contains(text, "alias symbol:"+long+" longsym\n") {
+		t.Error("modules.symbols lacks the long symbol")
+	}
+}
+
+// TestDepmodIndexesMatchText: on the full tree every line of the text
+// files is in its index, and nothing else is.
+func TestDepmodIndexesMatchText(t *testing.T) {
+	out, err := GenerateDepmod(os.DirFS(fixture.KernelRoot(t)), fixture.KVER(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := func(name string) []string {
+		var k []string
+		for key, vals := range readIndex(t, out.File(name)) {
+			for _, v := range vals {
+				_, val, _ := strings.Cut(v, " ")
+				k = append(k, key+" "+val)
+			}
+		}
+		slices.Sort(k)
+		return k
+	}
+	lines := func(name, prefix string, norm func(string) string) []string {
+		var k []string
+		for _, l := range strings.Split(strings.TrimSuffix(string(out.File(name)), "\n"), "\n") {
+			if rest, ok := strings.CutPrefix(l, prefix); ok {
+				k = append(k, norm(rest))
+			}
+		}
+		slices.Sort(k)
+		return k
+	}
+	ident := func(s string) string { return s }
+	aliasKey := func(s string) string {
+		a, m, _ := strings.Cut(s, " ")
+		n, _ := aliasNormalize(a)
+		return n + " " + m
+	}
+	depKey := func(s string) string {
+		p, _, _ := strings.Cut(s, ":")
+		return ModuleNameFromPath(p) + " " + s
+	}
+	for _, c := range []struct {
+		bin  string
+		want []string
+	}{
+		{"modules.dep.bin", lines("modules.dep", "", depKey)},
+		{"modules.alias.bin", lines("modules.alias", "alias ", aliasKey)},
+		{"modules.symbols.bin", lines("modules.symbols", "alias ", ident)},
+	} {
+		got := keys(c.bin)
+		if !slices.Equal(got, c.want) {
+			t.Errorf("%s: %d entries, the text has %d", c.bin, len(got), len(c.want))
+		}
+	}
+}
+
+// TestDepmodCycle: modules that need each other make kmod fail; so does
+// GenerateDepmod, naming them.
+func TestDepmodCycle(t *testing.T) {
+	root := synthTree(t, map[string]synthMod{
+		"kernel/cyc_a.ko": {exports: []string{"a_fn"}, needs: []string{"b_fn"}},
+		"kernel/cyc_b.ko": {exports: []string{"b_fn"}, needs: []string{"c_fn"}},
+		"kernel/cyc_c.ko": {exports: []string{"c_fn"}, needs: []string{"a_fn"}},
+		"kernel/user.ko":  {needs: []string{"a_fn"}},
+		"kernel/fine.ko":  {exports: []string{"f_fn"}},
+	}, nil)
+	kver := fixture.KVER(t)
+	cmd := exec.Command(fixture.Tool(t, "/usr/sbin/depmod"), "-b", root, "-C", t.TempDir(), kver)
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "Cycle detected") {
+		t.Fatalf("kmod's depmod: %v\n%s", err, out)
+	}
+	_, err := GenerateDepmod(os.DirFS(root), kver, WithDepmodConfig())
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, m := range []string{"cyc_a", "cyc_b", "cyc_c"} {
+		if !strings.Contains(err.Error(), m) {
+			t.Errorf("error %q does not name %s", err, m)
+		}
+	}
+	if strings.Contains(err.Error(), "fine") {
+		t.Errorf("error %q names a module outside the cycle", err)
+	}
+	t.Log(err)
+}
+
+// TestDepmodCorruptModule: a file named like a module that is not one is
+// an error naming it (kmod only warns and lists it without dependencies).
+func TestDepmodCorruptModule(t *testing.T) {
+	kver := fixture.KVER(t)
+	for name, data := range map[string][]byte{
+		"kernel/drivers/bad.ko":       []byte("this is not an ELF file"),
+		"kernel/drivers/trunc.ko":     synthMod{exports: []string{"x"}}.build()[:100],
+		"kernel/drivers/bad.ko.xz":    {0xfd, '7', 'z', 'X', 'Z', 0, 1, 2, 3},
+		"kernel/drivers/empty.ko":     {},
+		"updates/dkms/garbage.ko.zst": {0x28, 0xb5, 0x2f, 0xfd, 0, 0},
+	} {
+		t.Run(name, func(t *testing.T) {
+			root := synthTree(t, map[string]synthMod{"kernel/good.ko": {exports: []string{"g"}}}, map[string]string{name: string(data)})
+			for _, fsys := range []func() fs.FS{
+				func() fs.FS { return os.DirFS(root) },
+				func() fs.FS { d, _ := DepmodDir(root); return d },
+				func() fs.FS { return mapFSOf(t, root) },
+			} {
+				_, err := GenerateDepmod(fsys(), kver, WithDepmodConfig())
+				if err == nil || !strings.Contains(err.Error(), "lib/modules/"+kver+"/"+name+":") {
+					t.Errorf("error %v does not name %s", err, name)
+				}
+			}
+			err := Depmod(root, kver, WithDepmodConfig())
+			if err == nil || !strings.Contains(err.Error(), filepath.Join(root, "lib/modules", kver, name)+":") {
+				t.Errorf("Depmod: error %v does not name the file by its path", err)
+			}
+			if _, err := os.Stat(filepath.Join(root, "lib/modules", kver, "modules.dep")); !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("Depmod wrote modules.dep after failing (%v)", err)
+			}
+		})
+	}
+}
+
+// mapFSOf loads a folder into an in-memory fstest.MapFS.
+func mapFSOf(t *testing.T, dir string) fstest.MapFS {
+	t.Helper()
+	m := fstest.MapFS{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		m[filepath.ToSlash(rel)] = &fstest.MapFile{Data: data, Mode: 0o644}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// TestDepmodMapFS: an in-memory tree below usr/lib/modules (a merged /usr
+// whose lib link the fs.FS lacks), with its depmod.d below usr/lib too,
+// gives what kmod gives on disk.
+func TestDepmodMapFS(t *testing.T) {
+	kver := fixture.KVER(t)
+	root, _, _ := updatesTree(t)
+	writeTestFile(t, filepath.Join(root, "lib/depmod.d/search.conf"), "search built-in updates\n")
+	ref := filepath.Join(t.TempDir(), "ref")
+	linkTree(t, root, ref)
+	realDepmod(t, ref, kver, []string{filepath.Join(ref, "lib/depmod.d")})
+
+	mem := fstest.MapFS{}
+	for name, f := range mapFSOf(t, root) {
+		mem["usr/"+name] = f
+	}
+	out, err := GenerateDepmod(mem, kver, hostDepmodExtensions(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	compareDepmod(t, filepath.Join(ref, "lib/modules", kver), out)
+}
+
+// TestDepmodSymversWarnings: with Module.symvers, the unknown-symbol and
+// CRC warnings are kmod's `depmod -e -E` ones, in its order.
+func TestDepmodSymversWarnings(t *testing.T) {
+	kver := fixture.KVER(t)
+	symvers := filepath.Join(fixture.Headers(t), "Module.symvers")
+	root, moddir, _ := updatesTree(t)
+	linkInto(t, fixture.TestModule(t, "kmodtest_unresolved"), filepath.Join(moddir, "updates/kmodtest_unresolved.ko"))
+	// A module whose __versions CRC of a vmlinux symbol is wrong, and one
+	// without __versions at all.
+	bad := synthMod{needs: []string{"printk", "kmodtest_base_value"}, versions: []string{"printk", "kmodtest_base_value"}}
+	writeTestFile(t, filepath.Join(moddir, "updates/badcrc.ko"), string(bad.build()))
+	ref := filepath.Join(t.TempDir(), "ref")
+	linkTree(t, root, ref)
+	stderr := realDepmod(t, ref, kver, nil, "-e", "-E", symvers)
+	var want []string
+	for _, l := range strings.Split(stderr, "\n") {
+		if m, ok := strings.CutPrefix(l, "depmod: WARNING: "); ok && (strings.Contains(m, " needs unknown symbol ") || strings.Contains(m, " disagrees about version of symbol ")) {
+			want = append(want, m)
+		}
+	}
+	if len(want) == 0 {
+		t.Fatalf("kmod reported nothing:\n%s", stderr)
+	}
+	data, err := os.ReadFile(symvers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	dir, err := DepmodDir(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := GenerateDepmod(dir, kver, hostDepmodExtensions(t), WithDepmodSymvers(data),
+		WithDepmodErrors(func(m string) { got = append(got, m) }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("warnings:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	compareDepmod(t, filepath.Join(ref, "lib/modules", kver), out)
+	t.Logf("%d warnings:\n%s", len(got), strings.Join(got, "\n"))
+}
+
+// TestDepmodWrites: Depmod replaces the files in place, mode 0644, leaves
+// no temporary files, and writes what GenerateDepmod returns.
+func TestDepmodWrites(t *testing.T) {
+	kver := fixture.KVER(t)
+	root := subsetTree(t, initramfsSubset(t, 30))
+	moddir := filepath.Join(root, "lib/modules", kver)
+	writeTestFile(t, filepath.Join(moddir, "modules.dep"), "stale\n")
+	if err := Depmod(root, kver); err != nil {
+		t.Fatal(err)
+	}
+	out, err := GenerateDepmod(os.DirFS(root), kver)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range out.Files {
+		st, err := os.Stat(filepath.Join(moddir, f.Name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode().Perm() != 0o644 {
+			t.Errorf("%s: mode %v", f.Name, st.Mode())
+		}
+		data, _ := os.ReadFile(filepath.Join(moddir, f.Name))
+		if msg := diffBytes(f.Name, data, f.Data); msg != "" {
+			t.Error(msg)
+		}
+	}
+	ents, _ := os.ReadDir(moddir)
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".") {
+			t.Errorf("left behind: %s", e.Name())
+		}
+	}
+	// A relative base folder works too.
+	wd, _ := os.Getwd()
+	defer os.Chdir(wd)
+	if err := os.Chdir(filepath.Dir(root)); err != nil {
+		t.Fatal(err)
+	}
+	if err := Depmod(filepath.Base(root), kver); err != nil {
+		t.Fatal(err)
+	}
 }
