@@ -1063,3 +1063,29 @@ func TestDepmodWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestDepmodInputFiles: modules.order, modules.builtin and
+// modules.builtin.modinfo missing, empty or odd, against kmod.
+func TestDepmodInputFiles(t *testing.T) {
+	mods := map[string]synthMod{
+		"kernel/a/one.ko":   {exports: []string{"one_fn"}},
+		"kernel/a/two.ko":   {needs: []string{"one_fn"}},
+		"kernel/b/three.ko": {needs: []string{"one_fn"}},
+		"kernel/b/four.ko":  {},
+		"kernel/b/five.ko":  {},
+	}
+	long := strings.Repeat("x", 5000)
+	for name, files := range map[string]map[string]string{
+		"none":                   nil,
+		"empty":                  {"modules.order": "", "modules.builtin": "", "modules.builtin.modinfo": ""},
+		"order without newline":  {"modules.order": "kernel/b/four.ko\nkernel/a/two.ko"},
+		"order with a long line": {"modules.order": "kernel/b/four.ko\n" + long + "\nkernel/a/two.ko\n"},
+		"order with NUL":         {"modules.order": "kernel/b/four.ko\n\x00kernel/a/one.ko\nkernel/a/two.ko\n"},
+		"builtin long lines": {"modules.builtin": "kernel/" + long + ".ko\nkernel/ok.ko\n",
+			"modules.builtin.modinfo": "m" + long + ".alias=x\x00ok.alias=" + long + "\x00ok2.alias=y\x00"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			compareWithKmod(t, synthTree(t, mods, files), nil)
+		})
+	}
+}
