@@ -46,6 +46,9 @@ func main() {
 	if want("inspect") {
 		benchInspect(abs, mods)
 	}
+	if want("depmod") {
+		benchDepmod(abs, tree)
+	}
 }
 
 func modulesUnder(dir string) []string {
