@@ -120,10 +120,7 @@ func (r *Reader) next() (*Record, error) {
 			break
 		}
 		b, _ = r.br.Peek(r.br.Buffered())
-		n := 0
-		for n < len(b) && b[n] == 0 {
-			n++
-		}
+		n := zeroPrefix(b)
 		r.br.Discard(n)
 		r.off += int64(n)
 		r.skipped += int64(n)
@@ -198,6 +195,21 @@ func (r *Reader) truncated(off int64, what string, err error) error {
 		return err
 	}
 	return r.fail(off, "truncated "+what, io.ErrUnexpectedEOF)
+}
+
+var zeroBlock [4096]byte
+
+// zeroPrefix counts the leading NUL bytes of b (long runs of padding, or a
+// bomb of NULs, go at memory speed).
+func zeroPrefix(b []byte) int {
+	n := 0
+	for len(b)-n >= len(zeroBlock) && bytes.Equal(b[n:n+len(zeroBlock)], zeroBlock[:]) {
+		n += len(zeroBlock)
+	}
+	for n < len(b) && b[n] == 0 {
+		n++
+	}
+	return n
 }
 
 // parseHeader decodes a 110-byte header into rec (all but Name). Offsets in
