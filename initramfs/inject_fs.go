@@ -13,7 +13,7 @@ import (
 // treeFS is a read-only fs.FS view of a vtree: what the kernel's rootfs
 // holds after unpacking. Open follows symlinks inside the tree; ReadDir
 // reports them as symlinks (fs.WalkDir does not descend into them). Regular
-// files whose bodies were not kept cannot be opened.
+// files are read from the model's memory.
 type treeFS struct{ t *vtree }
 
 func (f treeFS) Open(name string) (fs.File, error) {
@@ -31,9 +31,6 @@ func (f treeFS) Open(name string) (fs.File, error) {
 	case n.isDir():
 		return &treeDir{n: n, name: name}, nil
 	case n.isRegular():
-		if !n.ino.kept {
-			return nil, &fs.PathError{Op: "open", Path: name, Err: fs.ErrPermission}
-		}
 		return &treeFile{n: n, name: name, Reader: bytes.NewReader(n.ino.data)}, nil
 	}
 	return nil, &fs.PathError{Op: "open", Path: name, Err: fs.ErrInvalid}
@@ -48,7 +45,7 @@ func (i treeInfo) Name() string { return i.name }
 func (i treeInfo) Size() int64 {
 	switch {
 	case i.n.isRegular():
-		return i.n.ino.size
+		return int64(len(i.n.ino.data))
 	case i.n.isSymlink():
 		return int64(len(i.n.target))
 	}

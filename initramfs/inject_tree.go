@@ -1,6 +1,7 @@
 package initramfs
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -38,9 +39,6 @@ type vtree struct {
 	root  *vnode
 	seq   int
 	links map[cpio.LinkKey]*vnode
-	// keep says whether the body of the regular file at a (resolved) path
-	// is kept; symlink targets are always kept.
-	keep func(p string) bool
 	// archive is the index of the archive records are applied from.
 	archive int
 	maxIno  uint32
@@ -66,8 +64,6 @@ type vnode struct {
 type vinode struct {
 	meta cpio.Record // Mode, UID, GID, Mtime as last applied
 	data []byte
-	size int64
-	kept bool
 	// nodes are the names linking the inode, in creation order.
 	nodes []*vnode
 	// grown counts every name that ever joined; lost is set once one left.
@@ -76,8 +72,8 @@ type vinode struct {
 	carrier *vnode
 }
 
-func newVtree(keep func(string) bool) *vtree {
-	t := &vtree{keep: keep}
+func newVtree() *vtree {
+	t := &vtree{}
 	t.root = &vnode{kids: map[string]*vnode{}, rec: cpio.Record{Name: ".", Mode: cpio.TypeDir | 0o755, Nlink: 2}, seq: -1, archive: -1}
 	return t
 }
@@ -250,9 +246,12 @@ func (t *vtree) newNode(d *vnode, base string, rec *cpio.Record) *vnode {
 	return n
 }
 
-// apply runs one record as the kernel does. body reads the record's body
-// (FileSize bytes); what apply does not read the caller skips.
-func (t *vtree) apply(rec *cpio.Record, body io.Reader) error {
+// apply runs one record as the kernel does; body is its data (FileSize
+// bytes), which the model keeps a reference to.
+func (t *vtree) apply(rec *cpio.Record, body []byte) error {
+	if int64(len(body)) != int64(rec.FileSize) {
+		return fmt.Errorf("%s: body of %d bytes, header says %d", rec.Name, len(body), rec.FileSize)
+	}
 	if rec.IsTrailer() {
 		t.links = nil
 		return nil
@@ -269,11 +268,7 @@ func (t *vtree) apply(rec *cpio.Record, body io.Reader) error {
 		if rec.FileSize > cpio.MaxSymlinkSize {
 			return fmt.Errorf("symlink %q: target of %d bytes", rec.Name, rec.FileSize)
 		}
-		b := make([]byte, rec.FileSize)
-		if _, err := io.ReadFull(body, b); err != nil {
-			return fmt.Errorf("symlink %q: %w", rec.Name, err)
-		}
-		target := string(b)
+		target := string(body)
 		if err := t.checkTarget(p, target); err != nil {
 			return err
 		}
@@ -378,7 +373,7 @@ func (t *vtree) apply(rec *cpio.Record, body io.Reader) error {
 
 // create makes (or, for an existing name of the same type, rewrites) a
 // regular file or node that is not a hard link to an earlier record.
-func (t *vtree) create(d *vnode, base string, rec *cpio.Record, body io.Reader) (*vnode, error) {
+func (t *vtree) create(d *vnode, base string, rec *cpio.Record, body []byte) (*vnode, error) {
 	typ := rec.Type()
 	if typ != cpio.TypeReg {
 		if n, ok := d.kids[base]; ok {
@@ -405,21 +400,12 @@ func (t *vtree) create(d *vnode, base string, rec *cpio.Record, body io.Reader) 
 
 // write stores a regular file record's body into n's inode (replace: the
 // inode's content becomes the body; else it is kept) and its metadata.
-func (t *vtree) write(n *vnode, rec *cpio.Record, body io.Reader, replace bool) error {
+func (t *vtree) write(n *vnode, rec *cpio.Record, body []byte, replace bool) error {
 	ino := n.ino
 	ino.meta = *rec
-	if !replace {
-		return nil
-	}
-	ino.carrier = n
-	ino.size = int64(rec.FileSize)
-	ino.data, ino.kept = nil, false
-	if t.keep == nil || t.keep(n.path()) {
-		b := make([]byte, rec.FileSize)
-		if _, err := io.ReadFull(body, b); err != nil {
-			return fmt.Errorf("%s: %w", rec.Name, err)
-		}
-		ino.data, ino.kept = b, true
+	if replace {
+		ino.carrier = n
+		ino.data = body
 	}
 	return nil
 }
@@ -455,6 +441,25 @@ func (t *vtree) checkTarget(p, target string) error {
 	return nil
 }
 
+// gap reads the bytes between two records of a segment: padding and
+// trailers, each of which ends the current hard link groups.
+func (t *vtree) gap(b []byte) error {
+	cr := cpio.NewReader(bytes.NewReader(b))
+	for {
+		rec, err := cr.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("between records: %w", err)
+		}
+		if !rec.IsTrailer() {
+			return fmt.Errorf("unexpected record %q between indexed records", rec.Name)
+		}
+		t.links = nil
+	}
+}
+
 // nodes returns every node but the root in creation order.
 func (t *vtree) nodes() []*vnode {
 	var out []*vnode
@@ -476,7 +481,7 @@ func (t *vtree) nodes() []*vnode {
 // symlinks), ok=false when there is none or its body was not kept.
 func (t *vtree) readFile(p string) ([]byte, bool) {
 	n, err := t.lookup(p, true)
-	if err != nil || n == nil || !n.isRegular() || !n.ino.kept {
+	if err != nil || n == nil || !n.isRegular() {
 		return nil, false
 	}
 	return n.ino.data, true

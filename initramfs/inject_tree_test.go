@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"io/fs"
-	"strings"
 	"testing"
 	"testing/fstest"
 
@@ -35,7 +34,7 @@ func applyAll(t *testing.T, vt *vtree, recs []trec) error {
 			nl = 1
 		}
 		rec := cpio.Record{Name: r.name, Mode: r.mode, Ino: r.ino, Nlink: nl, FileSize: uint32(len(r.body))}
-		if err := vt.apply(&rec, strings.NewReader(r.body)); err != nil {
+		if err := vt.apply(&rec, []byte(r.body)); err != nil {
 			return err
 		}
 	}
@@ -61,7 +60,7 @@ var busyboxArchive = []trec{
 }
 
 func TestVtreeHardLinkTrap(t *testing.T) {
-	vt := newVtree(nil)
+	vt := newVtree()
 	if err := applyAll(t, vt, busyboxArchive); err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +70,7 @@ func TestVtreeHardLinkTrap(t *testing.T) {
 		}
 	}
 	// A plain regular file over one link rewrites the shared inode.
-	trap := newVtree(nil)
+	trap := newVtree()
 	applyAll(t, trap, busyboxArchive)
 	applyAll(t, trap, []trec{{name: "bin/sh", mode: tExe, body: "DASH"}})
 	if b, _ := trap.readFile("usr/bin/busybox"); string(b) != "DASH" {
@@ -93,7 +92,7 @@ func TestVtreeHardLinkTrap(t *testing.T) {
 }
 
 func TestVtreeDirsAndFS(t *testing.T) {
-	vt := newVtree(nil)
+	vt := newVtree()
 	err := applyAll(t, vt, []trec{
 		{name: ".", mode: tDir},
 		{name: "usr", mode: tDir},
@@ -137,13 +136,13 @@ func TestVtreeHostile(t *testing.T) {
 		{{name: "usr", mode: tDir}, {name: "usr/evil", mode: tLnk, body: "../../etc"}},
 		{{name: "evil", mode: tLnk, body: ".."}},
 	} {
-		err := applyAll(t, newVtree(nil), recs)
+		err := applyAll(t, newVtree(), recs)
 		if !errors.Is(err, ErrHostile) {
 			t.Errorf("%+v: %v", recs, err)
 		}
 	}
 	// Absolute targets stay inside the image.
-	if err := applyAll(t, newVtree(nil), []trec{{name: "etc", mode: tDir}, {name: "etc/mtab", mode: tLnk, body: "/proc/self/mounts"}}); err != nil {
+	if err := applyAll(t, newVtree(), []trec{{name: "etc", mode: tDir}, {name: "etc/mtab", mode: tLnk, body: "/proc/self/mounts"}}); err != nil {
 		t.Error(err)
 	}
 }

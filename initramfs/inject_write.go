@@ -36,7 +36,19 @@ type segmentWriter struct {
 	buf *bytes.Buffer // lzma, lz4: compressed at Close
 }
 
-func newSegmentWriter(dst io.Writer, f compress.Format) (*segmentWriter, error) {
+// compressionEffort trades time for size.
+type compressionEffort int
+
+const (
+	// effortFast: small appended archives.
+	effortFast compressionEffort = iota
+	// effortDefault: zstd "better" (about zstd -7), gzip -6.
+	effortDefault
+	// effortBest: zstd "best" (about zstd -11), gzip -9.
+	effortBest
+)
+
+func newSegmentWriter(dst io.Writer, f compress.Format, effort compressionEffort) (*segmentWriter, error) {
 	s := &segmentWriter{f: f, dst: dst}
 	var err error
 	switch f {
@@ -45,15 +57,26 @@ func newSegmentWriter(dst io.Writer, f compress.Format) (*segmentWriter, error) 
 	case compress.Gzip:
 		// Level 6 (gzip's default) is within a few percent of -9 on
 		// initramfs content at several times the speed.
-		s.w, err = kgzip.NewWriterLevel(dst, 6)
+		level := 6
+		if effort == effortBest {
+			level = 9
+		}
+		s.w, err = kgzip.NewWriterLevel(dst, level)
 	case compress.XZ:
 		cfg := xz.WriterConfig{CheckSum: xz.CRC32, DictCap: 8 << 20}
 		s.w, err = cfg.NewWriter(dst)
 	case compress.Zstd:
 		// One frame; an 8 MiB window, which the kernel's decompressor
 		// (workspace sized from the frame header) accepts.
+		level := zstd.SpeedDefault
+		switch effort {
+		case effortDefault:
+			level = zstd.SpeedBetterCompression
+		case effortBest:
+			level = zstd.SpeedBestCompression
+		}
 		s.w, err = zstd.NewWriter(dst,
-			zstd.WithEncoderLevel(zstd.SpeedDefault),
+			zstd.WithEncoderLevel(level),
 			zstd.WithEncoderConcurrency(min(runtime.GOMAXPROCS(0), 4)),
 			zstd.WithWindowSize(8<<20),
 			zstd.WithEncoderCRC(true))
