@@ -88,6 +88,19 @@ func (w *depmodScanner) scanReaderAt(r io.ReaderAt, size int64) (*depmodFacts, e
 	defer putScratch(sc)
 	src := &fileSource{r: r, size: uint64(size), sc: sc}
 	var err error
+	if size <= wholeRead {
+		// One read costs less than the five a piecewise parse makes.
+		data := sc.alloc(uint64(size))
+		if err := src.read(data, 0); err != nil {
+			return nil, err
+		}
+		if c := compress.Detect(data); c != compress.None {
+			if data, err = decompressModule(data, c); err != nil {
+				return nil, err
+			}
+		}
+		return w.scanELF(memSource(data), uint64(len(data)), sc)
+	}
 	if src.head, err = src.readAt(0, min(uint64(size), 64)); err != nil {
 		return nil, err
 	}
@@ -108,6 +121,9 @@ func (w *depmodScanner) scanReaderAt(r io.ReaderAt, size int64) (*depmodFacts, e
 	}
 	return w.scanELF(src, uint64(size), sc)
 }
+
+// wholeRead is the size up to which a module file is read at once.
+const wholeRead = 96 << 10
 
 // scanBytes reads a module held in memory (plain or compressed).
 func (w *depmodScanner) scanBytes(data []byte) (*depmodFacts, error) {

@@ -8,27 +8,55 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // This file renders depmod's output files from the computed module array,
 // symbol table and dependency order (tools/depmod.c output_*).
 
+// output renders the files, the independent ones on separate goroutines.
+// Warnings keep kmod's order: each job collects its own.
 func (d *depmodRun) output(syms *symbolTable) {
-	depText, depLines := d.outputDeps()
-	aliasText, aliasBin := d.outputAliases()
-	symText, symBin := d.outputSymbols(syms)
-	d.out = &DepmodOutput{Files: []DepmodFile{
-		{"modules.dep", depText},
-		{"modules.dep.bin", d.outputDepsBin(depLines)},
-		{"modules.alias", aliasText},
-		{"modules.alias.bin", aliasBin},
-		{"modules.softdep", d.outputSoftdeps()},
-		{"modules.symbols", symText},
-		{"modules.symbols.bin", symBin},
-		{"modules.builtin.bin", d.outputBuiltinBin()},
-		{"modules.builtin.alias.bin", d.outputBuiltinAliasBin()},
-		{"modules.devname", d.outputDevname()},
-	}}
+	f := make([]DepmodFile, 10)
+	names := []string{"modules.dep", "modules.dep.bin", "modules.alias", "modules.alias.bin",
+		"modules.softdep", "modules.symbols", "modules.symbols.bin",
+		"modules.builtin.bin", "modules.builtin.alias.bin", "modules.devname"}
+	for i, n := range names {
+		f[i].Name = n
+	}
+	jobs := []func(d *depmodRun){
+		func(d *depmodRun) {
+			var lines []string
+			f[0].Data, lines = d.outputDeps()
+			f[1].Data = d.outputDepsBin(lines)
+		},
+		func(d *depmodRun) { f[2].Data, f[3].Data = d.outputAliases() },
+		func(d *depmodRun) { f[4].Data = d.outputSoftdeps() },
+		func(d *depmodRun) { f[5].Data, f[6].Data = d.outputSymbols(syms) },
+		func(d *depmodRun) { f[7].Data = d.outputBuiltinBin() },
+		func(d *depmodRun) { f[8].Data = d.outputBuiltinAliasBin() },
+		func(d *depmodRun) { f[9].Data = d.outputDevname() },
+	}
+	warnings := make([][]string, len(jobs))
+	var wg sync.WaitGroup
+	for i, job := range jobs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			o := *d.opts
+			o.warn = func(m string) { warnings[i] = append(warnings[i], m) }
+			c := *d
+			c.opts = &o
+			job(&c)
+		}()
+	}
+	wg.Wait()
+	for _, ws := range warnings {
+		for _, w := range ws {
+			d.opts.warn(w)
+		}
+	}
+	d.out = &DepmodOutput{Files: f}
 }
 
 // depPath is mod_get_compressed_path: the path below the module folder,
