@@ -279,13 +279,13 @@ func (d *depmodRun) run(kver string) error {
 	}
 
 	found := map[string]*depmodMod{}
-	d.search(d.moddir, found)
+	d.search(d.moddir, found, 0)
 	for _, ext := range d.cfg.externals {
 		p := fsPath(ext)
 		if st, err := fs.Stat(d.root, p); err != nil || !st.IsDir() {
 			continue // kmod ignores a missing external folder
 		}
-		d.search(p, found)
+		d.search(p, found, 0)
 	}
 	if len(found) >= 65535 {
 		return fmt.Errorf("depmod: %d modules, kmod handles at most 65534", len(found))
@@ -321,8 +321,17 @@ func (d *depmodRun) run(kver string) error {
 	return nil
 }
 
+// maxSearchDepth bounds the folder levels below a search root: symbolic
+// links may make the tree endless (kmod then recurses until it runs out of
+// file descriptors).
+const maxSearchDepth = 64
+
 // search walks a folder of root like depmod_modules_search_path.
-func (d *depmodRun) search(dir string, found map[string]*depmodMod) {
+func (d *depmodRun) search(dir string, found map[string]*depmodMod, depth int) {
+	if depth > maxSearchDepth {
+		d.warnf("%s: more than %d folder levels (a symbolic link loop?), not searched", d.display("/"+dir), maxSearchDepth)
+		return
+	}
 	ents, err := fs.ReadDir(d.root, dir)
 	if err != nil {
 		d.warnf("could not open directory %s: %v", d.display("/"+dir), err)
@@ -353,7 +362,7 @@ func (d *depmodRun) search(dir string, found map[string]*depmodMod) {
 			}
 		}
 		if isDir {
-			d.search(p, found)
+			d.search(p, found, depth+1)
 			continue
 		}
 		if !d.hasModuleExt(name) {

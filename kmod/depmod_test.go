@@ -1089,3 +1089,26 @@ func TestDepmodInputFiles(t *testing.T) {
 		})
 	}
 }
+
+// TestDepmodSymlinkLoop: a folder linking to itself ends the walk with a
+// warning instead of recursing forever.
+func TestDepmodSymlinkLoop(t *testing.T) {
+	kver := fixture.KVER(t)
+	root := synthTree(t, map[string]synthMod{"kernel/a/one.ko": {exports: []string{"x"}}}, nil)
+	if err := os.Symlink(".", filepath.Join(root, "lib/modules", kver, "kernel/a/loop")); err != nil {
+		t.Fatal(err)
+	}
+	var warnings []string
+	out, err := GenerateDepmod(os.DirFS(root), kver, WithDepmodConfig(), WithDepmodErrors(func(m string) { warnings = append(warnings, m) }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Like kmod, the first copy found at equal rank stays: with the sorted
+	// listing ("loop" before "one.ko") the deepest one.
+	if got := string(out.File("modules.dep")); strings.Count(got, "\n") != 1 || !strings.HasSuffix(got, "/one.ko:\n") {
+		t.Errorf("modules.dep: %q", got)
+	}
+	if len(warnings) == 0 {
+		t.Error("no warning about the loop")
+	}
+}
