@@ -345,8 +345,8 @@ func (r *Reader) WriteTo(w io.Writer) (int64, error) {
 
 // ReadBody returns the whole current body (the rest of it after Reads).
 func (r *Reader) ReadBody() ([]byte, error) {
-	b := make([]byte, 0, r.remain)
-	buf := bytes.NewBuffer(b)
+	// FileSize is not trusted for the allocation: the data may be short.
+	buf := bytes.NewBuffer(make([]byte, 0, min(r.remain, 64<<10)))
 	_, err := r.WriteTo(buf)
 	return buf.Bytes(), err
 }
