@@ -49,6 +49,9 @@ func main() {
 	if want("depmod") {
 		benchDepmod(abs, tree)
 	}
+	if want("initramfs-ls") {
+		benchLs(abs, filepath.Join(*fixtures, "initrd/initramfs-tools-zstd.img"))
+	}
 }
 
 func modulesUnder(dir string) []string {
