@@ -39,10 +39,11 @@ import (
 // followed; modules.order, modules.builtin, modules.builtin.modinfo; the
 // depmod.d configuration (see WithDepmodConfig). When two files give the
 // same module name, the search order decides (by default "updates" first,
-// then the rest, "built-in"); at equal rank the first file the folder
-// listing returns stays: kmod takes readdir order, this function takes the
-// order of fs.ReadDir (sorted for most fs.FS; Depmod reads folders in
-// readdir order like kmod).
+// then the rest, "built-in"); at equal rank the listing order of folders
+// decides (kmod keeps the first file found, except that of two files below
+// the same search path the later one wins). kmod lists folders in readdir
+// order, this function in fs.ReadDir's order: sorted for most fs.FS, kmod's
+// order for DepmodDir and Depmod.
 //
 // Where kmod only warns, GenerateDepmod fails: a module file that is not a
 // readable kernel module (the error names it), a dependency cycle, more
@@ -683,7 +684,7 @@ func (d *depmodRun) loadDependencies(t *symbolTable) {
 	check := d.opts.symvers != nil
 	stamp := make([]int32, len(d.mods))
 	for i, m := range d.mods {
-		for _, s := range m.facts.deps {
+		for j, s := range m.facts.deps {
 			sym := t.find(s.name)
 			if sym == nil {
 				if check && !s.weak {
@@ -691,7 +692,7 @@ func (d *depmodRun) loadDependencies(t *symbolTable) {
 				}
 				continue
 			}
-			if check && sym.crc != s.crc && !s.weak {
+			if check && sym.crc != m.facts.depCRCs[j] && !s.weak {
 				d.warnf("%s disagrees about version of symbol %s", d.display(m.path), s.name)
 			}
 			if sym.owner < 0 || stamp[sym.owner] == int32(i)+1 {

@@ -31,7 +31,6 @@ import (
 // depSym is a symbol a module needs.
 type depSym struct {
 	name string
-	crc  uint64
 	weak bool
 }
 
@@ -43,6 +42,9 @@ type depmodFacts struct {
 	// scan was asked for them.
 	exportCRCs []uint64
 	deps       []depSym
+	// depCRCs holds the deps' __versions CRCs when the scan was asked for
+	// them.
+	depCRCs []uint64
 }
 
 // depmodScanner reads modules for depmod; one per goroutine, as it keeps
@@ -56,6 +58,9 @@ type depmodScanner struct {
 	// versions maps a __versions name to its first entry.
 	versions map[string]int32
 	visited  []bool
+	// The __versions names back to back, and where each ends.
+	verNames []byte
+	verEnds  []int
 }
 
 func (w *depmodScanner) reset() {
@@ -197,12 +202,12 @@ func (w *depmodScanner) scanELF(src source, size uint64, sc *scratch) (*depmodFa
 		}
 		if len(vers) > 0 {
 			// One string for all names: the map keys cost no allocation each.
-			var names []byte
-			ends := make([]int, 0, len(vers)/64)
+			names, ends := w.verNames[:0], w.verEnds[:0]
 			for off := 0; off < len(vers); off += 64 {
 				names = append(names, cbytes(vers[off+crcLen:])...)
 				ends = append(ends, len(names))
 			}
+			w.verNames, w.verEnds = names, ends
 			all, start := string(names), 0
 			if w.versions == nil {
 				w.versions = make(map[string]int32, len(ends))
@@ -266,7 +271,10 @@ func (w *depmodScanner) scanELF(src source, size uint64, sc *scratch) (*depmodFa
 	if len(w.depNames) > 0 {
 		f.deps = make([]depSym, len(w.depNames))
 		for i, n := range w.depNames {
-			f.deps[i] = depSym{name: sc.get(all, n), weak: w.depWeak[i], crc: w.depCRCs[i]}
+			f.deps[i] = depSym{name: sc.get(all, n), weak: w.depWeak[i]}
+		}
+		if w.wantCRC {
+			f.depCRCs = append([]uint64(nil), w.depCRCs...)
 		}
 	}
 	return f, nil
@@ -359,7 +367,12 @@ func (w *depmodScanner) readSymtab(e *elfFile, syms, strs, vers []byte, crcLen i
 			}
 			continue
 		}
-		name := cbytes(strs[nameOff:])
+		rest := strs[nameOff:]
+		isCRC := len(rest) >= 6 && string(rest[:6]) == "__crc_"
+		if !undef && !isCRC {
+			continue // most symbols: defined, not a CRC
+		}
+		name := cbytes(rest)
 		if undef {
 			if len(name) == 0 {
 				continue
@@ -376,7 +389,7 @@ func (w *depmodScanner) readSymtab(e *elfFile, syms, strs, vers []byte, crcLen i
 			w.depCRCs = append(w.depCRCs, crc)
 			// An undefined __crc_ symbol still counts as an export below.
 		}
-		if bytes.HasPrefix(name, []byte("__crc_")) {
+		if isCRC && len(name) >= 6 {
 			w.exports = append(w.exports, sc.add(name[6:]))
 			if w.wantCRC {
 				crc, err := resolveCRC(e, value, shndx)
