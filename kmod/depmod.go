@@ -170,7 +170,12 @@ type depmodOptions struct {
 // fs.FS holds no lib folder). This differs from the host's depmod, which
 // reads the host's own /etc/depmod.d even with -b unless given -C. With no
 // paths at all, no configuration is read. Supported: search (with
-// built-in and external), override, external, exclude.
+// built-in and external), override (the kernel pattern a POSIX extended
+// regular expression, or *), external, exclude; include and
+// make_map_files are ignored, as kmod 30 ignores them. An external folder
+// is read inside the root too, and its modules are listed in modules.dep
+// by their absolute path in the image; kmod with -b reads the external
+// folder on the host.
 func WithDepmodConfig(paths ...string) DepmodOption {
 	return func(o *depmodOptions) {
 		o.configSet, o.configFS, o.configPaths = true, nil, slices.Clone(paths)
