@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"time"
@@ -49,6 +51,16 @@ type injectConfig struct {
 	warn           func(string)
 	limits         *Limits
 	best           bool
+	files          []extraFile
+	// noUnlink writes regular files over existing ones without the
+	// symlink first (tests show what the trap does).
+	noUnlink bool
+}
+
+type extraFile struct {
+	path string
+	data []byte
+	perm fs.FileMode
 }
 
 // WithModules adds module files (.ko, .ko.xz, .ko.zst, .ko.gz) to inject;
@@ -101,6 +113,14 @@ func WithoutVermagicCheck() InjectOption { return func(c *injectConfig) { c.igno
 // happen; they are in InjectResult.Warnings too.
 func WithInjectWarnings(f func(string)) InjectOption { return func(c *injectConfig) { c.warn = f } }
 
+// WithFile adds (or replaces) a regular file at path in the image with
+// permissions perm, owned by root, like the modules: an existing regular
+// file keeps its mode and owner, and other hard links of it keep their
+// content.
+func WithFile(path string, data []byte, perm fs.FileMode) InjectOption {
+	return func(c *injectConfig) { c.files = append(c.files, extraFile{path, data, perm}) }
+}
+
 // WithBestCompression makes Rewrite compress harder: zstd's strongest
 // level of github.com/klauspost/compress (about zstd -11; initramfs-tools
 // uses zstd -9) and gzip -9, several times slower than the default (zstd
@@ -136,6 +156,8 @@ type InjectResult struct {
 	Modules      []InjectedFile `json:"modules"`
 	Dependencies []InjectedFile `json:"dependencies"`
 	Firmware     []InjectedFile `json:"firmware"`
+	// Files are those given with WithFile.
+	Files []InjectedFile `json:"files,omitempty"`
 	// MissingFirmware lists firmware= names found neither in the image
 	// nor in the firmware folder.
 	MissingFirmware []string `json:"missing_firmware"`
@@ -172,7 +194,7 @@ func Inject(imagePath string, opts ...InjectOption) (*InjectResult, error) {
 	if c.mode != Append && c.mode != Rewrite {
 		return nil, fmt.Errorf("inject: unknown mode %q (append or rewrite)", c.mode)
 	}
-	if len(c.modules) == 0 {
+	if len(c.modules) == 0 && len(c.files) == 0 {
 		return nil, errors.New("inject: no modules given")
 	}
 	if c.backup == "\x00default" {
@@ -495,7 +517,17 @@ func (j *injection) planModules() error {
 			j.res.Modules = append(j.res.Modules, f)
 		}
 	}
-	return j.planFirmware(mods)
+	if err := j.planFirmware(mods); err != nil {
+		return err
+	}
+	for _, f := range j.cfg.files {
+		p, err := j.addFile(f.path, f.data, uint32(f.perm.Perm()), j.mtime)
+		if err != nil {
+			return err
+		}
+		j.res.Files = append(j.res.Files, InjectedFile{Name: path.Base(p), Path: p, Size: int64(len(f.data))})
+	}
+	return nil
 }
 
 // remove drops a path from the model (Rewrite only).
@@ -629,6 +661,9 @@ func (j *injection) addFile(p string, data []byte, perm uint32, mtime uint32) (s
 				j.res.HardLinksBroken = append(j.res.HardLinksBroken, rp)
 			}
 			// The type change makes the kernel unlink the old name.
+			if j.cfg.noUnlink {
+				break
+			}
 			if err := j.plan(cpio.Record{Name: rp, Mode: cpio.TypeSymlink | 0o777, Nlink: 1, Mtime: mtime}, []byte(replacedTarget)); err != nil {
 				return "", err
 			}
@@ -828,11 +863,17 @@ func (j *injection) appendImage() ([]byte, error) {
 	if len(check.Entries) != len(j.recs) {
 		return nil, fmt.Errorf("inject: the new archive reads back %d records, want %d", len(check.Entries), len(j.recs))
 	}
+	// Compressed units follow each other directly: NUL padding after a
+	// gzip member or zstd frame is "trailing garbage" to gzip -d and zstd
+	// -d, which the distributions' listers run. An uncompressed archive
+	// must start 4-byte aligned; the kernel's lz4 reader needs 4 zero
+	// bytes after a unit that is not the last.
 	old := j.im.Bytes()
-	pad := int((4 - len(old)&3) & 3)
+	pad := 0
+	if f == compress.None {
+		pad = int((4 - len(old)&3) & 3)
+	}
 	if j.im.Segments[len(j.im.Segments)-1].Compression == compress.LZ4 {
-		// The kernel's lz4 reader needs 4 zero bytes after a unit that is
-		// not the last.
 		pad += 4
 	}
 	out := make([]byte, 0, len(old)+pad+seg.Len())
