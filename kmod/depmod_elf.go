@@ -128,7 +128,7 @@ func (w *depmodScanner) scanReaderAt(r io.ReaderAt, size int64) (*depmodFacts, e
 }
 
 // wholeRead is the size up to which a module file is read at once.
-const wholeRead = 96 << 10
+const wholeRead = 32 << 10
 
 // scanBytes reads a module held in memory (plain or compressed).
 func (w *depmodScanner) scanBytes(data []byte) (*depmodFacts, error) {
