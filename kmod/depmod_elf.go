@@ -55,19 +55,18 @@ type depmodScanner struct {
 	aliases, softdeps, exports, depNames []int
 	depWeak                              []bool
 	exportCRCs, depCRCs                  []uint64
-	// versions maps a __versions name to its first entry.
-	versions map[string]int32
-	visited  []bool
-	// The __versions names back to back, and where each ends.
+	// The __versions names back to back, where each ends, and an
+	// open-addressing table from name to first entry (index+1, 0 empty).
 	verNames []byte
 	verEnds  []int
+	verSlots []int32
+	visited  []bool
 }
 
 func (w *depmodScanner) reset() {
 	w.aliases, w.softdeps, w.exports, w.depNames = w.aliases[:0], w.softdeps[:0], w.exports[:0], w.depNames[:0]
 	w.depWeak, w.exportCRCs, w.depCRCs = w.depWeak[:0], w.exportCRCs[:0], w.depCRCs[:0]
-	clear(w.versions)
-	w.visited = w.visited[:0]
+	w.verNames, w.verEnds, w.visited = w.verNames[:0], w.verEnds[:0], w.visited[:0]
 }
 
 // scanFile reads the module at a host path.
@@ -201,24 +200,7 @@ func (w *depmodScanner) scanELF(src source, size uint64, sc *scratch) (*depmodFa
 			vers = nil
 		}
 		if len(vers) > 0 {
-			// One string for all names: the map keys cost no allocation each.
-			names, ends := w.verNames[:0], w.verEnds[:0]
-			for off := 0; off < len(vers); off += 64 {
-				names = append(names, cbytes(vers[off+crcLen:])...)
-				ends = append(ends, len(names))
-			}
-			w.verNames, w.verEnds = names, ends
-			all, start := string(names), 0
-			if w.versions == nil {
-				w.versions = make(map[string]int32, len(ends))
-			}
-			for i, end := range ends {
-				if _, dup := w.versions[all[start:end]]; !dup {
-					w.versions[all[start:end]] = int32(i)
-				}
-				start = end
-			}
-			w.visited = append(w.visited, make([]bool, len(ends))...)
+			w.indexVersions(vers, crcLen)
 		}
 	}
 
@@ -331,6 +313,69 @@ func forEachCString(b []byte, f func([]byte)) {
 	}
 }
 
+// indexVersions fills the table from __versions names to their first
+// entry.
+func (w *depmodScanner) indexVersions(vers []byte, crcLen int) {
+	n := len(vers) / 64
+	for off := 0; off < len(vers); off += 64 {
+		w.verNames = append(w.verNames, cbytes(vers[off+crcLen:])...)
+		w.verEnds = append(w.verEnds, len(w.verNames))
+	}
+	w.visited = append(w.visited, make([]bool, n)...)
+	size := 16
+	for size < 2*n {
+		size *= 2
+	}
+	if cap(w.verSlots) < size {
+		w.verSlots = make([]int32, size)
+	} else {
+		w.verSlots = w.verSlots[:size]
+		clear(w.verSlots)
+	}
+	mask := uint32(size - 1)
+	for i := range n {
+		name := w.verName(i)
+		for h := fnv32(name) & mask; ; h = (h + 1) & mask {
+			j := w.verSlots[h] - 1
+			if j < 0 {
+				w.verSlots[h] = int32(i) + 1
+				break
+			}
+			if bytes.Equal(w.verName(int(j)), name) {
+				break // a later duplicate: the first entry stays
+			}
+		}
+	}
+}
+
+func (w *depmodScanner) verName(i int) []byte {
+	start := 0
+	if i > 0 {
+		start = w.verEnds[i-1]
+	}
+	return w.verNames[start:w.verEnds[i]]
+}
+
+// findVersion is the first __versions entry named name, or -1.
+func (w *depmodScanner) findVersion(name []byte) int {
+	mask := uint32(len(w.verSlots) - 1)
+	for h := fnv32(name) & mask; ; h = (h + 1) & mask {
+		j := int(w.verSlots[h]) - 1
+		if j < 0 || bytes.Equal(w.verName(j), name) {
+			return j
+		}
+	}
+}
+
+// fnv32 is the 32-bit FNV-1a hash.
+func fnv32(b []byte) uint32 {
+	h := uint32(2166136261)
+	for _, c := range b {
+		h = (h ^ uint32(c)) * 16777619
+	}
+	return h
+}
+
 const stRegister = 13 // STT_REGISTER of SPARC
 
 // readSymtab walks the symbol table once for exports (__crc_ symbols) and
@@ -379,7 +424,7 @@ func (w *depmodScanner) readSymtab(e *elfFile, syms, strs, vers []byte, crcLen i
 			}
 			var crc uint64
 			if len(vers) > 0 {
-				if vi, ok := w.versions[string(name)]; ok {
+				if vi := w.findVersion(name); vi >= 0 {
 					w.visited[vi] = true
 					crc = versionCRC(e, vers[int(vi)*64:], crcLen)
 				}
