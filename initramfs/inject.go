@@ -1,6 +1,7 @@
 package initramfs
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -217,8 +218,10 @@ type injection struct {
 	mtime  uint32
 	ino    uint32
 	recs   []plannedRecord
-	// firstMerged is the first archive Rewrite merges.
+	// firstMerged is the first archive Rewrite merges; early holds the
+	// image's bytes before it.
 	firstMerged int
+	early       []byte
 }
 
 type plannedRecord struct {
@@ -248,6 +251,17 @@ func (j *injection) run(imagePath string) error {
 	if j.cfg.limits != nil {
 		openOpts = append(openOpts, WithLimits(*j.cfg.limits))
 	}
+	var spec *speculation
+	if j.cfg.mode == Append {
+		// Rewrite leaves this out: it would map the image a second time,
+		// and rewrite's time goes to compression anyway.
+		limit := DefaultLimits.MaxTotal
+		if j.cfg.limits != nil && j.cfg.limits.MaxTotal > 0 {
+			limit = j.cfg.limits.MaxTotal
+		}
+		spec = speculate(imagePath, min(limit, 64*st.Size()+1<<20))
+		defer spec.cancel()
+	}
 	im, err := Open(imagePath, openOpts...)
 	if err != nil {
 		return err
@@ -260,13 +274,18 @@ func (j *injection) run(imagePath string) error {
 		return fmt.Errorf("%s: --load: the image's flavor is %s; kmodctl knows how initramfs-tools (conf/modules), dracut (modules-load.d or rd.driver.pre) and mkinitcpio (MODULES in /config) load modules at boot, not this one: inject without --load and load the modules another way", imagePath, j.res.Flavor)
 	}
 	j.firstMerged = j.mergeStart()
-	if err := j.buildTree(); err != nil {
+	err = j.buildTree(spec)
+	spec.cancel()
+	if err != nil {
 		return err
 	}
 	phase("tree", &t0)
 	if err := j.chooseKernel(); err != nil {
 		return err
 	}
+	// The model holds its own copy of every body: the mapping goes.
+	j.early = append([]byte(nil), im.Bytes()[:im.Segments[j.firstMerged].Offset]...)
+	im.Close()
 	if err := j.planModules(); err != nil {
 		return err
 	}
@@ -280,23 +299,21 @@ func (j *injection) run(imagePath string) error {
 			return err
 		}
 	}
-	var out []byte
+	write := j.rewriteImage
 	if j.cfg.mode == Append {
-		out, err = j.appendImage()
-	} else {
-		out, err = j.rewriteImage()
+		seg, err := j.appendArchive()
+		if err != nil {
+			return err
+		}
+		write = func(w *os.File) error { return j.appendImage(w, imagePath, seg) }
 	}
+	size, err := writeImage(imagePath, j.cfg.backup, write)
 	if err != nil {
 		return err
 	}
-	phase("output", &t0)
-	backup := j.cfg.backup
-	if err := replaceImage(imagePath, out, backup); err != nil {
-		return err
-	}
 	phase("write", &t0)
-	j.res.Backup = backup
-	j.res.SizeAfter = int64(len(out))
+	j.res.Backup = j.cfg.backup
+	j.res.SizeAfter = size
 	return nil
 }
 
@@ -332,59 +349,72 @@ func (j *injection) mergeStart() int {
 // buildTree runs every record of the image through the model. Each
 // compressed segment is decompressed once into memory; the model's bodies
 // are slices of it (uncompressed segments: of the image's mapping).
-func (j *injection) buildTree() error {
+func (j *injection) buildTree(spec *speculation) error {
 	vt := newVtree()
 	im := j.im
 	next := 0 // first entry of the segment
 	for i, seg := range im.Segments {
-		var buf []byte
-		var base int64
+		// Bodies: slices of the decompressed stream (compressed segments)
+		// or copies of the image's bytes (uncompressed ones: the mapping
+		// goes away early).
+		var stream *chunkedStream
+		var raw []byte
 		if seg.Compression == compress.None {
-			buf, base = im.Bytes(), 0
+			raw = im.Bytes()
 		} else {
-			rc, err := im.SegmentReader(i)
-			if err != nil {
-				return err
+			if i == 0 {
+				stream = spec.result(seg)
 			}
-			buf = make([]byte, seg.Size)
-			_, err = io.ReadFull(rc, buf)
-			rc.Close()
-			if err != nil {
-				return im.segErr(i, "", err)
+			if stream == nil {
+				rc, err := im.SegmentReader(i)
+				if err != nil {
+					return err
+				}
+				stream, err = readChunks(rc, im.Limits().MaxTotal, nil)
+				rc.Close()
+				if err != nil {
+					return im.segErr(i, "", err)
+				}
 			}
+			if stream.size != seg.Size {
+				return im.segErr(i, "", fmt.Errorf("decompressed %d bytes, indexed %d", stream.size, seg.Size))
+			}
+		}
+		get := func(off, n int64) []byte {
+			if stream != nil {
+				return stream.slice(off, n)
+			}
+			return append([]byte(nil), raw[off:off+n]...)
 		}
 		vt.archive = i
 		// Records follow each other; a gap holds trailers (which end the
 		// hard link groups) and padding.
-		expect := seg.Offset
-		if seg.Compression != compress.None {
-			expect = 0
+		start, end := seg.Offset, seg.Offset+seg.Length
+		if stream != nil {
+			start, end = 0, stream.size
 		}
+		expect := start
 		for ; next < len(im.Entries) && im.Entries[next].Segment == i; next++ {
 			e := &im.Entries[next]
+			body := e.Offset + cpio.HeaderSize + int64(len(e.Name)) + 1
+			body += (4 - body&3) & 3
+			bodyEnd := body + int64(e.FileSize)
+			if e.Offset < expect || bodyEnd > end {
+				return im.segErr(i, e.Name, fmt.Errorf("record at %d outside the segment", e.Offset))
+			}
 			if e.Offset != expect {
-				if err := vt.gap(buf[expect-base : e.Offset-base]); err != nil {
+				if err := vt.gap(get(expect, e.Offset-expect)); err != nil {
 					return im.segErr(i, e.Name, err)
 				}
 			}
-			body := e.Offset + cpio.HeaderSize + int64(len(e.Name)) + 1
-			body += (4 - body&3) & 3
-			end := body + int64(e.FileSize)
-			if body < base || end-base > int64(len(buf)) {
-				return im.segErr(i, e.Name, fmt.Errorf("record at %d beyond the segment", e.Offset))
-			}
 			rec := e.Record
-			if err := vt.apply(&rec, buf[body-base:end-base:end-base]); err != nil {
+			if err := vt.apply(&rec, get(body, int64(e.FileSize))); err != nil {
 				return im.segErr(i, e.Name, err)
 			}
-			expect = end + (4-end&3)&3
-		}
-		end := seg.Offset + seg.Length
-		if seg.Compression != compress.None {
-			end = int64(len(buf))
+			expect = min(bodyEnd+(4-bodyEnd&3)&3, end)
 		}
 		if expect < end {
-			if err := vt.gap(buf[expect-base : end-base]); err != nil {
+			if err := vt.gap(get(expect, end-expect)); err != nil {
 				return im.segErr(i, "", err)
 			}
 		}
@@ -841,7 +871,9 @@ func writeRecords(w io.Writer, recs []plannedRecord) error {
 	return cw.PadTo(512)
 }
 
-func (j *injection) appendImage() ([]byte, error) {
+// appendArchive compresses the planned records into the new archive and
+// checks that it reads back.
+func (j *injection) appendArchive() ([]byte, error) {
 	f := j.appendCompression()
 	j.res.Compression = Segment{Compression: f}.CompressionName()
 	var seg bytes.Buffer
@@ -855,7 +887,6 @@ func (j *injection) appendImage() ([]byte, error) {
 	if err := sw.Close(); err != nil {
 		return nil, err
 	}
-	// The new archive must read back as the records written.
 	check, err := Read(bytes.NewReader(seg.Bytes()), int64(seg.Len()), WithName("appended archive"))
 	if err != nil {
 		return nil, fmt.Errorf("inject: the new archive does not read back: %w", err)
@@ -863,28 +894,44 @@ func (j *injection) appendImage() ([]byte, error) {
 	if len(check.Entries) != len(j.recs) {
 		return nil, fmt.Errorf("inject: the new archive reads back %d records, want %d", len(check.Entries), len(j.recs))
 	}
+	return seg.Bytes(), nil
+}
+
+// appendImage writes the old image (copied file to file), then seg.
+func (j *injection) appendImage(w *os.File, imagePath string, seg []byte) error {
+	src, err := os.Open(imagePath)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	n, err := io.Copy(w, src)
+	if err != nil {
+		return err
+	}
+	if n != j.res.SizeBefore {
+		return fmt.Errorf("%s changed while inject ran (%d bytes, was %d)", imagePath, n, j.res.SizeBefore)
+	}
 	// Compressed units follow each other directly: NUL padding after a
 	// gzip member or zstd frame is "trailing garbage" to gzip -d and zstd
 	// -d, which the distributions' listers run. An uncompressed archive
 	// must start 4-byte aligned; the kernel's lz4 reader needs 4 zero
 	// bytes after a unit that is not the last.
-	old := j.im.Bytes()
 	pad := 0
-	if f == compress.None {
-		pad = int((4 - len(old)&3) & 3)
+	if compress.Detect(seg) == compress.None && kernelMagic(seg) == compress.None {
+		pad = int((4 - n&3) & 3)
 	}
 	if j.im.Segments[len(j.im.Segments)-1].Compression == compress.LZ4 {
 		pad += 4
 	}
-	out := make([]byte, 0, len(old)+pad+seg.Len())
-	out = append(out, old...)
-	out = append(out, make([]byte, pad)...)
-	out = append(out, seg.Bytes()...)
-	return out, nil
+	if _, err := w.Write(make([]byte, pad)); err != nil {
+		return err
+	}
+	_, err = w.Write(seg)
+	return err
 }
 
 // rewriteImage writes the kept early archives and the model's merged tree.
-func (j *injection) rewriteImage() ([]byte, error) {
+func (j *injection) rewriteImage(w *os.File) error {
 	segs := j.im.Segments
 	main := j.firstMerged
 	for i := j.firstMerged; i < len(segs); i++ {
@@ -898,24 +945,25 @@ func (j *injection) rewriteImage() ([]byte, error) {
 	}
 	j.res.Compression = Segment{Compression: f}.CompressionName()
 	j.res.KeptSegments = j.firstMerged
-	var out bytes.Buffer
-	keep := j.im.Bytes()[:segs[j.firstMerged].Offset]
-	out.Write(keep)
+	bw := bufio.NewWriterSize(w, 1<<20)
+	if _, err := bw.Write(j.early); err != nil {
+		return err
+	}
 	effort := effortDefault
 	if j.cfg.best {
 		effort = effortBest
 	}
-	sw, err := newSegmentWriter(&out, f, effort)
+	sw, err := newSegmentWriter(bw, f, effort)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if err := j.vt.serialize(sw, j.firstMerged); err != nil {
-		return nil, err
+		return err
 	}
 	if err := sw.Close(); err != nil {
-		return nil, err
+		return err
 	}
-	return out.Bytes(), nil
+	return bw.Flush()
 }
 
 // serialize writes the nodes the merged archives (index >= from) and Inject

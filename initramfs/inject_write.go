@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"syscall"
 
 	kgzip "github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
@@ -113,17 +114,58 @@ type nopCloser struct{ io.Writer }
 
 func (nopCloser) Close() error { return nil }
 
-// replaceImage writes data over path atomically, keeping mode and owner,
-// after keeping the old file as backup (when not empty): a hard link to the
-// old inode made under a temporary name and renamed over backup, or a copy
-// where hard links fail.
-func replaceImage(path string, data []byte, backup string) error {
-	if backup != "" {
-		if err := makeBackup(path, backup); err != nil {
-			return err
+// writeImage replaces path atomically with what write produces, the way
+// internal/atomicfile does it but streamed: a temporary file next to path
+// is written, fsynced, given path's mode and owner, renamed over path, and
+// the folder is fsynced. The old file is first kept as backup (when not
+// empty). On any error path is untouched and the temporary file removed.
+// It returns the new size.
+func writeImage(path, backup string, write func(f *os.File) error) (size int64, err error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return 0, err
+	}
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return 0, fmt.Errorf("replace %s: %w", path, err)
+	}
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	if err = write(f); err != nil {
+		return 0, err
+	}
+	if err = f.Chmod(st.Mode().Perm()); err != nil {
+		return 0, fmt.Errorf("replace %s: %w", path, err)
+	}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok && (int(sys.Uid) != os.Getuid() || int(sys.Gid) != os.Getgid()) {
+		if err = f.Chown(int(sys.Uid), int(sys.Gid)); err != nil {
+			return 0, fmt.Errorf("replace %s: keep owner: %w", path, err)
 		}
 	}
-	return atomicfile.WriteFile(path, data, 0o644)
+	if err = f.Sync(); err != nil {
+		return 0, fmt.Errorf("replace %s: %w", path, err)
+	}
+	if size, err = f.Seek(0, io.SeekCurrent); err != nil {
+		return 0, err
+	}
+	if err = f.Close(); err != nil {
+		return 0, fmt.Errorf("replace %s: %w", path, err)
+	}
+	if backup != "" {
+		if err = makeBackup(path, backup); err != nil {
+			return 0, err
+		}
+	}
+	if err = os.Rename(tmp, path); err != nil {
+		return 0, fmt.Errorf("replace %s: %w", path, err)
+	}
+	return size, atomicfile.SyncDir(dir)
 }
 
 func makeBackup(path, backup string) error {
