@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 
@@ -49,7 +50,16 @@ func newDepmodCmd() *cobra.Command {
 				fmt.Fprintf(stderr, "kmodctl depmod: WARNING: %s\n", msg)
 			})}
 			if len(configs) > 0 {
-				opts = append(opts, kmod.WithDepmodConfigFS(os.DirFS("/"), configs...))
+				// Host paths, relative ones to the working folder.
+				abs := make([]string, len(configs))
+				for i, c := range configs {
+					a, err := filepath.Abs(c)
+					if err != nil {
+						return err
+					}
+					abs[i] = a
+				}
+				opts = append(opts, kmod.WithDepmodConfigFS(os.DirFS("/"), abs...))
 			}
 			if symvers != "" {
 				if !errsyms {

@@ -106,6 +106,32 @@ func TestDepmodCLI(t *testing.T) {
 	}
 }
 
+// TestDepmodCLIRelativeConfig: -C takes host paths relative to the
+// working folder, as depmod does.
+func TestDepmodCLIRelativeConfig(t *testing.T) {
+	kver := fixture.KVER(t)
+	root, moddir := depmodTree(t)
+	work := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(work, "cfg"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(work, "cfg/x.conf"), []byte("exclude dkms\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(kmodctlBin, "depmod", "-b", root, "-C", "cfg/x.conf", kver)
+	cmd.Dir = work
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	dep, err := os.ReadFile(filepath.Join(moddir, "modules.dep"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(dep), "kmodtest") || !strings.Contains(string(dep), "kernel/fs/fat/vfat.ko: kernel/fs/fat/fat.ko\n") {
+		t.Errorf("modules.dep:\n%s", dep)
+	}
+}
+
 func TestDepmodCLIErrors(t *testing.T) {
 	kver := fixture.KVER(t)
 	root, moddir := depmodTree(t)
