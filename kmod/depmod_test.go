@@ -183,6 +183,23 @@ func TestDepmodFullTree(t *testing.T) {
 	if len(warnings) > 0 {
 		t.Errorf("warnings: %q", warnings)
 	}
+
+	// Depmod on another copy writes the same files.
+	ours := filepath.Join(t.TempDir(), "ours")
+	linkTree(t, src, ours)
+	if err := Depmod(ours, kver, hostDepmodExtensions(t), WithDepmodConfig()); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range depmodOutputNames {
+		got, err := os.ReadFile(filepath.Join(ours, "lib/modules", kver, n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, _ := os.ReadFile(filepath.Join(ref, "lib/modules", kver, n))
+		if msg := diffBytes(n, got, want); msg != "" {
+			t.Error("Depmod: " + msg)
+		}
+	}
 }
 
 // fixtureDeps is the fixture tree's modules.dep as a map from module path
