@@ -1129,3 +1129,19 @@ func TestDepmodSymlinkLoop(t *testing.T) {
 		t.Error("no warning about the loop")
 	}
 }
+
+// TestDepmodDiffReport: the comparison names the first differing line of
+// a text file and the first differing offset of an index.
+func TestDepmodDiffReport(t *testing.T) {
+	msg := diffBytes("modules.dep", []byte("a.ko:\nb.ko: a.ko\n"), []byte("a.ko:\nb.ko: c.ko\n"))
+	if !strings.Contains(msg, "line 2") || !strings.Contains(msg, `"b.ko: a.ko"`) || !strings.Contains(msg, `"b.ko: c.ko"`) {
+		t.Errorf("text report: %s", msg)
+	}
+	msg = diffBytes("modules.dep.bin", []byte{0xb0, 0x07, 0xf4, 0x57, 1}, []byte{0xb0, 0x07, 0xf4, 0x57, 2})
+	if !strings.Contains(msg, "offset 0x4") {
+		t.Errorf("binary report: %s", msg)
+	}
+	if diffBytes("x", []byte("same"), []byte("same")) != "" {
+		t.Error("equal inputs reported as different")
+	}
+}
