@@ -1,0 +1,168 @@
+package initramfs
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kmodctl/packer-plugin-kmod/internal/fixture"
+	"github.com/kmodctl/packer-plugin-kmod/internal/qemu"
+)
+
+// Boot tests: the fixture kernel boots each injected image under QEMU with a
+// root device that does not exist, so early userspace runs (and loads the
+// modules it was told to) and then gives up quickly; the console decides.
+
+const markerLine = "KMODTEST-MARKER: kmodtest_marker loaded"
+
+// bootTimeout caps one boot (TCG on 2 cores: about 20-40 s to the point where
+// the root device is given up).
+const bootTimeout = 120 * time.Second
+
+// giveUp are the lines after which the marker can no longer come: the
+// flavors' "no root device" paths and the kernel's own ends.
+var giveUp = append([]qemu.Marker{
+	qemu.FailureOn("ALERT!"),                      // initramfs-tools: root device missing
+	qemu.FailureOn("Rebooting automatically"),     // initramfs-tools: panic=
+	qemu.FailureOn("Dropping to a shell"),         // initramfs-tools
+	qemu.FailureOn("Entering emergency mode"),     // dracut/systemd
+	qemu.FailureOn("Could not boot"),              // dracut
+	qemu.FailureOn("Warning: /dev/nonexistent"),   // dracut: root device missing
+	qemu.FailureOn("dracut-initqueue: Warning: "), /* dracut: timeouts */
+	qemu.FailureOn("reboot: Power down"),
+	qemu.FailureOn("reboot: Restarting system"),
+}, qemu.KernelFailures...)
+
+// bootImage boots image with the fixture kernel and returns the result; the
+// machine-wide QEMU slot is held for the boot.
+func bootImage(t *testing.T, image string, flavor Flavor) *qemu.Result {
+	t.Helper()
+	fixture.Tool(t, "qemu-system-x86_64")
+	kernel := fixture.Vmlinuz(t)
+	args := []string{"console=ttyS0", "root=/dev/nonexistent", "panic=1", "rootdelay=1", "rootwait=1"}
+	if flavor == Dracut {
+		args = append(args, "rd.timeout=5", "rd.emergency=poweroff", "rd.shell=0")
+	}
+	qemu.Slot(t)
+	log := filepath.Join(t.TempDir(), "console.log")
+	res, err := qemu.Boot(t.Context(), qemu.Config{
+		Kernel:     kernel,
+		Initrd:     image,
+		Append:     strings.Join(args, " "),
+		Timeout:    bootTimeout,
+		Markers:    append([]qemu.Marker{qemu.SuccessOn(markerLine)}, giveUp...),
+		ConsoleLog: log,
+	})
+	if err != nil {
+		t.Fatalf("boot %s: %v", image, err)
+	}
+	t.Logf("boot %s: %s", filepath.Base(image), res)
+	return res
+}
+
+// injectCopy copies a fixture image into the test's folder and injects the
+// marker module (and extra modules) into it.
+func injectCopy(t *testing.T, name string, mode InjectMode, load bool, extra ...InjectOption) (string, *InjectResult) {
+	t.Helper()
+	src := fixture.Initrd(t, name)
+	img := filepath.Join(t.TempDir(), name+"-"+string(mode)+".img")
+	copyFile(t, src, img)
+	opts := append([]InjectOption{WithModules(fixture.TestModule(t, "kmodtest_marker")), WithMode(mode), WithLoad(load)}, extra...)
+	res, err := Inject(img, opts...)
+	if err != nil {
+		t.Fatalf("inject %s (%s): %v", name, mode, err)
+	}
+	return img, res
+}
+
+func copyFile(t *testing.T, src, dst string) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func flavorOf(name string) Flavor {
+	if strings.HasPrefix(name, "dracut") {
+		return Dracut
+	}
+	return InitramfsTools
+}
+
+// bootMarker boots an image injected with the marker module and --load
+// (TestInjectFixtures calls it for every fixture image, in both modes, the
+// ucode one included): the marker must appear.
+func bootMarker(t *testing.T, name, img string) {
+	t.Helper()
+	res := bootImage(t, img, flavorOf(name))
+	if res.Outcome != qemu.Success {
+		t.Fatalf("no marker: %s\n%s", res, res.Tail(30))
+	}
+}
+
+// TestBootInjectedWithoutLoad: without --load the module is in the image but
+// nothing loads it.
+func TestBootInjectedWithoutLoad(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boot tests are long")
+	}
+	t.Parallel()
+	img, _ := injectCopy(t, fixture.InitrdToolsZstd, Append, false)
+	res := bootImage(t, img, InitramfsTools)
+	if res.Outcome == qemu.Success || strings.Contains(res.Console, markerLine) {
+		t.Fatalf("the marker module loaded without --load: %s", res)
+	}
+	if res.Outcome != qemu.Failure && res.Outcome != qemu.Exited {
+		t.Fatalf("the boot did not reach a conclusion: %s\n%s", res, res.Tail(30))
+	}
+}
+
+// withoutUnlink disables the symlink Inject writes before replacing a
+// regular file, to show the trap the test guards against.
+func withoutUnlink() InjectOption { return func(c *injectConfig) { c.noUnlink = true } }
+
+// busyboxLink is one of the 256 names of busybox's inode in Debian's
+// initramfs-tools images that init does not use.
+const busyboxLink = "usr/bin/xxd"
+
+// TestBootHardLinkTrap: replacing one name of busybox's hard link group in
+// an appended archive must leave the other 255 (/bin/sh among them) alone:
+// the image still runs its init script, which loads the marker module.
+// Without the symlink written first, the same injection overwrites busybox
+// through the shared inode and init cannot start: the test would notice.
+func TestBootHardLinkTrap(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boot tests are long")
+	}
+	replacement := []byte("#!/bin/sh\necho not busybox\n")
+	for _, tc := range []struct {
+		name  string
+		extra []InjectOption
+		boots bool
+	}{
+		{"unlinked", nil, true},
+		{"trap", []InjectOption{withoutUnlink()}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			opts := append([]InjectOption{WithFile(busyboxLink, replacement, 0o755)}, tc.extra...)
+			img, res := injectCopy(t, fixture.InitrdToolsZstd, Append, true, opts...)
+			if tc.boots && (len(res.HardLinksBroken) != 1 || res.HardLinksBroken[0] != busyboxLink) {
+				t.Errorf("hard links broken: %v", res.HardLinksBroken)
+			}
+			r := bootImage(t, img, InitramfsTools)
+			if tc.boots && r.Outcome != qemu.Success {
+				t.Fatalf("replacing %s broke the boot: %s\n%s", busyboxLink, r, r.Tail(30))
+			}
+			if !tc.boots && r.Outcome == qemu.Success {
+				t.Fatalf("writing over a hard link in place still booted: the test cannot see the trap: %s", r)
+			}
+		})
+	}
+}
