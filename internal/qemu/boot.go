@@ -107,8 +107,9 @@ type Result struct {
 	Console string
 	Stderr  string
 	Accel   string
-	// Args is the QEMU command line, program first.
+	// Args is the QEMU command line, program first; PID was QEMU's process.
 	Args []string
+	PID  int
 }
 
 // Tail returns the last n lines of the console, for failure messages.
@@ -252,6 +253,7 @@ func Boot(ctx context.Context, cfg Config) (*Result, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("qemu: %w", err)
 	}
+	res.PID = cmd.Process.Pid
 	var console bytes.Buffer
 	concluded := make(chan conclusion, 1)
 	readDone := make(chan struct{})
