@@ -3,7 +3,8 @@
 # when everything is present: apt runs only for what is missing.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-pkgs=(kmod openssl xz-utils zstd gzip make gcc libc6-dev dpkg-dev ca-certificates time)
+pkgs=(kmod openssl xz-utils zstd gzip make gcc libc6-dev dpkg-dev ca-certificates time
+	mmdebstrap cpio lz4 bzip2 qemu-system-x86 qemu-utils)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

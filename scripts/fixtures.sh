@@ -6,7 +6,8 @@
 # later fixture derives from it and from the .debs kept in $C/debs.
 #
 #   KMODCTL_FIXTURES   cache folder (default /var/cache/kmodctl-fixtures)
-#   components: deps kernel headers testmods compressed foreign (default: all)
+#   components: deps kernel headers testmods compressed foreign rootfs
+#               rootfs-dracut initrd (default: all)
 set -euo pipefail
 
 C=${KMODCTL_FIXTURES:-/var/cache/kmodctl-fixtures}
@@ -15,6 +16,10 @@ export DEBIAN_FRONTEND=noninteractive
 mkdir -p "$C"
 
 log() { printf 'fixtures: %s\n' "$*" >&2; }
+
+# Temporary folders, removed however the script ends.
+TMPS=()
+trap 'rm -rf "${TMPS[@]}"' EXIT
 
 # apt_install installs Debian packages only when one is missing, so the warm
 # path makes no network calls.
@@ -35,16 +40,54 @@ stamp() {
 	(cd "$C" && find "$1" -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum >"$1.sha256.tmp" && mv "$1.sha256.tmp" "$1.sha256")
 }
 # fresh NAME [INPUT_HASH] succeeds when component NAME exists, matches its
-# checksums and was built from the same inputs.
+# checksums and was built from the same inputs. A component is verified once
+# per run (several components depend on the same ones), with openssl's
+# SHA-NI code, several times faster than sha256sum over the rootfs trees;
+# names sha256sum had to escape are checked by sha256sum itself.
+declare -A VERIFIED=()
 fresh() {
 	[ -d "$C/$1" ] && [ -s "$C/$1.sha256" ] || return 1
 	if [ $# -gt 1 ] && [ "$(cat "$C/$1.inputs" 2>/dev/null)" != "$2" ]; then return 1; fi
-	(cd "$C" && sha256sum -c --quiet --strict "$1.sha256" >/dev/null 2>&1)
+	[ -z "${VERIFIED[$1]-}" ] || return 0
+	# Trees stamped with stamp_tree: unchanged metadata is enough.
+	if [ -s "$C/$1.meta" ] && [ "$(treemeta "$1")" = "$(cat "$C/$1.meta")" ]; then
+		VERIFIED[$1]=1
+		return 0
+	fi
+	local list=$C/$1.sha256
+	(
+		cd "$C" || exit 1
+		if ! command -v openssl >/dev/null; then
+			exec sha256sum -c --quiet --strict "$list" >/dev/null 2>&1
+		fi
+		if grep -q '^\\' "$list"; then
+			grep '^\\' "$list" | sha256sum -c --quiet --strict - >/dev/null 2>&1 || exit 1
+		fi
+		grep -v '^\\' "$list" | cut -c67- | xargs -r -d '\n' openssl dgst -sha256 -r 2>/dev/null |
+			sed 's/ \*/  /' | cmp -s - <(grep -v '^\\' "$list")
+	) || return 1
+	# A tree whose content checked out: trust its new metadata next time.
+	[ ! -e "$C/$1.meta" ] || treemeta "$1" >"$C/$1.meta"
+	VERIFIED[$1]=1
 }
-begin() { rm -rf "$C/$1" "$C/$1.sha256" "$C/$1.inputs"; mkdir -p "$C/$1"; }
+begin() { unset "VERIFIED[$1]"; rm -rf "$C/$1" "$C/$1.sha256" "$C/$1.inputs" "$C/$1.meta"; mkdir -p "$C/$1"; }
+
+# treemeta NAME hashes the metadata of every entry of component NAME (path,
+# type, size, mtime, mode, link target).
+treemeta() {
+	(cd "$C" && find "$1" -printf '%p\t%y\t%s\t%T@\t%m\t%l\n' | LC_ALL=C sort | sha256sum | cut -d' ' -f1)
+}
+# stamp_tree NAME is stamp for large trees (the rootfs fixtures): fresh
+# trusts them without reading their content while no entry's metadata
+# changed (anything written into the tree changes some mtime), and checks
+# the content against NAME.sha256 otherwise.
+stamp_tree() {
+	stamp "$1"
+	treemeta "$1" >"$C/$1.meta"
+}
 
 deps() {
-	apt_install kmod openssl xz-utils zstd gzip make gcc libc6-dev dpkg-dev ca-certificates
+	apt_install kmod openssl xz-utils zstd gzip make gcc libc6-dev dpkg-dev ca-certificates mmdebstrap cpio
 }
 
 kver() {
@@ -174,9 +217,122 @@ foreign() {
 	stamp foreign
 }
 
+# Debian mirrors of the rootfs fixtures: the suites the build machine uses.
+MIRRORS=(
+	"deb http://deb.debian.org/debian bookworm main"
+	"deb http://deb.debian.org/debian bookworm-updates main"
+	"deb http://deb.debian.org/debian-security bookworm-security main"
+)
+
+# mkrootfs NAME TOOL: a minimal bookworm system booting with systemd whose
+# kernel is the recorded KVER, installed from the cached .deb (the exact
+# build, whatever the mirror now holds) and whose initrd the package's own
+# hook generated with TOOL (initramfs-tools or dracut; a comma list may add
+# packages). busybox, as initramfs-tools recommends it: Debian systems have it
+# in their initrd. Kept as a directory: later fixtures chroot into it and
+# build disk images from it.
+mkrootfs() {
+	local name=$1 tool=$2 deb inputs
+	deb=$(ls "$C"/debs/linux-image-"$KVER"_*.deb)
+	local args=(--variant=minbase --include="systemd,systemd-sysv,kmod,udev,$tool,zstd,busybox" --include="$deb")
+	# The .deb's name carries its version (it is kept once downloaded).
+	inputs=$( (printf '%s\n' "${args[@]/$C/}" "${MIRRORS[@]}" "$KVER"; stat -c %s "$deb") | sha256sum | cut -d' ' -f1)
+	fresh "$name" "$inputs" && return 0
+	apt_install mmdebstrap
+	log "mmdebstrap $name ($tool, linux-image-$KVER)"
+	begin "$name"
+	rmdir "$C/$name"
+	local t0=$SECONDS
+	mmdebstrap -q "${args[@]}" bookworm "$C/$name" "${MIRRORS[@]}" >&2
+	[ -s "$C/$name/boot/initrd.img-$KVER" ] || { log "$name: the kernel package generated no /boot/initrd.img-$KVER"; exit 1; }
+	echo "$inputs" >"$C/$name.inputs"
+	stamp_tree "$name"
+	log "$name built in $((SECONDS - t0)) s"
+}
+
+# xz-utils: mkinitramfs -c xz silently falls back to gzip without it.
+rootfs() { mkrootfs rootfs initramfs-tools,xz-utils; }
+rootfs_dracut() { mkrootfs rootfs-dracut dracut; }
+
+# in_rootfs ROOTFS CMD...: runs CMD chrooted in a throwaway overlay of ROOTFS
+# (the cached fixture stays untouched) with /proc, /sys and /dev mounted; the
+# overlay's /out is the caller's $OUT. The mounts live in a private mount
+# namespace, so they vanish with it on every path (even kill -9); the EXIT
+# trap removes the overlay layers.
+in_rootfs() {
+	local lower=$1 t rc=0
+	shift
+	t=$(mktemp -d /tmp/kmodctl-chroot.XXXXXX)
+	TMPS+=("$t")
+	mkdir -p "$t/upper" "$t/work" "$t/merged"
+	# shellcheck disable=SC2016
+	unshare --mount --propagation private sh -euc '
+		t=$1 lower=$2 out=$3; shift 3; m=$t/merged
+		mount -t overlay overlay -o "lowerdir=$lower,upperdir=$t/upper,workdir=$t/work" "$m"
+		mount -t proc proc "$m/proc"
+		mount --bind /sys "$m/sys"
+		mount --bind /dev "$m/dev"
+		mkdir -p "$m/out"
+		mount --bind "$out" "$m/out"
+		exec chroot "$m" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@"
+	' sh "$t" "$lower" "$OUT" "$@" || rc=$?
+	rm -rf "$t"
+	return "$rc"
+}
+
+# initrd: the initrd images boot tests and listers use, from the rootfs
+# fixtures' own tools: initramfs-tools with each compressor, dracut's Debian
+# default (gzip), the zstd image behind a synthetic early-microcode cpio, and
+# the fixture kernel to boot them with.
+initrd() {
+	local inputs
+	inputs=$( (cat "$C/rootfs.sha256" "$C/rootfs-dracut.sha256" "$C/kernel.sha256"; echo "$KVER v1") | sha256sum | cut -d' ' -f1)
+	fresh initrd "$inputs" && return 0
+	apt_install cpio
+	log "generate initrd images"
+	local t0=$SECONDS
+	# Built aside and moved in at the end: boot tests running meanwhile see
+	# the old images until then.
+	OUT=$(mktemp -d "$C/.initrd.XXXXXX")
+	TMPS+=("$OUT")
+	local comp
+	for comp in zstd gzip xz; do
+		in_rootfs "$C/rootfs" mkinitramfs -c "$comp" -o "/out/initramfs-tools-$comp.img" "$KVER"
+	done
+	in_rootfs "$C/rootfs-dracut" dracut -q --no-hostonly --force "/out/dracut.img" "$KVER"
+	chmod 0644 "$OUT"/*.img
+	# The compressor each image must start with (the tools fall back quietly).
+	local f magic
+	for f in initramfs-tools-zstd:28b52ffd initramfs-tools-gzip:1f8b initramfs-tools-xz:fd377a585a dracut:1f8b; do
+		magic=$(head -c 6 "$OUT/${f%%:*}.img" | od -An -tx1 | tr -d ' \n')
+		[[ $magic == "${f#*:}"* ]] || { log "${f%%:*}.img starts with $magic, not ${f#*:}"; exit 1; }
+	done
+	# Early microcode: an uncompressed newc cpio first, names without "./",
+	# padded to 4 bytes (cpio already pads to 512-byte blocks).
+	local u
+	u=$(mktemp -d)
+	TMPS+=("$u")
+	mkdir -p "$u/kernel/x86/microcode"
+	printf 'KMODTEST-UCODE synthetic GenuineIntel microcode %.0s' {1..64} >"$u/kernel/x86/microcode/GenuineIntel.bin"
+	find "$u" -exec touch -h -d @0 {} +
+	(cd "$u" && printf '%s\n' kernel kernel/x86 kernel/x86/microcode kernel/x86/microcode/GenuineIntel.bin |
+		cpio -o -H newc -R 0:0 --reproducible --quiet >"$u/early.cpio")
+	local pad=$(( (4 - $(stat -c %s "$u/early.cpio") % 4) % 4 ))
+	head -c "$pad" /dev/zero >>"$u/early.cpio"
+	cat "$u/early.cpio" "$OUT/initramfs-tools-zstd.img" >"$OUT/initramfs-tools-zstd-ucode.img"
+	rm -rf "$u"
+	cp "$C/kernel/root/boot/vmlinuz-$KVER" "$OUT/vmlinuz"
+	begin initrd
+	mv "$OUT"/* "$C/initrd/"
+	rm -rf "$OUT"
+	echo "$inputs" >"$C/initrd.inputs"
+	stamp initrd
+	log "initrd images built in $((SECONDS - t0)) s"
+}
+
 main() {
 	local comps=("$@")
-	[ ${#comps[@]} -gt 0 ] || comps=(deps kernel headers testmods compressed foreign)
+	[ ${#comps[@]} -gt 0 ] || comps=(deps kernel headers testmods compressed foreign rootfs rootfs-dracut initrd)
 	kver
 	debs
 	local c
@@ -188,6 +344,9 @@ main() {
 		testmods) headers; testmods ;;
 		compressed) kernel; testmods; compressed ;;
 		foreign) foreign ;;
+		rootfs) rootfs ;;
+		rootfs-dracut) rootfs_dracut ;;
+		initrd) kernel; rootfs; rootfs_dracut; initrd ;;
 		*) log "unknown component $c"; exit 2 ;;
 		esac
 	done
