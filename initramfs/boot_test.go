@@ -11,29 +11,14 @@ import (
 	"github.com/kmodctl/packer-plugin-kmod/internal/qemu"
 )
 
-// Boot tests: the fixture kernel boots each injected image under QEMU with a
-// root device that does not exist, so early userspace runs (and loads the
-// modules it was told to) and then gives up quickly; the console decides.
+// Boot tests: the fixture kernel boots each injected image under QEMU with
+// the harness's recipes (internal/qemu's package comment): no root device, so
+// early userspace runs its module-loading stage, then its "no root" path
+// prints a conclusive line and the guest reboots or powers off (panic=1,
+// rd.emergency=poweroff, -no-reboot). The console decides.
 
-const markerLine = "KMODTEST-MARKER: kmodtest_marker loaded"
-
-// bootTimeout caps one boot (TCG on 2 cores: about 20-40 s to the point where
-// the root device is given up).
+// bootTimeout caps one boot (TCG: 10-30 s to the conclusive line).
 const bootTimeout = 120 * time.Second
-
-// giveUp are the lines after which the marker can no longer come: the
-// flavors' "no root device" paths and the kernel's own ends.
-var giveUp = append([]qemu.Marker{
-	qemu.FailureOn("ALERT!"),                      // initramfs-tools: root device missing
-	qemu.FailureOn("Rebooting automatically"),     // initramfs-tools: panic=
-	qemu.FailureOn("Dropping to a shell"),         // initramfs-tools
-	qemu.FailureOn("Entering emergency mode"),     // dracut/systemd
-	qemu.FailureOn("Could not boot"),              // dracut
-	qemu.FailureOn("Warning: /dev/nonexistent"),   // dracut: root device missing
-	qemu.FailureOn("dracut-initqueue: Warning: "), /* dracut: timeouts */
-	qemu.FailureOn("reboot: Power down"),
-	qemu.FailureOn("reboot: Restarting system"),
-}, qemu.KernelFailures...)
 
 // bootImage boots image with the fixture kernel and returns the result; the
 // machine-wide QEMU slot is held for the boot.
@@ -41,19 +26,18 @@ func bootImage(t *testing.T, image string, flavor Flavor) *qemu.Result {
 	t.Helper()
 	fixture.Tool(t, "qemu-system-x86_64")
 	kernel := fixture.Vmlinuz(t)
-	args := []string{"console=ttyS0", "root=/dev/nonexistent", "panic=1", "rootdelay=1", "rootwait=1"}
+	cmdline, markers := qemu.InitramfsToolsCmdline, qemu.InitramfsToolsMarkers(qemu.SuccessOn(qemu.TestModuleMarker))
 	if flavor == Dracut {
-		args = append(args, "rd.timeout=5", "rd.emergency=poweroff", "rd.shell=0")
+		cmdline, markers = qemu.DracutCmdline, qemu.DracutMarkers(qemu.SuccessOn(qemu.TestModuleMarker))
 	}
 	qemu.Slot(t)
-	log := filepath.Join(t.TempDir(), "console.log")
 	res, err := qemu.Boot(t.Context(), qemu.Config{
 		Kernel:     kernel,
 		Initrd:     image,
-		Append:     strings.Join(args, " "),
+		Append:     cmdline,
 		Timeout:    bootTimeout,
-		Markers:    append([]qemu.Marker{qemu.SuccessOn(markerLine)}, giveUp...),
-		ConsoleLog: log,
+		Markers:    markers,
+		ConsoleLog: filepath.Join(t.TempDir(), "console.log"),
 	})
 	if err != nil {
 		t.Fatalf("boot %s: %v", image, err)
@@ -115,7 +99,7 @@ func TestBootInjectedWithoutLoad(t *testing.T) {
 	t.Parallel()
 	img, _ := injectCopy(t, fixture.InitrdToolsZstd, Append, false)
 	res := bootImage(t, img, InitramfsTools)
-	if res.Outcome == qemu.Success || strings.Contains(res.Console, markerLine) {
+	if res.Outcome == qemu.Success || strings.Contains(res.Console, qemu.TestModuleMarker) {
 		t.Fatalf("the marker module loaded without --load: %s", res)
 	}
 	if res.Outcome != qemu.Failure && res.Outcome != qemu.Exited {
