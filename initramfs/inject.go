@@ -10,6 +10,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 
@@ -215,13 +216,17 @@ type injection struct {
 	vt     *vtree
 	kver   string
 	moddir string // resolved lib/modules/KVER in the image
-	mtime  uint32
-	ino    uint32
-	recs   []plannedRecord
+	// kernels are the releases the image has modules for.
+	kernels []string
+	mtime   uint32
+	ino     uint32
+	recs    []plannedRecord
 	// firstMerged is the first archive Rewrite merges; early holds the
 	// image's bytes before it.
 	firstMerged int
 	early       []byte
+	// raw holds the bytes of the uncompressed segments.
+	raw map[int][]byte
 }
 
 type plannedRecord struct {
@@ -251,16 +256,17 @@ func (j *injection) run(imagePath string) error {
 	if j.cfg.limits != nil {
 		openOpts = append(openOpts, WithLimits(*j.cfg.limits))
 	}
+	// Open decodes every segment to index it and keeps no data; the first
+	// unit is decoded again for the model meanwhile, on another core.
 	var spec *speculation
-	if j.cfg.mode == Append {
-		// Rewrite leaves this out: it would map the image a second time,
-		// and rewrite's time goes to compression anyway.
+	{
 		limit := DefaultLimits.MaxTotal
 		if j.cfg.limits != nil && j.cfg.limits.MaxTotal > 0 {
 			limit = j.cfg.limits.MaxTotal
 		}
 		spec = speculate(imagePath, min(limit, 64*st.Size()+1<<20))
-		defer spec.cancel()
+		// The model's bodies may be slices of its buffer: freed last.
+		defer spec.release()
 	}
 	im, err := Open(imagePath, openOpts...)
 	if err != nil {
@@ -274,18 +280,30 @@ func (j *injection) run(imagePath string) error {
 		return fmt.Errorf("%s: --load: the image's flavor is %s; kmodctl knows how initramfs-tools (conf/modules), dracut (modules-load.d or rd.driver.pre) and mkinitcpio (MODULES in /config) load modules at boot, not this one: inject without --load and load the modules another way", imagePath, j.res.Flavor)
 	}
 	j.firstMerged = j.mergeStart()
-	err = j.buildTree(spec)
-	spec.cancel()
+	if err := j.chooseKernel(); err != nil {
+		return err
+	}
+	// Keep what the model needs from the mapping (the uncompressed
+	// archives, the bytes Rewrite keeps) and let the mapping go before the
+	// decompressed segments fill memory.
+	j.early = append([]byte(nil), im.Bytes()[:im.Segments[j.firstMerged].Offset]...)
+	j.raw = map[int][]byte{}
+	for i, seg := range im.Segments {
+		if seg.Compression == compress.None {
+			j.raw[i] = append([]byte(nil), im.Bytes()[seg.Offset:seg.Offset+seg.Length]...)
+		}
+	}
+	im.Close()
+	err = j.buildTree(spec, imagePath)
 	if err != nil {
 		return err
 	}
 	phase("tree", &t0)
-	if err := j.chooseKernel(); err != nil {
+	if err := j.findModuleDir(); err != nil {
 		return err
 	}
-	// The model holds its own copy of every body: the mapping goes.
-	j.early = append([]byte(nil), im.Bytes()[:im.Segments[j.firstMerged].Offset]...)
-	im.Close()
+	// The garbage of reading goes before the next allocations.
+	runtime.GC()
 	if err := j.planModules(); err != nil {
 		return err
 	}
@@ -294,6 +312,8 @@ func (j *injection) run(imagePath string) error {
 		return err
 	}
 	phase("depmod", &t0)
+	// depmod's garbage, before the compressor's allocations.
+	runtime.GC()
 	if j.cfg.load {
 		if err := j.planLoad(); err != nil {
 			return err
@@ -349,50 +369,56 @@ func (j *injection) mergeStart() int {
 // buildTree runs every record of the image through the model. Each
 // compressed segment is decompressed once into memory; the model's bodies
 // are slices of it (uncompressed segments: of the image's mapping).
-func (j *injection) buildTree(spec *speculation) error {
+func (j *injection) buildTree(spec *speculation, imagePath string) error {
 	vt := newVtree()
 	im := j.im
+	var file *os.File
+	defer func() {
+		if file != nil {
+			file.Close()
+		}
+	}()
 	next := 0 // first entry of the segment
 	for i, seg := range im.Segments {
 		// Bodies: slices of the decompressed stream (compressed segments)
-		// or copies of the image's bytes (uncompressed ones: the mapping
-		// goes away early).
-		var stream *chunkedStream
-		var raw []byte
-		if seg.Compression == compress.None {
-			raw = im.Bytes()
-		} else {
+		// or of the segment's bytes (uncompressed ones).
+		data := j.raw[i]
+		start := seg.Offset
+		if seg.Compression != compress.None {
+			start = 0
 			if i == 0 {
-				stream = spec.result(seg)
+				data = spec.result(seg)
 			}
-			if stream == nil {
-				rc, err := im.SegmentReader(i)
-				if err != nil {
-					return err
+			if data == nil {
+				// The image's mapping is gone: decode from the file.
+				if file == nil {
+					var err error
+					if file, err = os.Open(imagePath); err != nil {
+						return err
+					}
 				}
-				stream, err = readChunks(rc, im.Limits().MaxTotal, nil)
-				rc.Close()
+				r, err := compress.NewReader(bufio.NewReaderSize(io.NewSectionReader(file, seg.Offset, seg.Length), 1<<20), seg.Compression)
+				if err != nil {
+					return im.segErr(i, "", err)
+				}
+				data, err = readStream(r, make([]byte, seg.Size), nil)
+				r.Close()
 				if err != nil {
 					return im.segErr(i, "", err)
 				}
 			}
-			if stream.size != seg.Size {
-				return im.segErr(i, "", fmt.Errorf("decompressed %d bytes, indexed %d", stream.size, seg.Size))
+			if int64(len(data)) != seg.Size {
+				return im.segErr(i, "", fmt.Errorf("decompressed %d bytes, indexed %d", len(data), seg.Size))
 			}
 		}
 		get := func(off, n int64) []byte {
-			if stream != nil {
-				return stream.slice(off, n)
-			}
-			return append([]byte(nil), raw[off:off+n]...)
+			off -= start
+			return data[off : off+n : off+n]
 		}
 		vt.archive = i
 		// Records follow each other; a gap holds trailers (which end the
 		// hard link groups) and padding.
-		start, end := seg.Offset, seg.Offset+seg.Length
-		if stream != nil {
-			start, end = 0, stream.size
-		}
+		end := start + int64(len(data))
 		expect := start
 		for ; next < len(im.Entries) && im.Entries[next].Segment == i; next++ {
 			e := &im.Entries[next]
@@ -439,6 +465,15 @@ func (j *injection) chooseKernel() error {
 	if strings.ContainsAny(kver, "/\x00") || kver == "." || kver == ".." {
 		return fmt.Errorf("invalid kernel release %q", kver)
 	}
+	j.kver = kver
+	j.kernels = kernels
+	j.res.KernelRelease = kver
+	return nil
+}
+
+// findModuleDir resolves lib/modules/KVER in the model.
+func (j *injection) findModuleDir() error {
+	kver := j.kver
 	n, err := j.vt.lookup("lib/modules/"+kver, true)
 	if err != nil {
 		return err
@@ -450,11 +485,9 @@ func (j *injection) chooseKernel() error {
 		}
 	}
 	if n == nil || !n.isDir() {
-		return fmt.Errorf("%s: the image has no modules for kernel %s (it has: %s)", j.im.Name, kver, strings.Join(kernels, ", "))
+		return fmt.Errorf("%s: the image has no modules for kernel %s (it has: %s)", j.im.Name, kver, strings.Join(j.kernels, ", "))
 	}
-	j.kver = kver
 	j.moddir = n.path()
-	j.res.KernelRelease = kver
 	return nil
 }
 
@@ -1084,7 +1117,18 @@ var phaseLog = os.Getenv("KMODCTL_INJECT_TRACE") != ""
 
 func phase(name string, start *time.Time) {
 	if phaseLog {
-		fmt.Fprintf(os.Stderr, "inject: %-12s %v\n", name, time.Since(*start))
+		var rss string
+		if b, err := os.ReadFile("/proc/self/status"); err == nil {
+			for _, l := range strings.Split(string(b), "\n") {
+				if strings.HasPrefix(l, "VmRSS") || strings.HasPrefix(l, "VmHWM") {
+					rss += " " + strings.Join(strings.Fields(l), " ")
+				}
+			}
+		}
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		rss += fmt.Sprintf(" heap inuse %d MiB idle %d released %d sys %d", ms.HeapInuse>>20, ms.HeapIdle>>20, ms.HeapReleased>>20, ms.Sys>>20)
+		fmt.Fprintf(os.Stderr, "inject: %-12s %v%s\n", name, time.Since(*start), rss)
 	}
 	*start = time.Now()
 }

@@ -70,8 +70,13 @@ func finalState(t *testing.T, path string) (map[string]entryState, *Image) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { im.Close() })
-	j := &injection{im: im}
-	if err := j.buildTree(nil); err != nil {
+	j := &injection{im: im, raw: map[int][]byte{}}
+	for i, seg := range im.Segments {
+		if seg.Compression == compress.None {
+			j.raw[i] = im.Bytes()[seg.Offset : seg.Offset+seg.Length]
+		}
+	}
+	if err := j.buildTree(nil, path); err != nil {
 		t.Fatal(err)
 	}
 	out := map[string]entryState{}
