@@ -52,6 +52,9 @@ func main() {
 	if want("initramfs-ls") {
 		benchLs(abs, filepath.Join(*fixtures, "initrd/initramfs-tools-zstd.img"))
 	}
+	if want("inject") {
+		benchInject(abs, filepath.Join(*fixtures, "rootfs"), filepath.Join(*fixtures, "initrd/initramfs-tools-zstd.img"))
+	}
 }
 
 func modulesUnder(dir string) []string {
