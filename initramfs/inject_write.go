@@ -41,11 +41,13 @@ type segmentWriter struct {
 type compressionEffort int
 
 const (
-	// effortFast: small appended archives.
-	effortFast compressionEffort = iota
-	// effortDefault: zstd "better" (about zstd -7), gzip -6.
-	effortDefault
-	// effortBest: zstd "best" (about zstd -11), gzip -9.
+	// effortDefault: github.com/klauspost/compress's zstd "default" level
+	// (about zstd -3), gzip -6. Measured on the 131 MB initramfs-tools
+	// image: 0.5 s, 16% larger than zstd -9; zstd "better" (about -7) took
+	// twice as long for 13%, so it is not offered.
+	effortDefault compressionEffort = iota
+	// effortBest: zstd "best" (about zstd -11; 2.5% larger than zstd -9,
+	// about 8 times slower), gzip -9.
 	effortBest
 )
 
@@ -70,10 +72,7 @@ func newSegmentWriter(dst io.Writer, f compress.Format, effort compressionEffort
 		// One frame; an 8 MiB window, which the kernel's decompressor
 		// (workspace sized from the frame header) accepts.
 		level := zstd.SpeedDefault
-		switch effort {
-		case effortDefault:
-			level = zstd.SpeedBetterCompression
-		case effortBest:
+		if effort == effortBest {
 			level = zstd.SpeedBestCompression
 		}
 		s.w, err = zstd.NewWriter(dst,

@@ -114,7 +114,7 @@ func newInitramfsInjectCmd() *cobra.Command {
 	f.StringVar(&backup, "backup-file", "", "keep the old image at this path (implies --backup)")
 	f.StringVar(&kver, "kver", "", "the image's kernel release (default: the only lib/modules/<release> of the image)")
 	f.BoolVar(&noVermagic, "force-vermagic", false, "accept modules whose vermagic names another kernel release")
-	f.BoolVar(&best, "best", false, "rewrite: compress harder (zstd's strongest level, gzip -9), several times slower")
+	f.BoolVar(&best, "best", false, "rewrite: compress harder (zstd's strongest level, gzip -9): within ~3% of zstd -9, ~8x slower")
 	f.BoolVar(&asJSON, "json", false, "print the result as one JSON object (warnings in it)")
 	return cmd
 }
