@@ -150,3 +150,22 @@ func TestBootHardLinkTrap(t *testing.T) {
 		})
 	}
 }
+
+// TestBootDracutCmdlineD: the load list dracut images without systemd get,
+// etc/cmdline.d/90-kmodctl.conf with rd.driver.pre=, read by dracut-lib's
+// getargs; checked on the (systemd) dracut fixture, whose dracut-pre-udev
+// hook reads it the same way.
+func TestBootDracutCmdlineD(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boot tests are long")
+	}
+	t.Parallel()
+	img, res := injectCopy(t, fixture.InitrdDracut, Append, true, func(c *injectConfig) { c.dracutCmdline = true })
+	if res.LoadConfig != dracutCmdlineFile {
+		t.Fatalf("load config %s", res.LoadConfig)
+	}
+	r := bootImage(t, img, Dracut)
+	if r.Outcome != qemu.Success {
+		t.Fatalf("no marker: %s\n%s", r, r.Tail(30))
+	}
+}

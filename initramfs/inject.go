@@ -57,6 +57,8 @@ type injectConfig struct {
 	// noUnlink writes regular files over existing ones without the
 	// symlink first (tests show what the trap does).
 	noUnlink bool
+	// dracutCmdline uses etc/cmdline.d even with systemd (tests).
+	dracutCmdline bool
 }
 
 type extraFile struct {
@@ -816,7 +818,7 @@ func (j *injection) planLoad() error {
 		old, _ := j.vt.readFile(p)
 		data = mergeModuleLines(old, names)
 	case Dracut:
-		if j.hasFile("usr/lib/systemd/systemd-modules-load", "lib/systemd/systemd-modules-load") {
+		if !j.cfg.dracutCmdline && j.hasFile("usr/lib/systemd/systemd-modules-load", "lib/systemd/systemd-modules-load") {
 			p = dracutModulesLoadFile
 			old, _ := j.vt.readFile(p)
 			data = mergeModuleLines(old, names)

@@ -21,6 +21,16 @@ func TestMergeModuleLines(t *testing.T) {
 	}
 }
 
+func TestMergeDriverPre(t *testing.T) {
+	got := string(dracutCmdline(mergeDriverPre([]byte("rd.driver.pre=a,b-c rd.debug\nrd.driver.pre=d\n"), []string{"b_c", "e"})))
+	if got != "rd.driver.pre=a,b-c,d,e\n" {
+		t.Fatalf("got %q", got)
+	}
+	if got := string(dracutCmdline(mergeDriverPre(nil, []string{"x"}))); got != "rd.driver.pre=x\n" {
+		t.Fatalf("empty: %q", got)
+	}
+}
+
 func TestMergeMkinitcpioConfig(t *testing.T) {
 	for _, tc := range []struct{ old, want string }{
 		{"EARLYHOOKS=\"\"\nHOOKS=\"udev\"\n", "MODULES=\"kmodtest_marker\"\nEARLYHOOKS=\"\"\nHOOKS=\"udev\"\n"},
