@@ -531,3 +531,44 @@ func TestInjectMkinitcpio(t *testing.T) {
 		t.Error("module not under usr/lib")
 	}
 }
+
+// TestInjectAgain: a second inject with --load keeps the first one's
+// modules in conf/modules (the appended file replaces the whole file), and
+// a compressed module keeps its compression and name.
+func TestInjectAgain(t *testing.T) {
+	kver := fixture.KVER(t)
+	img, _ := injectCopy(t, fixture.InitrdToolsZstd, Append, true)
+	xzMod := fixture.Path(t, "compressed/kmodtest_param.ko.xz")
+	res, err := Inject(img, WithModules(xzMod), WithLoad(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Modules) != 1 || res.Modules[0].Path != "usr/lib/modules/"+kver+"/updates/kmodtest_param.ko.xz" || res.Modules[0].Name != "kmodtest_param" {
+		t.Errorf("modules: %+v", res.Modules)
+	}
+	overridden := strings.Join(res.Overridden, " ")
+	if !strings.Contains(overridden, "conf/modules") {
+		t.Errorf("conf/modules not replaced: %v", res.Overridden)
+	}
+	im, err := Open(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer im.Close()
+	if len(im.Segments) != 3 {
+		t.Errorf("%d segments after two appends", len(im.Segments))
+	}
+	root := t.TempDir()
+	if _, err := Extract(im, root, ExtractOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if conf := string(readFile(t, filepath.Join(root, "conf/modules"))); conf != "kmodtest_marker\nkmodtest_param\n" {
+		t.Errorf("conf/modules: %q", conf)
+	}
+	if !bytes.Equal(readFile(t, filepath.Join(root, res.Modules[0].Path)), readFile(t, xzMod)) {
+		t.Error("the .ko.xz changed")
+	}
+	if deps := modprobeDepends(t, root, kver, "kmodtest_param"); !strings.Contains(deps, "updates/kmodtest_param.ko.xz") {
+		t.Errorf("modprobe: %s", deps)
+	}
+}
