@@ -40,5 +40,23 @@ if "$K" module check --kernel-dir "$C/kernel/root/lib/modules/$KVER" \
 	echo "example: the unresolved module passed the check" >&2
 	exit 1
 fi
+step "inject a module into a copy of a real Debian initramfs (append mode, --load)"
+cp "$C/initrd/initramfs-tools-zstd.img" "$W/initrd.img"
+"$K" initramfs inject "$W/initrd.img" --module "$C/testmods/kmodtest_marker.ko" \
+	--modules-dir "$C/kernel/root/lib/modules/$KVER" --load
+"$K" initramfs info "$W/initrd.img"
+
+step "boot it in QEMU (TCG): the module must print its marker from inside the initramfs"
+timeout 150 qemu-system-x86_64 -accel tcg -m 1024 -nographic -no-reboot -nodefaults -serial stdio \
+	-kernel "$C/initrd/vmlinuz" -initrd "$W/initrd.img" -append "console=ttyS0 panic=1" \
+	>"$W/console.log" 2>&1 </dev/null || true
+if grep -a -m1 'KMODTEST-MARKER' "$W/console.log"; then
+	echo "marker seen: the injected module loaded inside the initramfs"
+else
+	echo "example: the injected module's marker did not appear; console tail:" >&2
+	tail -20 "$W/console.log" >&2
+	exit 1
+fi
+
 echo
 echo "example: OK"
