@@ -140,3 +140,5 @@ func cmdStdin(t testing.TB, stdin, name string, args ...string) string {
 	}
 	return string(out)
 }
+
+func lookPath(name string) (string, error) { return exec.LookPath(name) }

@@ -1,0 +1,205 @@
+//go:build linux
+
+package diskimage
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// Loop is a loop device attached to a byte range of an image file.
+type Loop struct {
+	Device    string // /dev/loopN
+	Image     string // absolute path of the backing file
+	Offset    int64
+	SizeLimit int64
+	ReadOnly  bool
+
+	mu       sync.Mutex
+	detached bool
+}
+
+// AttachPartition attaches part of imagePath to a free loop device with
+// losetup --offset/--sizelimit (no kernel partition scanning needed).
+func AttachPartition(ctx context.Context, imagePath string, part Partition, readOnly bool) (*Loop, error) {
+	return AttachRange(ctx, imagePath, part.Start, part.Size, readOnly)
+}
+
+// AttachRange attaches size bytes at offset of imagePath to a loop device.
+func AttachRange(ctx context.Context, imagePath string, offset, size int64, readOnly bool) (*Loop, error) {
+	abs, err := canonical(imagePath)
+	if err != nil {
+		return nil, err
+	}
+	args := []string{"--find", "--show", "--offset", strconv.FormatInt(offset, 10), "--sizelimit", strconv.FormatInt(size, 10)}
+	if readOnly {
+		args = append(args, "--read-only")
+	}
+	args = append(args, abs)
+	out, err := runCmd(ctx, "losetup", args...)
+	if err != nil {
+		return nil, fmt.Errorf("attach %s at offset %d (%d bytes): %w", abs, offset, size, err)
+	}
+	dev := strings.TrimSpace(out)
+	if !strings.HasPrefix(dev, "/dev/loop") {
+		return nil, fmt.Errorf("attach %s: losetup printed %q, want a /dev/loopN", abs, dev)
+	}
+	return &Loop{Device: dev, Image: abs, Offset: offset, SizeLimit: size, ReadOnly: readOnly}, nil
+}
+
+// Detach detaches the loop device. It is idempotent, and it detaches only
+// if the device is still backed by our image at our offset (a detached
+// device number may have been reused by someone else). A mounted loop is
+// marked autoclear by the kernel and goes away at its last unmount.
+func (l *Loop) Detach() error {
+	if l == nil {
+		return nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.detached {
+		return nil
+	}
+	loops, err := ListLoopsFor(l.Image)
+	if err != nil {
+		return err
+	}
+	ours := false
+	for _, li := range loops {
+		if li.Device == l.Device && li.Offset == l.Offset {
+			ours = true
+		}
+	}
+	if !ours {
+		l.detached = true
+		return nil
+	}
+	if _, err := runCmd(context.Background(), "losetup", "--detach", l.Device); err != nil {
+		return fmt.Errorf("detach %s (%s): %w", l.Device, l.Image, err)
+	}
+	l.detached = true
+	return nil
+}
+
+// LoopInfo is one loop device as listed by losetup.
+type LoopInfo struct {
+	Device   string
+	BackFile string
+	Offset   int64
+}
+
+// ListLoopsFor lists the loop devices backed by imagePath (leftovers of a
+// killed build, for example). It never touches other loop devices.
+func ListLoopsFor(imagePath string) ([]LoopInfo, error) {
+	abs, err := canonical(imagePath)
+	if err != nil {
+		return nil, err
+	}
+	out, err := runCmd(context.Background(), "losetup", "--list", "--json", "-O", "NAME,BACK-FILE,OFFSET")
+	if err != nil {
+		return nil, fmt.Errorf("list loop devices: %w", err)
+	}
+	if strings.TrimSpace(out) == "" { // no loop devices at all
+		return nil, nil
+	}
+	var j struct {
+		Loops []struct {
+			Name     string          `json:"name"`
+			BackFile string          `json:"back-file"`
+			Offset   json.RawMessage `json:"offset"`
+		} `json:"loopdevices"`
+	}
+	if err := json.Unmarshal([]byte(out), &j); err != nil {
+		return nil, fmt.Errorf("parse losetup --json: %w", err)
+	}
+	var res []LoopInfo
+	for _, l := range j.Loops {
+		bf := strings.TrimSuffix(l.BackFile, " (deleted)")
+		if bf != abs {
+			continue
+		}
+		off, _ := strconv.ParseInt(strings.Trim(string(l.Offset), `"`), 10, 64)
+		res = append(res, LoopInfo{Device: l.Name, BackFile: bf, Offset: off})
+	}
+	return res, nil
+}
+
+// CleanupCommands returns shell commands that release loops (and the
+// mounts of those loops, deepest first), for an error message.
+func CleanupCommands(loops []LoopInfo) string {
+	var b strings.Builder
+	mounts, _ := readMountInfo()
+	for _, l := range loops {
+		var ms []string
+		for _, m := range mounts {
+			if m.source == l.Device {
+				ms = append(ms, m.target)
+			}
+		}
+		sortDeepestFirst(ms)
+		for _, m := range ms {
+			fmt.Fprintf(&b, "umount -R %s\n", shellQuote(m))
+		}
+	}
+	for _, l := range loops {
+		fmt.Fprintf(&b, "losetup -d %s\n", l.Device)
+	}
+	return b.String()
+}
+
+// CheckNoLeftovers returns an error with the cleanup commands if loop
+// devices backed by imagePath exist.
+func CheckNoLeftovers(imagePath string) error {
+	loops, err := ListLoopsFor(imagePath)
+	if err != nil {
+		return err
+	}
+	if len(loops) == 0 {
+		return nil
+	}
+	var devs []string
+	for _, l := range loops {
+		devs = append(devs, l.Device)
+	}
+	return fmt.Errorf("%s is still attached to %s (left by an earlier build?); release with:\n%s",
+		imagePath, strings.Join(devs, ", "), CleanupCommands(loops))
+}
+
+func canonical(p string) (string, error) {
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		return "", err
+	}
+	if r, err := filepath.EvalSymlinks(abs); err == nil {
+		abs = r
+	}
+	return abs, nil
+}
+
+func runCmd(ctx context.Context, name string, args ...string) (string, error) {
+	var out, errb bytes.Buffer
+	c := exec.CommandContext(ctx, name, args...)
+	c.Stdout, c.Stderr = &out, &errb
+	if err := c.Run(); err != nil {
+		msg := strings.TrimSpace(errb.String())
+		if msg == "" {
+			msg = strings.TrimSpace(out.String())
+		}
+		return out.String(), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, msg)
+	}
+	return out.String(), nil
+}
+
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-+=:") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
