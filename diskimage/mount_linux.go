@@ -69,6 +69,11 @@ var (
 // is reported. Unmounting something not mounted is not an error.
 func Unmount(target string) (UnmountReport, error) {
 	rep := UnmountReport{Target: target}
+	if !filepath.IsAbs(target) || filepath.Clean(target) == "/" {
+		return rep, fmt.Errorf("umount %q: refusing a relative path or / (busy handling kills processes under it)", target)
+	}
+	target = filepath.Clean(target)
+	rep.Target = target
 	for i := 0; ; i++ {
 		rep.Attempts++
 		err := syscall.Unmount(target, 0)
@@ -101,6 +106,10 @@ func Unmount(target string) (UnmountReport, error) {
 // KillUsers sends SIGKILL to every process whose root, cwd or an open file
 // lies under dir, and waits (up to 2 s) for them to go. It returns the PIDs.
 func KillUsers(dir string) []int {
+	dir = filepath.Clean(dir)
+	if !filepath.IsAbs(dir) || dir == "/" {
+		return nil
+	}
 	self := os.Getpid()
 	ents, _ := os.ReadDir("/proc")
 	var pids []int
