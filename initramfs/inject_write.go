@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"syscall"
 
 	kgzip "github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
@@ -113,58 +112,27 @@ type nopCloser struct{ io.Writer }
 
 func (nopCloser) Close() error { return nil }
 
-// writeImage replaces path atomically with what write produces, the way
-// internal/atomicfile does it but streamed: a temporary file next to path
-// is written, fsynced, given path's mode and owner, renamed over path, and
-// the folder is fsynced. The old file is first kept as backup (when not
-// empty). On any error path is untouched and the temporary file removed.
-// It returns the new size.
+// writeImage replaces path atomically with what write streams
+// (atomicfile.WriteFunc: mode and owner kept, fsync, rename), first keeping
+// the old file as backup when backup is not empty. On any error path is
+// untouched. It returns the new size.
 func writeImage(path, backup string, write func(f *os.File) error) (size int64, err error) {
-	st, err := os.Stat(path)
-	if err != nil {
+	if _, err := os.Stat(path); err != nil {
 		return 0, err
 	}
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return 0, fmt.Errorf("replace %s: %w", path, err)
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	if err = write(f); err != nil {
-		return 0, err
-	}
-	if err = f.Chmod(st.Mode().Perm()); err != nil {
-		return 0, fmt.Errorf("replace %s: %w", path, err)
-	}
-	if sys, ok := st.Sys().(*syscall.Stat_t); ok && (int(sys.Uid) != os.Getuid() || int(sys.Gid) != os.Getgid()) {
-		if err = f.Chown(int(sys.Uid), int(sys.Gid)); err != nil {
-			return 0, fmt.Errorf("replace %s: keep owner: %w", path, err)
-		}
-	}
-	if err = f.Sync(); err != nil {
-		return 0, fmt.Errorf("replace %s: %w", path, err)
-	}
-	if size, err = f.Seek(0, io.SeekCurrent); err != nil {
-		return 0, err
-	}
-	if err = f.Close(); err != nil {
-		return 0, fmt.Errorf("replace %s: %w", path, err)
-	}
+	var opts []atomicfile.Option
 	if backup != "" {
-		if err = makeBackup(path, backup); err != nil {
-			return 0, err
+		opts = append(opts, atomicfile.BeforeRename(func() error { return makeBackup(path, backup) }))
+	}
+	err = atomicfile.WriteFunc(path, 0o644, func(f *os.File) error {
+		if err := write(f); err != nil {
+			return err
 		}
-	}
-	if err = os.Rename(tmp, path); err != nil {
-		return 0, fmt.Errorf("replace %s: %w", path, err)
-	}
-	return size, atomicfile.SyncDir(dir)
+		var err error
+		size, err = f.Seek(0, io.SeekCurrent)
+		return err
+	}, opts...)
+	return size, err
 }
 
 func makeBackup(path, backup string) error {

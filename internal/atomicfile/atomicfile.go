@@ -12,7 +12,15 @@ import (
 // Option changes how WriteFile replaces a file.
 type Option func(*options)
 
-type options struct{ noDirSync bool }
+type options struct {
+	noDirSync    bool
+	beforeRename func() error
+}
+
+// BeforeRename runs f once the new content is durable and just before it
+// replaces the old file (to keep a backup of the old one, say); an error
+// from f leaves the old file in place.
+func BeforeRename(f func() error) Option { return func(o *options) { o.beforeRename = f } }
 
 // NoDirSync leaves the folder's fsync to the caller, who replaces many files
 // of a folder and makes all the renames durable with one SyncDir at the end
@@ -35,7 +43,19 @@ func SyncDir(dir string) error {
 // WriteFile replaces path with data: a temporary file in the same folder is
 // written, fsynced, given the old file's mode and owner (or perm for a new
 // file), renamed over path, and the folder is fsynced.
-func WriteFile(path string, data []byte, perm os.FileMode, opts ...Option) (err error) {
+func WriteFile(path string, data []byte, perm os.FileMode, opts ...Option) error {
+	return WriteFunc(path, perm, func(f *os.File) error {
+		if _, err := f.Write(data); err != nil {
+			return fmt.Errorf("replace %s: %w", path, err)
+		}
+		return nil
+	}, opts...)
+}
+
+// WriteFunc is WriteFile for content that is streamed: write fills the
+// temporary file (its error is returned as it is). The rest — mode and owner
+// kept, fsync, rename, folder fsync — is the same.
+func WriteFunc(path string, perm os.FileMode, write func(f *os.File) error, opts ...Option) (err error) {
 	var o options
 	for _, opt := range opts {
 		opt(&o)
@@ -59,8 +79,8 @@ func WriteFile(path string, data []byte, perm os.FileMode, opts ...Option) (err 
 			os.Remove(tmp)
 		}
 	}()
-	if _, err = f.Write(data); err != nil {
-		return fmt.Errorf("replace %s: %w", path, err)
+	if err = write(f); err != nil {
+		return err
 	}
 	if err = f.Chmod(mode); err != nil {
 		return fmt.Errorf("replace %s: %w", path, err)
@@ -75,6 +95,11 @@ func WriteFile(path string, data []byte, perm os.FileMode, opts ...Option) (err 
 	}
 	if err = f.Close(); err != nil {
 		return fmt.Errorf("replace %s: %w", path, err)
+	}
+	if o.beforeRename != nil {
+		if err = o.beforeRename(); err != nil {
+			return err
+		}
 	}
 	if err = os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("replace %s: %w", path, err)

@@ -52,7 +52,7 @@ func NewUnitReader(b []byte, f Format) (*UnitReader, error) {
 	case Zstd:
 		if u.n, err = ZstdFrameLen(b); err == nil {
 			u.zd, err = zstd.NewReader(bytes.NewReader(b[:u.n]),
-				zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(1<<27))
+				zstd.WithDecoderConcurrency(4), zstd.WithDecoderMaxWindow(1<<27))
 			u.r = u.zd
 		}
 	case XZ:
