@@ -258,3 +258,14 @@ func cbytes(b []byte) []byte {
 	}
 	return b
 }
+
+// symbol decodes entry i of a symbol table section (ELF32 or ELF64 layout,
+// the file's byte order). The caller has checked that entry i is in syms.
+func (e *elfFile) symbol(syms []byte, i int) (nameOff uint32, info byte, shndx uint16, value uint64) {
+	if e.is64 {
+		b := syms[i*sym64Size : (i+1)*sym64Size]
+		return e.bo.Uint32(b), b[4], e.bo.Uint16(b[6:]), e.bo.Uint64(b[8:])
+	}
+	b := syms[i*sym32Size : (i+1)*sym32Size]
+	return e.bo.Uint32(b), b[12], e.bo.Uint16(b[14:]), uint64(e.bo.Uint32(b[4:]))
+}

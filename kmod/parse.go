@@ -503,16 +503,7 @@ func readSymbols(e *elfFile, s elfSection, kinds []uint8, sc *scratch) error {
 	}
 	count := len(syms) / entsize
 	for i := 1; i < count; i++ {
-		b := syms[i*entsize : (i+1)*entsize]
-		var nameOff uint32
-		var info byte
-		var shndx uint16
-		var value uint64
-		if e.is64 {
-			nameOff, info, shndx, value = e.bo.Uint32(b), b[4], e.bo.Uint16(b[6:]), e.bo.Uint64(b[8:])
-		} else {
-			nameOff, value, info, shndx = e.bo.Uint32(b), uint64(e.bo.Uint32(b[4:])), b[12], e.bo.Uint16(b[14:])
-		}
+		nameOff, info, shndx, value := e.symbol(syms, i)
 		if nameOff == 0 {
 			continue // no name
 		}

@@ -119,45 +119,34 @@ func Decompress(b []byte, f Format, limit int64) ([]byte, error) {
 // dictionary, as DKMS and Kbuild use.
 func Compress(b []byte, f Format) ([]byte, error) {
 	var out bytes.Buffer
+	var w io.WriteCloser
+	var err error
 	switch f {
 	case None:
 		return b, nil
 	case Gzip:
-		w, err := gzip.NewWriterLevel(&out, gzip.BestCompression)
-		if err != nil {
-			return nil, err
-		}
-		if _, err := w.Write(b); err != nil {
-			return nil, err
-		}
-		if err := w.Close(); err != nil {
-			return nil, err
-		}
+		w, err = gzip.NewWriterLevel(&out, gzip.BestCompression)
 	case XZ:
 		cfg := xz.WriterConfig{CheckSum: xz.CRC32, DictCap: 1 << 20}
-		w, err := cfg.NewWriter(&out)
-		if err != nil {
-			return nil, err
-		}
-		if _, err := w.Write(b); err != nil {
-			return nil, err
-		}
-		if err := w.Close(); err != nil {
-			return nil, err
-		}
+		w, err = cfg.NewWriter(&out)
 	case Zstd:
-		w, err := zstd.NewWriter(&out, zstd.WithEncoderLevel(zstd.SpeedBestCompression), zstd.WithEncoderConcurrency(1))
-		if err != nil {
-			return nil, err
-		}
-		if _, err := w.Write(b); err != nil {
-			return nil, err
-		}
-		if err := w.Close(); err != nil {
-			return nil, err
-		}
+		w, err = zstd.NewWriter(&out, zstd.WithEncoderLevel(zstd.SpeedBestCompression), zstd.WithEncoderConcurrency(1))
 	default:
 		return compressMore(b, f)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return writeAll(w, &out, b)
+}
+
+// writeAll writes b through the compressor w into out and closes w.
+func writeAll(w io.WriteCloser, out *bytes.Buffer, b []byte) ([]byte, error) {
+	if _, err := w.Write(b); err != nil {
+		return nil, err
+	}
+	if err := w.Close(); err != nil {
+		return nil, err
 	}
 	return out.Bytes(), nil
 }

@@ -91,13 +91,7 @@ func compressMore(b []byte, f Format) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		if _, err := w.Write(b); err != nil {
-			return nil, err
-		}
-		if err := w.Close(); err != nil {
-			return nil, err
-		}
-		return out.Bytes(), nil
+		return writeAll(w, &out, b)
 	case LZ4:
 		return compressLZ4Legacy(b)
 	case Bzip2:
