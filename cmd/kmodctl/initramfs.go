@@ -20,7 +20,7 @@ var initramfsSubcommands []func() *cobra.Command
 func newInitramfsCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "initramfs",
-		Short: "List, inspect and extract initramfs images",
+		Short: "List, inspect, extract and inject into initramfs images",
 		Long: "Reads initramfs images the way the kernel unpacks them: every " +
 			"segment (early uncompressed cpio archives, then gzip, zstd, xz, lzma, " +
 			"lz4 or bzip2 compressed ones, NUL padding between), later entries " +
