@@ -7,7 +7,7 @@
 #
 #   KMODCTL_FIXTURES   cache folder (default /var/cache/kmodctl-fixtures)
 #   components: deps kernel headers testmods compressed foreign rootfs
-#               rootfs-dracut initrd (default: all)
+#               rootfs-dracut initrd cloudimg (default: all)
 set -euo pipefail
 
 C=${KMODCTL_FIXTURES:-/var/cache/kmodctl-fixtures}
@@ -330,9 +330,65 @@ initrd() {
 	log "initrd images built in $((SECONDS - t0)) s"
 }
 
+# cloudimg: a cloud-image-like disk built from the rootfs fixture without
+# mounting anything: debian12.raw, a 2 GiB sparse GPT disk (1: BIOS boot
+# 1 MiB; 2: /boot ext4 256 MiB, XBOOTLDR type, label boot; 3: / ext4, x86-64
+# root type, label root, the rest) whose fstab names both filesystems by
+# UUID, and debian12.qcow2 converted from it. Each filesystem is made by
+# mkfs.ext4 -d in a temporary file and copied into its partition. Fixed
+# GUIDs and UUIDs keep the layout the same across rebuilds. Stamped like the
+# rootfs trees (metadata fingerprint), so a warm run does not re-read the
+# 2 GiB image.
+CLOUDIMG_SIZE=2G
+CLOUDIMG_BOOT_MIB=256
+CLOUDIMG_DISK_GUID=6b6d6f64-0000-4000-8000-000000000000
+CLOUDIMG_PART_GUIDS=(6b6d6f64-0000-4000-8000-000000000001 6b6d6f64-0000-4000-8000-000000000002 6b6d6f64-0000-4000-8000-000000000003)
+CLOUDIMG_BOOT_UUID=6b6d6f64-b007-4000-8000-000000000002
+CLOUDIMG_ROOT_UUID=6b6d6f64-4007-4000-8000-000000000003
+cloudimg() {
+	local inputs
+	inputs=$( (cat "$C/rootfs.sha256" "$C/rootfs.meta"; echo "$KVER $CLOUDIMG_SIZE $CLOUDIMG_BOOT_MIB $CLOUDIMG_DISK_GUID ${CLOUDIMG_PART_GUIDS[*]} $CLOUDIMG_BOOT_UUID $CLOUDIMG_ROOT_UUID v1") | sha256sum | cut -d' ' -f1)
+	fresh cloudimg "$inputs" && return 0
+	apt_install gdisk e2fsprogs util-linux qemu-utils
+	log "build cloud image debian12.raw/.qcow2 from rootfs"
+	local t0=$SECONDS t
+	t=$(mktemp -d "$C/.cloudimg.XXXXXX")
+	TMPS+=("$t")
+	local raw=$t/debian12.raw
+	truncate -s "$CLOUDIMG_SIZE" "$raw"
+	sgdisk -U "$CLOUDIMG_DISK_GUID" \
+		-n 1:2048:+1M -t 1:ef02 -c 1:bios -u "1:${CLOUDIMG_PART_GUIDS[0]}" \
+		-n "2:0:+${CLOUDIMG_BOOT_MIB}M" -t 2:ea00 -c 2:boot -u "2:${CLOUDIMG_PART_GUIDS[1]}" \
+		-n 3:0:0 -t 3:8304 -c 3:root -u "3:${CLOUDIMG_PART_GUIDS[2]}" "$raw" >/dev/null
+	# The trees: root without /boot's content, and /boot's content.
+	mkdir "$t/root" "$t/boot"
+	cp -a "$C/rootfs/." "$t/root/"
+	find "$t/root/boot" -mindepth 1 -maxdepth 1 -exec mv -t "$t/boot/" {} +
+	rm -f "$t/root/etc/fstab"
+	printf 'UUID=%s / ext4 defaults 0 1\nUUID=%s /boot ext4 defaults 0 2\n' "$CLOUDIMG_ROOT_UUID" "$CLOUDIMG_BOOT_UUID" >"$t/root/etc/fstab"
+	local n label uuid start sectors
+	for n in 2 3; do
+		case $n in 2) label=boot uuid=$CLOUDIMG_BOOT_UUID ;; 3) label=root uuid=$CLOUDIMG_ROOT_UUID ;; esac
+		read -r start sectors < <(partx -g -o START,SECTORS -n "$n" "$raw") || { log "cloudimg: no partition $n in the new table"; exit 1; }
+		truncate -s $((sectors * 512)) "$t/$label.ext4"
+		E2FSPROGS_FAKE_TIME=${SOURCE_DATE_EPOCH:-1700000000} mkfs.ext4 -q -F -d "$t/$label" -L "$label" -U "$uuid" \
+			-E "root_owner=0:0,hash_seed=$uuid" "$t/$label.ext4"
+		dd if="$t/$label.ext4" of="$raw" bs=4M conv=notrunc,sparse oflag=seek_bytes seek=$((start * 512)) status=none
+		rm -rf "$t/$label" "$t/$label.ext4"
+	done
+	qemu-img convert -O qcow2 "$raw" "$t/debian12.qcow2"
+	qemu-img check -q "$t/debian12.qcow2"
+	begin cloudimg
+	mv "$raw" "$t/debian12.qcow2" "$C/cloudimg/"
+	rm -rf "$t"
+	echo "$inputs" >"$C/cloudimg.inputs"
+	stamp_tree cloudimg
+	log "cloud image built in $((SECONDS - t0)) s"
+}
+
 main() {
 	local comps=("$@")
-	[ ${#comps[@]} -gt 0 ] || comps=(deps kernel headers testmods compressed foreign rootfs rootfs-dracut initrd)
+	[ ${#comps[@]} -gt 0 ] || comps=(deps kernel headers testmods compressed foreign rootfs rootfs-dracut initrd cloudimg)
 	kver
 	debs
 	local c
@@ -347,6 +403,7 @@ main() {
 		rootfs) rootfs ;;
 		rootfs-dracut) rootfs_dracut ;;
 		initrd) kernel; rootfs; rootfs_dracut; initrd ;;
+		cloudimg) rootfs; cloudimg ;;
 		*) log "unknown component $c"; exit 2 ;;
 		esac
 	done
