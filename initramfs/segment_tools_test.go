@@ -179,25 +179,9 @@ func segmentStream(t testing.TB, im *Image, i int) []byte {
 func rewriteStream(t testing.TB, data []byte) []byte {
 	t.Helper()
 	var out bytes.Buffer
-	r := cpio.NewReader(bytes.NewReader(data))
 	w := cpio.NewWriter(&out)
-	for {
-		rec, err := r.Next()
-		if err := w.WritePadding(r.Skipped()); err != nil {
-			t.Fatal(err)
-		}
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := w.WriteHeader(rec); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := w.ReadFrom(r); err != nil {
-			t.Fatal(err)
-		}
+	if err := cpio.Copy(w, cpio.NewReader(bytes.NewReader(data))); err != nil {
+		t.Fatal(err)
 	}
 	if err := w.Close(); err != nil {
 		t.Fatal(err)

@@ -21,28 +21,9 @@ import (
 func rewrite(t testing.TB, data []byte) []byte {
 	t.Helper()
 	var out bytes.Buffer
-	r := NewReader(bytes.NewReader(data))
 	w := NewWriter(&out)
-	for {
-		rec, err := r.Next()
-		if err == io.EOF {
-			if err := w.WritePadding(r.Skipped()); err != nil {
-				t.Fatal(err)
-			}
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := w.WritePadding(r.Skipped()); err != nil {
-			t.Fatal(err)
-		}
-		if err := w.WriteHeader(rec); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := w.ReadFrom(r); err != nil {
-			t.Fatal(err)
-		}
+	if err := Copy(w, NewReader(bytes.NewReader(data))); err != nil {
+		t.Fatal(err)
 	}
 	if err := w.Close(); err != nil {
 		t.Fatal(err)

@@ -271,3 +271,28 @@ func (w *Writer) WriteHardLinks(rec Record, names []string, body []byte) error {
 	}
 	return nil
 }
+
+// Copy reads every record of r until the end of its stream and writes it to
+// w unchanged: headers, bodies and the NUL padding between archives, so a
+// stream written by any newc/crc writer comes out byte for byte. It does
+// not close w.
+func Copy(w *Writer, r *Reader) error {
+	for {
+		rec, err := r.Next()
+		if perr := w.WritePadding(r.Skipped()); perr != nil {
+			return perr
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := w.WriteHeader(rec); err != nil {
+			return err
+		}
+		if _, err := w.ReadFrom(r); err != nil {
+			return err
+		}
+	}
+}
