@@ -1,0 +1,538 @@
+package image_test
+
+// Acceptance tests: the real Packer 1.15.0 (bin/packer, `make packer`) runs
+// the real plugin, installed with `packer plugins install --path`, on the
+// fixture cloud image. They run as part of `make test` (root, loop devices).
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/kmodctl/packer-plugin-kmod/diskimage"
+	"github.com/kmodctl/packer-plugin-kmod/internal/fixture"
+	"github.com/kmodctl/packer-plugin-kmod/internal/qemu"
+)
+
+// packerEnv is an isolated Packer installation with the plugin installed.
+type packerEnv struct {
+	packer    string
+	pluginDir string
+	configDir string
+}
+
+var (
+	envOnce sync.Once
+	env     *packerEnv
+	envErr  error
+	envTmp  string
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if envTmp != "" {
+		os.RemoveAll(envTmp)
+	}
+	os.Exit(code)
+}
+
+func repoRoot(t testing.TB) string {
+	t.Helper()
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Clean(filepath.Join(wd, "..", ".."))
+}
+
+// setupPacker builds the plugin once per test binary and installs it into a
+// private plugin directory.
+func setupPacker(t *testing.T) *packerEnv {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		fixture.Missing(t, "root (kmod-image attaches loop devices)")
+	}
+	root := repoRoot(t)
+	packer := filepath.Join(root, "bin", "packer")
+	if _, err := os.Stat(packer); err != nil {
+		fixture.Missing(t, packer+" (make packer)")
+	}
+	envOnce.Do(func() {
+		envTmp, envErr = os.MkdirTemp("", "kmod-image-acc-")
+		if envErr != nil {
+			return
+		}
+		bin := filepath.Join(envTmp, "packer-plugin-kmod")
+		build := exec.Command("go", "build", "-trimpath", "-o", bin,
+			"-ldflags", "-X github.com/kmodctl/packer-plugin-kmod/version.VersionPrerelease=dev",
+			"./cmd/packer-plugin-kmod")
+		build.Dir = root
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := build.CombinedOutput(); err != nil {
+			envErr = fmt.Errorf("build plugin: %v\n%s", err, out)
+			return
+		}
+		e := &packerEnv{packer: packer, pluginDir: filepath.Join(envTmp, "plugins"), configDir: filepath.Join(envTmp, "config")}
+		install := exec.Command(packer, "plugins", "install", "--path", bin, "github.com/kmodctl/kmod")
+		install.Env = e.environ()
+		if out, err := install.CombinedOutput(); err != nil {
+			envErr = fmt.Errorf("packer plugins install: %v\n%s", err, out)
+			return
+		}
+		env = e
+	})
+	if envErr != nil {
+		t.Fatal(envErr)
+	}
+	return env
+}
+
+func (e *packerEnv) environ() []string {
+	return append(os.Environ(), "PACKER_PLUGIN_PATH="+e.pluginDir, "PACKER_CONFIG_DIR="+e.configDir, "CHECKPOINT_DISABLE=1", "PACKER_NO_COLOR=1")
+}
+
+// run is one `packer build` of a template.
+type run struct {
+	cmd    *exec.Cmd
+	out    *lockedBuffer
+	logf   string
+	waitCh chan error
+}
+
+type lockedBuffer struct {
+	mu    sync.Mutex
+	buf   bytes.Buffer
+	lines chan string
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// start writes template into dir and starts packer build on it.
+func (e *packerEnv) start(t *testing.T, dir, template string, args ...string) *run {
+	t.Helper()
+	tpl := filepath.Join(dir, "build.pkr.hcl")
+	if err := os.WriteFile(tpl, []byte(template), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := &run{out: &lockedBuffer{}, logf: filepath.Join(dir, "packer.log"), waitCh: make(chan error, 1)}
+	r.cmd = exec.Command(e.packer, append(append([]string{"build"}, args...), tpl)...)
+	r.cmd.Dir = dir
+	r.cmd.Env = append(e.environ(), "PACKER_LOG=1", "PACKER_LOG_PATH="+r.logf)
+	r.cmd.Stdout, r.cmd.Stderr = r.out, r.out
+	t.Logf("packer build %s", tpl)
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { r.waitCh <- r.cmd.Wait() }()
+	return r
+}
+
+// wait waits for the build and returns its error and output.
+func (r *run) wait(t *testing.T, timeout time.Duration) (string, error) {
+	t.Helper()
+	select {
+	case err := <-r.waitCh:
+		return r.out.String(), err
+	case <-time.After(timeout):
+		r.cmd.Process.Kill()
+		<-r.waitCh
+		t.Fatalf("packer build did not finish in %v; output:\n%s", timeout, r.out.String())
+		return "", nil
+	}
+}
+
+// waitFor waits until the build's output contains s.
+func (r *run) waitFor(t *testing.T, s string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if strings.Contains(r.out.String(), s) {
+			return
+		}
+		select {
+		case err := <-r.waitCh:
+			r.waitCh <- err
+			t.Fatalf("packer exited (%v) before printing %q:\n%s", err, s, r.out.String())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	t.Fatalf("no %q in packer output after %v:\n%s", s, timeout, r.out.String())
+}
+
+func (r *run) logTail(n int) string {
+	data, _ := os.ReadFile(r.logf)
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// fileSum is a source file's identity: the build must not change it.
+type fileSum struct {
+	size  int64
+	mtime time.Time
+	sum   string
+}
+
+func sumFile(t *testing.T, p string) fileSum {
+	t.Helper()
+	st, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	return fileSum{st.Size(), st.ModTime(), hex.EncodeToString(h.Sum(nil))}
+}
+
+// checkNoLeftovers fails if a loop device is backed by a file under dir or
+// anything is mounted under the builder's mount parent or dir.
+func checkNoLeftovers(t *testing.T, dirs ...string) {
+	t.Helper()
+	out, err := exec.Command("losetup", "--list", "--noheadings", "-O", "NAME,BACK-FILE").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		for _, d := range dirs {
+			if strings.Contains(sc.Text(), d) {
+				t.Errorf("loop device left behind: %s", sc.Text())
+			}
+		}
+	}
+	mounts, _ := os.ReadFile("/proc/self/mounts")
+	for _, line := range strings.Split(string(mounts), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		for _, d := range append(dirs, "/var/tmp/packer-kmod-image/") {
+			if strings.HasPrefix(f[1], d) {
+				t.Errorf("mount left behind: %s", line)
+			}
+		}
+	}
+}
+
+// mountOutput mounts a raw image's root (read-only) and its /boot and
+// returns the root directory; everything is released when the test ends.
+func mountOutput(t *testing.T, raw string) string {
+	t.Helper()
+	f, err := os.Open(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := f.Stat()
+	tbl, err := diskimage.ReadTable(f, st.Size())
+	if err != nil {
+		t.Fatal(err)
+	}
+	probes := map[int]diskimage.FS{}
+	for _, p := range tbl.Partitions {
+		if fs, err := diskimage.ProbePartition(f, p); err == nil {
+			probes[p.Number] = fs
+		}
+	}
+	f.Close()
+	rootPart, _, err := diskimage.ChooseRoot(tbl, diskimage.RootOptions{Probes: probes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &diskimage.Tracker{}
+	t.Cleanup(func() {
+		if _, err := tr.Release(); err != nil {
+			t.Errorf("release %s: %v", raw, err)
+		}
+	})
+	dir := t.TempDir()
+	l, err := tr.AttachPartition(context.Background(), raw, rootPart, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Mount(context.Background(), l.Device, dir, probes[rootPart.Number].Type, "ro"); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range tbl.Partitions {
+		if probes[p.Number].Label == "boot" {
+			lb, err := tr.AttachPartition(context.Background(), raw, p, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := tr.Mount(context.Background(), lb.Device, filepath.Join(dir, "boot"), probes[p.Number].Type, "ro"); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return dir
+}
+
+func hcl(s string) string { return fmt.Sprintf("%q", s) }
+
+// TestAccQcow2ShellAptBootCheck is acceptance case (1) and the passing half of
+// (4): qcow2 in; a shell provisioner writes a file and installs a Debian
+// package; qcow2 and raw out; the file is in both; qemu-img check passes;
+// the boot check passes with expect_modules = ["ext4"].
+func TestAccQcow2ShellAptBootCheck(t *testing.T) {
+	t.Parallel()
+	e := setupPacker(t)
+	src := fixture.CloudImageQcow2(t)
+	qemu.Slot(t)
+	before := sumFile(t, src)
+	dir := t.TempDir()
+	out := filepath.Join(dir, "out")
+	tpl := `
+source "kmod-image" "acc" {
+  source_image     = ` + hcl(src) + `
+  output_directory = ` + hcl(out) + `
+  output_name      = "debian12"
+  output_formats   = ["qcow2", "raw"]
+  boot_check {
+    expect_modules = ["ext4"]
+  }
+}
+
+build {
+  sources = ["source.kmod-image.acc"]
+  provisioner "shell" {
+    inline = [
+      "echo kmod-image-acc > /etc/kmod-image-acc",
+      "test ! -e /etc/.resolv.conf.packer-kmod-image || exit 9",
+      "test \"$(cat /proc/1/comm)\" != systemd || true",
+      "apt-get update -q",
+      "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends hello",
+      "echo PATH=$PATH",
+    ]
+  }
+}
+`
+	r := e.start(t, dir, tpl)
+	output, err := r.wait(t, 15*time.Minute)
+	if err != nil {
+		t.Fatalf("packer build: %v\n%s\n--- log tail ---\n%s", err, output, r.logTail(40))
+	}
+	t.Logf("packer output:\n%s", output)
+	if after := sumFile(t, src); after != before {
+		t.Errorf("source image changed: %+v → %+v", before, after)
+	}
+	if !strings.Contains(output, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin") {
+		t.Errorf("the chroot's PATH is not the clean one (host environment leaked?)")
+	}
+	checkNoLeftovers(t, dir)
+
+	qcow := filepath.Join(out, "debian12.qcow2")
+	raw := filepath.Join(out, "debian12.raw")
+	if b, err := exec.Command("qemu-img", "check", qcow).CombinedOutput(); err != nil {
+		t.Errorf("qemu-img check %s: %v\n%s", qcow, err, b)
+	}
+	// The qcow2 holds the same disk as the raw output.
+	back := filepath.Join(dir, "from-qcow2.raw")
+	if b, err := exec.Command("qemu-img", "convert", "-O", "raw", qcow, back).CombinedOutput(); err != nil {
+		t.Fatalf("convert back: %v\n%s", err, b)
+	}
+	if a, b := sumFile(t, raw).sum, sumFile(t, back).sum; a != b {
+		t.Errorf("qcow2 output (as raw %s) differs from raw output (%s)", b, a)
+	}
+	sums, err := os.ReadFile(filepath.Join(out, "SHA256SUMS"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"debian12.qcow2", "debian12.raw"} {
+		want := sumFile(t, filepath.Join(out, name)).sum + "  " + name
+		if !strings.Contains(string(sums), want) {
+			t.Errorf("SHA256SUMS lacks %q:\n%s", want, sums)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(out, "debian12-boot.log")); err != nil {
+		t.Errorf("boot log: %v", err)
+	}
+	for _, img := range []string{raw, back} {
+		root := mountOutput(t, img)
+		if b, err := os.ReadFile(filepath.Join(root, "etc/kmod-image-acc")); err != nil || string(b) != "kmod-image-acc\n" {
+			t.Errorf("%s: /etc/kmod-image-acc = %q, %v", img, b, err)
+		}
+		if _, err := os.Stat(filepath.Join(root, "usr/bin/hello")); err != nil {
+			t.Errorf("%s: package hello not installed: %v", img, err)
+		}
+		if _, err := os.Lstat(filepath.Join(root, "usr/sbin/policy-rc.d")); err == nil {
+			t.Errorf("%s: policy-rc.d left in the image", img)
+		}
+		if _, err := os.Lstat(filepath.Join(root, "etc/.resolv.conf.packer-kmod-image")); err == nil {
+			t.Errorf("%s: resolv.conf backup left in the image", img)
+		}
+	}
+	srcRoot := mountOutput(t, filepath.Join(fixture.CloudImageRaw(t)))
+	wantResolv, _ := os.Readlink(filepath.Join(srcRoot, "etc/resolv.conf"))
+	wantContent, _ := os.ReadFile(filepath.Join(srcRoot, "etc/resolv.conf"))
+	outRoot := mountOutput(t, raw)
+	gotResolv, _ := os.Readlink(filepath.Join(outRoot, "etc/resolv.conf"))
+	gotContent, _ := os.ReadFile(filepath.Join(outRoot, "etc/resolv.conf"))
+	if gotResolv != wantResolv || !bytes.Equal(gotContent, wantContent) {
+		t.Errorf("resolv.conf not restored: link %q content %q, want link %q content %q", gotResolv, gotContent, wantResolv, wantContent)
+	}
+	if !strings.Contains(output, "Expected modules loaded: ext4") {
+		t.Errorf("the boot check did not report ext4")
+	}
+}
+
+// TestAccFailingProvisioner is acceptance case (2): the build fails, nothing
+// is left mounted or attached, the source is unchanged, no outputs remain.
+func TestAccFailingProvisioner(t *testing.T) {
+	t.Parallel()
+	e := setupPacker(t)
+	src := fixture.CloudImageRaw(t)
+	qemu.Slot(t)
+	before := sumFile(t, src)
+	dir := t.TempDir()
+	out := filepath.Join(dir, "out")
+	tpl := `
+source "kmod-image" "fail" {
+  source_image     = ` + hcl(src) + `
+  output_directory = ` + hcl(out) + `
+  output_formats   = ["raw"]
+  boot_check {
+    enabled = false
+  }
+}
+build {
+  sources = ["source.kmod-image.fail"]
+  provisioner "shell" {
+    inline = ["echo about-to-fail", "exit 3"]
+  }
+}
+`
+	r := e.start(t, dir, tpl)
+	output, err := r.wait(t, 10*time.Minute)
+	if err == nil {
+		t.Fatalf("packer build succeeded with a failing provisioner:\n%s", output)
+	}
+	if !strings.Contains(output, "about-to-fail") || !strings.Contains(output, "exit status 3") && !strings.Contains(output, "non-zero exit status: 3") {
+		t.Errorf("output does not show the provisioner failing with 3:\n%s", output)
+	}
+	checkNoLeftovers(t, dir)
+	if after := sumFile(t, src); after != before {
+		t.Errorf("source image changed: %+v → %+v", before, after)
+	}
+	ents, _ := os.ReadDir(out)
+	for _, e := range ents {
+		t.Errorf("left in the output directory: %s", e.Name())
+	}
+}
+
+// TestAccInterrupt is acceptance case (3): SIGINT while a provisioner runs.
+func TestAccInterrupt(t *testing.T) {
+	t.Parallel()
+	e := setupPacker(t)
+	src := fixture.CloudImageRaw(t)
+	qemu.Slot(t)
+	before := sumFile(t, src)
+	dir := t.TempDir()
+	out := filepath.Join(dir, "out")
+	tpl := `
+source "kmod-image" "int" {
+  source_image     = ` + hcl(src) + `
+  output_directory = ` + hcl(out) + `
+  output_formats   = ["qcow2"]
+  boot_check {
+    enabled = false
+  }
+}
+build {
+  sources = ["source.kmod-image.int"]
+  provisioner "shell" {
+    inline = ["echo provisioning-started", "sleep 600 & sleep 600"]
+  }
+}
+`
+	r := e.start(t, dir, tpl)
+	r.waitFor(t, "provisioning-started", 5*time.Minute)
+	time.Sleep(500 * time.Millisecond)
+	if err := r.cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	output, err := r.wait(t, 3*time.Minute)
+	if err == nil {
+		t.Fatalf("packer build succeeded after SIGINT:\n%s", output)
+	}
+	if !strings.Contains(output, "cancel") && !strings.Contains(output, "Cancel") && !strings.Contains(output, "interrupt") {
+		t.Errorf("output does not mention the cancellation:\n%s", output)
+	}
+	checkNoLeftovers(t, dir)
+	if after := sumFile(t, src); after != before {
+		t.Errorf("source image changed: %+v → %+v", before, after)
+	}
+	// The sleeps ran inside the chroot; none may survive.
+	if b, _ := exec.Command("pgrep", "-f", "^sleep 600").Output(); len(bytes.TrimSpace(b)) > 0 {
+		t.Errorf("processes from the chroot survived: %s", b)
+	}
+	ents, _ := os.ReadDir(out)
+	for _, e := range ents {
+		t.Errorf("left in the output directory: %s", e.Name())
+	}
+}
+
+// TestAccExpectModuleMissing is the failing half of acceptance case (4).
+func TestAccExpectModuleMissing(t *testing.T) {
+	t.Parallel()
+	e := setupPacker(t)
+	src := fixture.CloudImageRaw(t)
+	qemu.Slot(t)
+	dir := t.TempDir()
+	out := filepath.Join(dir, "out")
+	tpl := `
+source "kmod-image" "expect" {
+  source_image     = ` + hcl(src) + `
+  output_directory = ` + hcl(out) + `
+  output_formats   = ["raw"]
+  boot_check {
+    expect_modules = ["ext4", "kmodtest_absent"]
+  }
+}
+build {
+  sources = ["source.kmod-image.expect"]
+}
+`
+	r := e.start(t, dir, tpl)
+	output, err := r.wait(t, 10*time.Minute)
+	if err == nil {
+		t.Fatalf("packer build succeeded though kmodtest_absent is not loaded:\n%s", output)
+	}
+	if !strings.Contains(output, "kmodtest_absent") {
+		t.Errorf("the failure does not name kmodtest_absent:\n%s", output)
+	}
+	// The console log is kept for diagnosis, named after output_name.
+	if matches, _ := filepath.Glob(filepath.Join(out, "*-boot.log")); len(matches) == 0 {
+		t.Errorf("no boot log kept in %s after the failed boot check", out)
+	}
+	checkNoLeftovers(t, dir)
+}

@@ -1,0 +1,86 @@
+package image
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/hashicorp/packer-plugin-sdk/multistep"
+
+	"github.com/kmodctl/packer-plugin-kmod/diskimage"
+)
+
+// stepSource makes the raw working copy the build customizes: source_image
+// checked against source_checksum and converted (or sparse-copied), or a new
+// GPT disk made from source_rootfs. The source is only ever read.
+//
+// Consumes: config, build.workImage. Produces: the file at build.workImage.
+type stepSource struct{}
+
+func (s *stepSource) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
+	b, u := get(state), ui(state)
+	cfg := b.cfg
+	start := time.Now()
+	if cfg.SourceRootfs != "" {
+		size, _ := parseSize(cfg.DiskSize)
+		u.Say(fmt.Sprintf("Creating a %s %s disk from %s...", humanBytes(size), cfg.Filesystem, cfg.SourceRootfs))
+		_, err := diskimage.CreateFromRootfs(ctx, cfg.SourceRootfs, b.workImage, diskimage.CreateOptions{
+			Size: size, Filesystem: cfg.Filesystem, Log: u.Message,
+		})
+		if err != nil {
+			return halt(state, "source_rootfs %s: %v", cfg.SourceRootfs, err)
+		}
+		u.Message(fmt.Sprintf("Disk created in %v", time.Since(start).Round(time.Millisecond)))
+		b.since("source", start)
+		return multistep.ActionContinue
+	}
+
+	info, err := diskimage.Inspect(ctx, cfg.SourceImage)
+	if err != nil {
+		return halt(state, "source_image %s: %v", cfg.SourceImage, err)
+	}
+	if info.BackingFile != "" {
+		// A backing file points at another host file; refuse rather than
+		// silently reading it.
+		return halt(state, "source_image %s has a backing file (%s); flatten it first (qemu-img convert -O qcow2 %s flat.qcow2)", cfg.SourceImage, info.BackingFile, cfg.SourceImage)
+	}
+	format := cfg.SourceFormat
+	if format == "" {
+		format = info.Format
+	} else if format != info.Format {
+		return halt(state, "source_format is %s but qemu-img reads %s as %s", format, cfg.SourceImage, info.Format)
+	}
+	if cfg.SourceChecksum != "" {
+		want, _ := parseChecksum(cfg.SourceChecksum)
+		u.Say(fmt.Sprintf("Verifying the checksum of %s...", cfg.SourceImage))
+		got, err := diskimage.SHA256File(ctx, cfg.SourceImage, progress(u, "sha256"))
+		if err != nil {
+			return halt(state, "source_checksum: %v", err)
+		}
+		if got != want {
+			return halt(state, "source_checksum: %s has sha256 %s, want %s", cfg.SourceImage, got, want)
+		}
+	}
+	u.Say(fmt.Sprintf("Making a raw working copy of %s (%s, %s)...", cfg.SourceImage, format, humanBytes(info.VirtualSize)))
+	err = diskimage.Convert(ctx, cfg.SourceImage, b.workImage, "raw",
+		diskimage.WithSourceFormat(format), diskimage.WithProgress(progress(u, "copy")))
+	if err != nil {
+		return halt(state, "source_image %s: %v", cfg.SourceImage, err)
+	}
+	u.Message(fmt.Sprintf("Working copy ready in %v", time.Since(start).Round(time.Millisecond)))
+	b.since("source", start)
+	return multistep.ActionContinue
+}
+
+// Cleanup removes the working copy (the preflight step removes its folder).
+func (s *stepSource) Cleanup(state multistep.StateBag) {
+	b := get(state)
+	if b.workImage == "" {
+		return
+	}
+	if loops, _ := diskimage.ListLoopsFor(b.workImage); len(loops) > 0 {
+		return // still attached; preflight's cleanup reports it
+	}
+	os.Remove(b.workImage)
+}
