@@ -1,5 +1,5 @@
 //go:generate packer-sdc mapstructure-to-hcl2 -type Config,BootCheckConfig
-//go:generate packer-sdc struct-markdown
+// struct-markdown runs from scripts/generate.sh (make generate), not go generate.
 
 package image
 
