@@ -1,0 +1,541 @@
+package bootcheck
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"math/rand"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/kmodctl/packer-plugin-kmod/diskimage"
+	"github.com/kmodctl/packer-plugin-kmod/internal/fixture"
+)
+
+func needTool(t testing.TB, tools ...string) {
+	t.Helper()
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			fixture.Missing(t, "tool "+tool)
+		}
+	}
+}
+
+func needRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (loop devices and mounts)")
+	}
+}
+
+func run(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// writeTree creates files (content "x" unless given; a value starting
+// with "->" makes a symbolic link) below root.
+func writeTree(t testing.TB, root string, files map[string]string) {
+	t.Helper()
+	for p, c := range files {
+		h := filepath.Join(root, p)
+		if err := os.MkdirAll(filepath.Dir(h), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if tgt, ok := strings.CutPrefix(c, "->"); ok {
+			if err := os.Symlink(tgt, h); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		if c == "" {
+			c = "x"
+		}
+		if c == "<empty>" {
+			c = ""
+		}
+		if err := os.WriteFile(h, []byte(c), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestCompareVersions(t *testing.T) {
+	for _, c := range []struct {
+		a, b string
+		want int
+	}{
+		{"6.1.0-9-amd64", "6.1.0-10-amd64", -1},
+		{"6.1.0-10-amd64", "6.1.0-9-amd64", 1},
+		{"6.1.0-9-amd64", "6.1.0-9-amd64", 0},
+		{"6.1.0-9-amd64", "6.1.0-9-rt-amd64", -1},
+		{"5.10.0-28-amd64", "6.1.0-9-amd64", -1},
+		{"6.1~rc1", "6.1", -1},
+		{"6.10.1", "6.9.12", 1},
+		{"6.5.6-300.fc39.x86_64", "6.5.12-300.fc39.x86_64", -1},
+		{"1:1.0", "2.0", 1},
+		{"6.1.0-09", "6.1.0-9", 0},
+		{"6.1a", "6.1+", -1}, // letters before other characters
+	} {
+		got := CompareVersions(c.a, c.b)
+		if got < 0 {
+			got = -1
+		} else if got > 0 {
+			got = 1
+		}
+		if got != c.want {
+			t.Errorf("CompareVersions(%q, %q) = %d, want %d", c.a, c.b, got, c.want)
+		}
+	}
+
+	// Against dpkg itself, on kernel release-like strings.
+	if _, err := exec.LookPath("dpkg"); err != nil {
+		t.Log("dpkg not installed: not compared with dpkg --compare-versions")
+		return
+	}
+	vs := []string{"6.1.0-9-amd64", "6.1.0-10-amd64", "6.1.0-10-cloud-amd64", "6.1.0-9-rt-amd64",
+		"5.10.0-28-amd64", "6.1.0-56-amd64", "6.12.9+bpo-amd64", "6.12.9~bpo12+1-amd64",
+		"6.5.6-300.fc39.x86_64", "6.5.12-300.fc39.x86_64", "6.8.0-1-generic", "6.8.0-10-generic",
+		"6.8.0-rc1-generic", "0-rescue-0123abcd", "6.1.0", "6.1"}
+	for _, a := range vs {
+		for _, b := range vs {
+			got := CompareVersions(a, b)
+			lt := exec.Command("dpkg", "--compare-versions", a, "lt", b).Run() == nil
+			eq := exec.Command("dpkg", "--compare-versions", a, "eq", b).Run() == nil
+			if (got < 0) != lt || (got == 0) != eq {
+				t.Errorf("CompareVersions(%q, %q) = %d; dpkg: lt %v eq %v", a, b, got, lt, eq)
+			}
+		}
+	}
+	// And sort -V agrees on the newest-first order of these.
+	if _, err := exec.LookPath("sort"); err == nil {
+		sorted := append([]string(nil), vs[:12]...)
+		sort.Slice(sorted, func(i, j int) bool { return CompareVersions(sorted[i], sorted[j]) < 0 })
+		cmd := exec.Command("sort", "-V")
+		cmd.Stdin = strings.NewReader(strings.Join(vs[:12], "\n") + "\n")
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := strings.Fields(string(out)); strings.Join(want, " ") != strings.Join(sorted, " ") {
+			t.Errorf("order %v, sort -V %v", sorted, want)
+		}
+	}
+}
+
+func TestFindKernelsSynthetic(t *testing.T) {
+	root := t.TempDir()
+	writeTree(t, root, map[string]string{
+		// Debian, in the order a string sort gets wrong.
+		"boot/vmlinuz-6.1.0-9-amd64":     "",
+		"boot/initrd.img-6.1.0-9-amd64":  "",
+		"boot/vmlinuz-6.1.0-10-amd64":    "",
+		"boot/initrd.img-6.1.0-10-amd64": "",
+		// No initrd.
+		"boot/vmlinuz-6.1.0-2-amd64": "",
+		// dracut naming.
+		"boot/vmlinuz-5.14.0-362.el9.x86_64":       "",
+		"boot/initramfs-5.14.0-362.el9.x86_64.img": "",
+		// Skipped: empty, .old, dpkg leftovers, an absolute link leaving
+		// the tree (it resolves inside root, where there is nothing).
+		"boot/vmlinuz-7.0.0-empty":             "<empty>",
+		"boot/vmlinuz-6.1.0-10-amd64.old":      "",
+		"boot/vmlinuz-6.1.0-11-amd64.dpkg-tmp": "",
+		"boot/vmlinuz-9.9.9-escape":            "->/../../../../../../etc/hostname",
+		"boot/config-6.1.0-10-amd64":           "",
+		// An absolute link inside the image.
+		"boot/vmlinuz-6.2.0-1-link":    "->/boot/real-6.2",
+		"boot/real-6.2":                "",
+		"boot/initrd.img-6.2.0-1-link": "->../boot/real-initrd-6.2",
+		"boot/real-initrd-6.2":         "",
+		// kernel-install layout through the merged-usr /lib link; the
+		// initrd beside it; one with its initrd in /boot (dracut name).
+		"lib":                                        "->usr/lib",
+		"usr/lib/modules/6.8.0-1/vmlinuz":            "",
+		"usr/lib/modules/6.8.0-1/initrd":             "",
+		"usr/lib/modules/6.7.0-3/vmlinuz":            "",
+		"boot/initramfs-6.7.0-3.img":                 "",
+		"usr/lib/modules/6.1.0-10-amd64/vmlinuz":     "", // /boot's copy wins
+		"usr/lib/modules/6.6.0-nokernel/modules.dep": "",
+	})
+	ks, err := FindKernels(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type k struct{ rel, vmlinuz, initrd string }
+	want := []k{
+		{"6.8.0-1", "usr/lib/modules/6.8.0-1/vmlinuz", "usr/lib/modules/6.8.0-1/initrd"},
+		{"6.7.0-3", "usr/lib/modules/6.7.0-3/vmlinuz", "boot/initramfs-6.7.0-3.img"},
+		{"6.2.0-1-link", "boot/real-6.2", "boot/real-initrd-6.2"},
+		{"6.1.0-10-amd64", "boot/vmlinuz-6.1.0-10-amd64", "boot/initrd.img-6.1.0-10-amd64"},
+		{"6.1.0-9-amd64", "boot/vmlinuz-6.1.0-9-amd64", "boot/initrd.img-6.1.0-9-amd64"},
+		{"6.1.0-2-amd64", "boot/vmlinuz-6.1.0-2-amd64", ""},
+		{"5.14.0-362.el9.x86_64", "boot/vmlinuz-5.14.0-362.el9.x86_64", "boot/initramfs-5.14.0-362.el9.x86_64.img"},
+	}
+	var got []k
+	for _, x := range ks {
+		rel := func(p string) string {
+			if p == "" {
+				return ""
+			}
+			r, err := filepath.Rel(root, p)
+			if err != nil || strings.HasPrefix(r, "..") {
+				t.Errorf("%s: path %s outside the root", x.Release, p)
+			}
+			return r
+		}
+		got = append(got, k{x.Release, rel(x.Vmlinuz), rel(x.Initrd)})
+	}
+	if len(got) != len(want) {
+		t.Fatalf("FindKernels:\n got %v\nwant %v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("kernel %d: got %+v, want %+v", i, got[i], want[i])
+		}
+	}
+
+	// Nothing to find is not an error; a missing root is.
+	if ks, err := FindKernels(t.TempDir()); err != nil || len(ks) != 0 {
+		t.Errorf("empty tree: %v, %v", ks, err)
+	}
+	if _, err := FindKernels(filepath.Join(root, "nonexistent")); err == nil {
+		t.Error("missing root: no error")
+	}
+}
+
+func TestResolveIn(t *testing.T) {
+	root := t.TempDir()
+	writeTree(t, root, map[string]string{
+		"etc/real/file": "",
+		"etc/abs":       "->/etc/real",
+		"etc/rel":       "->real",
+		"etc/up":        "->../../../../etc/real",
+		"loop1":         "->loop2",
+		"loop2":         "->loop1",
+	})
+	for p, want := range map[string]string{
+		"/etc/abs/file":    "etc/real/file",
+		"/etc/rel/file":    "etc/real/file",
+		"/etc/up/file":     "etc/real/file",
+		"/../../etc/abs":   "etc/real",
+		"etc/./rel/../abs": "etc/real",
+	} {
+		h, err := resolveIn(root, p)
+		if err != nil {
+			t.Errorf("%s: %v", p, err)
+			continue
+		}
+		if h != filepath.Join(root, want) {
+			t.Errorf("%s: %s, want %s", p, h, want)
+		}
+	}
+	if _, err := resolveIn(root, "/loop1/x"); err == nil || !strings.Contains(err.Error(), "symbolic links") {
+		t.Errorf("link loop: %v", err)
+	}
+	if _, err := resolveIn(root, "/etc/missing"); !os.IsNotExist(err) {
+		t.Errorf("missing: %v", err)
+	}
+}
+
+func TestRootArg(t *testing.T) {
+	for _, c := range []struct {
+		name, fstab, fallback, want, err string
+	}{
+		{"uuid", "# comment\nUUID=abcd-1 / ext4 defaults 0 1\nUUID=b /boot ext4 defaults 0 2\n", "", "UUID=abcd-1", ""},
+		{"label", "LABEL=cloudimg-rootfs\t/\text4\tdiscard,errors=remount-ro\t0 1\n", "", "LABEL=cloudimg-rootfs", ""},
+		{"partuuid", "PARTUUID=6b6d6f64-03 / xfs defaults 0 0\n", "", "PARTUUID=6b6d6f64-03", ""},
+		{"partlabel", "PARTLABEL=root / ext4 defaults 0 0\n", "", "PARTLABEL=root", ""},
+		{"quoted", `UUID="1234" / ext4 defaults 0 0` + "\n", "", "UUID=1234", ""},
+		{"by-uuid", "/dev/disk/by-uuid/feed / ext4 defaults 0 0\n", "", "UUID=feed", ""},
+		{"by-label", "/dev/disk/by-label/root / ext4 defaults 0 0\n", "", "LABEL=root", ""},
+		{"trailing slash", "UUID=x //  ext4 defaults 0 0\n", "", "UUID=x", ""},
+		{"last wins", "UUID=old / ext4 defaults 0 0\nUUID=new / ext4 defaults 0 0\n", "", "UUID=new", ""},
+		{"device", "/dev/sda1 / ext4 defaults 0 1\n", "f", "", "device name /dev/sda1"},
+		{"mapper", "/dev/mapper/vg-root / ext4 defaults 0 1\n", "", "", "device name /dev/mapper/vg-root"},
+		{"space", `LABEL=my\040root / ext4 defaults 0 1` + "\n", "", "", "blanks"},
+		{"odd", "rootfs / ext4 defaults 0 1\n", "", "", "unsupported source"},
+		{"no root entry", "UUID=b /boot ext4 defaults 0 2\n", "f00d", "UUID=f00d", ""},
+		{"no root entry, prefixed fallback", "UUID=b /boot ext4 defaults 0 2\n", "UUID=f00d", "UUID=f00d", ""},
+		{"no root entry, no fallback", "UUID=b /boot ext4 defaults 0 2\n", "", "", "no entry for /"},
+		{"no fstab", "", "f00d", "UUID=f00d", ""},
+		{"no fstab, no fallback", "", "", "", "no /etc/fstab"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			root := t.TempDir()
+			if c.fstab != "" {
+				writeTree(t, root, map[string]string{"etc/fstab": c.fstab})
+			}
+			got, err := RootArg(root, c.fallback)
+			if c.err != "" {
+				if err == nil || !strings.Contains(err.Error(), c.err) {
+					t.Fatalf("got %q, %v; want an error with %q", got, err, c.err)
+				}
+				return
+			}
+			if err != nil || got != c.want {
+				t.Fatalf("got %q, %v; want %q", got, err, c.want)
+			}
+		})
+	}
+}
+
+// mountFixture attaches the cloud image fixture read-only and mounts its
+// root (p3) at a folder and /boot (p2) below it; the returned tracker
+// releases both (also at the test's end).
+func mountFixture(t testing.TB) (string, *diskimage.Tracker) {
+	t.Helper()
+	needRoot(t)
+	raw := fixture.CloudImageRaw(t)
+	f, err := os.Open(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tab, err := diskimage.ReadTable(f, st.Size())
+	if err != nil {
+		t.Fatal(err)
+	}
+	bootP, ok2 := tab.Partition(2)
+	rootP, ok3 := tab.Partition(3)
+	if !ok2 || !ok3 {
+		t.Fatalf("fixture partitions: %v", tab.Partitions)
+	}
+	tr := &diskimage.Tracker{}
+	t.Cleanup(func() {
+		if _, err := tr.Release(); err != nil {
+			t.Error(err)
+		}
+	})
+	ctx := context.Background()
+	dir := filepath.Join(t.TempDir(), "root")
+	for _, m := range []struct {
+		p      diskimage.Partition
+		target string
+	}{{rootP, dir}, {bootP, filepath.Join(dir, "boot")}} {
+		l, err := tr.AttachPartition(ctx, raw, m.p, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tr.Mount(ctx, l.Device, m.target, "ext4", "ro", "noload"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir, tr
+}
+
+func copyFile(t testing.TB, src, dst string) {
+	t.Helper()
+	in, err := os.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	out, err := os.Create(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		t.Fatal(err)
+	}
+	if err := out.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// fixtureKernel finds the fixture image's kernel and root= the way the
+// builder does (mounted image, FindKernels, RootArg), checks them, copies
+// the kernel and initrd out and unmounts.
+func fixtureKernel(t testing.TB) (Kernel, string) {
+	t.Helper()
+	dir, tr := mountFixture(t)
+	kver := fixture.KVER(t)
+	ks, err := FindKernels(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ks) != 1 || ks[0].Release != kver ||
+		ks[0].Vmlinuz != filepath.Join(dir, "boot", "vmlinuz-"+kver) ||
+		ks[0].Initrd != filepath.Join(dir, "boot", "initrd.img-"+kver) {
+		t.Fatalf("FindKernels = %+v, want %s with /boot/vmlinuz and /boot/initrd.img", ks, kver)
+	}
+	rootArg, err := RootArg(dir, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rootArg != "UUID=6b6d6f64-4007-4000-8000-000000000003" {
+		t.Errorf("RootArg = %q, want the fixture root's UUID", rootArg)
+	}
+	out := t.TempDir()
+	k := Kernel{Release: kver, Vmlinuz: filepath.Join(out, "vmlinuz"), Initrd: filepath.Join(out, "initrd.img")}
+	copyFile(t, ks[0].Vmlinuz, k.Vmlinuz)
+	copyFile(t, ks[0].Initrd, k.Initrd)
+	if _, err := tr.Release(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "boot", "vmlinuz-"+kver)); err == nil {
+		t.Fatal("fixture still mounted after Release")
+	}
+	return k, rootArg
+}
+
+func TestFixtureKernels(t *testing.T) {
+	k, root := fixtureKernel(t)
+	t.Logf("kernel %s, root=%s", k.Release, root)
+	bi, why, err := HasBootloader(fixture.CloudImageRaw(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bi || !strings.Contains(why, "no BIOS boot code") || !strings.Contains(why, "no EFI System Partition") {
+		t.Errorf("HasBootloader(fixture) = %v, %q; want false, no boot code, no ESP", bi, why)
+	}
+}
+
+// espImage makes a GPT disk with a 64 MiB EFI System Partition formatted as
+// FAT<bits> by mkfs.vfat and filled by mtools (no mount: the build
+// machine's kernel has no vfat): files maps paths to contents.
+func espImage(t *testing.T, bits int, files map[string]string) string {
+	t.Helper()
+	needTool(t, "sgdisk", "mkfs.vfat", "mmd", "mcopy")
+	dir := t.TempDir()
+	img := filepath.Join(dir, "esp.img")
+	if err := os.WriteFile(img, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(img, 80<<20); err != nil {
+		t.Fatal(err)
+	}
+	run(t, "sgdisk", "-n", "1:2048:+64M", "-t", "1:ef00", img)
+	spc := map[int]string{12: "64", 16: "4", 32: "1"}[bits] // FAT32 with 1-sector clusters: long chains
+	run(t, "mkfs.vfat", "-F", strconv.Itoa(bits), "-s", spc, "--offset", "2048", img, "65536")
+	at := img + "@@1M"
+	made := map[string]bool{}
+	paths := make([]string, 0, len(files))
+	for p := range files {
+		paths = append(paths, p)
+	}
+	sort.Strings(paths)
+	src := filepath.Join(dir, "src")
+	for _, p := range paths {
+		parts := strings.Split(p, "/")
+		for i := 1; i < len(parts); i++ {
+			d := strings.Join(parts[:i], "/")
+			if !made[strings.ToUpper(d)] {
+				made[strings.ToUpper(d)] = true
+				run(t, "mmd", "-i", at, "::/"+d)
+			}
+		}
+		c := files[p]
+		if c == "" {
+			c = "x"
+		}
+		if c == "<empty>" {
+			c = ""
+		}
+		if err := os.WriteFile(src, []byte(c), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		run(t, "mcopy", "-i", at, src, "::/"+p)
+	}
+	return img
+}
+
+func TestHasBootloader(t *testing.T) {
+	// Many files in EFI/BOOT (long names) so that the directory takes
+	// several clusters before BOOTX64.EFI's entry.
+	crowded := map[string]string{}
+	for i := range 150 {
+		crowded[filepath.Join("EFI/BOOT", "a-rather-long-file-name-for-lfn-entries-"+strings.Repeat("x", i%7)+string(rune('a'+i%26))+strings.Repeat("y", i/26))] = ""
+	}
+	crowded["EFI/BOOT/BOOTX64.EFI"] = "MZ fake loader"
+	for _, c := range []struct {
+		name  string
+		bits  int
+		files map[string]string
+		want  bool
+		why   string
+	}{
+		{"fat12", 12, map[string]string{"EFI/BOOT/BOOTX64.EFI": "MZ"}, true, "EFI System Partition 1 holds EFI/BOOT/BOOTX64.EFI (2 bytes)"},
+		{"fat16 lower case", 16, map[string]string{"efi/boot/bootx64.efi": "MZ..."}, true, "holds EFI/BOOT/BOOTX64.EFI (5 bytes)"},
+		{"fat32 crowded", 32, crowded, true, "holds EFI/BOOT/BOOTX64.EFI (14 bytes)"},
+		{"fat32 distro path only", 32, map[string]string{"EFI/debian/grubx64.efi": "MZ"}, false, "no EFI/BOOT in its FAT32"},
+		{"fat16 empty loader", 16, map[string]string{"EFI/BOOT/BOOTX64.EFI": "<empty>"}, false, "BOOTX64.EFI is empty"},
+		{"fat12 BOOT is a file", 12, map[string]string{"EFI/BOOT": "x"}, false, "EFI/BOOT is not a directory"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			img := espImage(t, c.bits, c.files)
+			ok, why, err := HasBootloader(img)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ok != c.want || !strings.Contains(why, c.why) {
+				t.Errorf("HasBootloader = %v, %q; want %v with %q", ok, why, c.want, c.why)
+			}
+		})
+	}
+
+	t.Run("bios", func(t *testing.T) {
+		img := filepath.Join(t.TempDir(), "bios.img")
+		mbr := make([]byte, 4096)
+		rand.New(rand.NewSource(1)).Read(mbr[:440])
+		mbr[510], mbr[511] = 0x55, 0xaa
+		if err := os.WriteFile(img, mbr, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		ok, why, err := HasBootloader(img)
+		if err != nil || !ok || !strings.HasPrefix(why, "BIOS: boot code in the MBR") {
+			t.Errorf("HasBootloader = %v, %q, %v", ok, why, err)
+		}
+		mbr[511] = 0
+		if err := os.WriteFile(img, mbr, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		ok, why, err = HasBootloader(img)
+		if err != nil || ok || !strings.Contains(why, "no 55 AA signature") {
+			t.Errorf("no signature: HasBootloader = %v, %q, %v", ok, why, err)
+		}
+	})
+
+	t.Run("garbage ESP", func(t *testing.T) {
+		needTool(t, "sgdisk")
+		img := filepath.Join(t.TempDir(), "g.img")
+		if err := os.WriteFile(img, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Truncate(img, 8<<20); err != nil {
+			t.Fatal(err)
+		}
+		run(t, "sgdisk", "-n", "1:2048:+4M", "-t", "1:ef00", img)
+		ok, why, err := HasBootloader(img)
+		if err != nil || ok || !strings.Contains(why, "EFI System Partition 1: no FAT file system") {
+			t.Errorf("HasBootloader = %v, %q, %v", ok, why, err)
+		}
+	})
+
+	t.Run("errors", func(t *testing.T) {
+		if _, _, err := HasBootloader(filepath.Join(t.TempDir(), "missing")); err == nil {
+			t.Error("missing image: no error")
+		}
+		small := filepath.Join(t.TempDir(), "small")
+		if err := os.WriteFile(small, bytes.Repeat([]byte{1}, 100), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := HasBootloader(small); err == nil {
+			t.Error("100-byte image: no error")
+		}
+	})
+}
