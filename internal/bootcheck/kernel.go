@@ -441,7 +441,8 @@ type bootInfo struct {
 	why  string // human summary
 }
 
-// HasBootloader reports whether the raw disk image at imagePath looks
+// HasBootloader reports whether the raw disk image at imagePath (a qcow2
+// image is refused) looks
 // bootable by firmware, and says why (or why not):
 //
 //   - BIOS: the MBR's boot code (its first 440 bytes) is not all zero and the
@@ -482,6 +483,9 @@ func detectBoot(imagePath string) (bootInfo, error) {
 	mbr := make([]byte, 512)
 	if _, err := f.ReadAt(mbr, 0); err != nil {
 		return bi, fmt.Errorf("bootloader check: read the MBR of %s: %w", imagePath, err)
+	}
+	if string(mbr[:4]) == "QFI\xfb" {
+		return bi, fmt.Errorf("bootloader check: %s is a qcow2 image; convert it to raw first", imagePath)
 	}
 	var reasons []string
 	code := !allZero(mbr[:440])
