@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 )
 
 // Loop is a loop device attached to a byte range of an image file.
@@ -83,6 +84,26 @@ func (l *Loop) Detach() error {
 	}
 	if _, err := runCmd(context.Background(), "losetup", "--detach", l.Device); err != nil {
 		return fmt.Errorf("detach %s (%s): %w", l.Device, l.Image, err)
+	}
+	// While another opener (udev probing after the unmount, blkid) holds
+	// the device, the kernel only marks it autoclear and clears it at the
+	// last close; wait for that so callers can rely on "nothing attached".
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		still := false
+		loops, _ := ListLoopsFor(l.Image)
+		for _, li := range loops {
+			if li.Device == l.Device && li.Offset == l.Offset {
+				still = true
+			}
+		}
+		if !still {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("detach %s (%s): still attached 10 s after losetup --detach (something holds it open: fuser -v %s)", l.Device, l.Image, l.Device)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	l.detached = true
 	return nil

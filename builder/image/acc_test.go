@@ -141,6 +141,9 @@ func (e *packerEnv) start(t *testing.T, dir, template string, args ...string) *r
 	r.cmd.Dir = dir
 	r.cmd.Env = append(e.environ(), "PACKER_LOG=1", "PACKER_LOG_PATH="+r.logf)
 	r.cmd.Stdout, r.cmd.Stderr = r.out, r.out
+	// Its own process group, like a shell job: Ctrl-C reaches the whole
+	// group (Packer's wrapper process ignores SIGINT and relies on that).
+	r.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	t.Logf("packer build %s", tpl)
 	if err := r.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -156,7 +159,7 @@ func (r *run) wait(t *testing.T, timeout time.Duration) (string, error) {
 	case err := <-r.waitCh:
 		return r.out.String(), err
 	case <-time.After(timeout):
-		r.cmd.Process.Kill()
+		syscall.Kill(-r.cmd.Process.Pid, syscall.SIGKILL)
 		<-r.waitCh
 		t.Fatalf("packer build did not finish in %v; output:\n%s", timeout, r.out.String())
 		return "", nil
@@ -237,7 +240,7 @@ func checkNoLeftovers(t *testing.T, dirs ...string) {
 		if len(f) < 2 {
 			continue
 		}
-		for _, d := range append(dirs, "/var/tmp/packer-kmod-image/") {
+		for _, d := range dirs {
 			if strings.HasPrefix(f[1], d) {
 				t.Errorf("mount left behind: %s", line)
 			}
@@ -315,6 +318,7 @@ func TestAccQcow2ShellAptBootCheck(t *testing.T) {
 source "kmod-image" "acc" {
   source_image     = ` + hcl(src) + `
   output_directory = ` + hcl(out) + `
+  mount_path       = ` + hcl(filepath.Join(dir, "mnt")) + `
   output_name      = "debian12"
   output_formats   = ["qcow2", "raw"]
   boot_check {
@@ -419,6 +423,7 @@ func TestAccFailingProvisioner(t *testing.T) {
 source "kmod-image" "fail" {
   source_image     = ` + hcl(src) + `
   output_directory = ` + hcl(out) + `
+  mount_path       = ` + hcl(filepath.Join(dir, "mnt")) + `
   output_formats   = ["raw"]
   boot_check {
     enabled = false
@@ -433,6 +438,7 @@ build {
 `
 	r := e.start(t, dir, tpl)
 	output, err := r.wait(t, 10*time.Minute)
+	t.Logf("packer output:\n%s", output)
 	if err == nil {
 		t.Fatalf("packer build succeeded with a failing provisioner:\n%s", output)
 	}
@@ -462,6 +468,7 @@ func TestAccInterrupt(t *testing.T) {
 source "kmod-image" "int" {
   source_image     = ` + hcl(src) + `
   output_directory = ` + hcl(out) + `
+  mount_path       = ` + hcl(filepath.Join(dir, "mnt")) + `
   output_formats   = ["qcow2"]
   boot_check {
     enabled = false
@@ -477,10 +484,12 @@ build {
 	r := e.start(t, dir, tpl)
 	r.waitFor(t, "provisioning-started", 5*time.Minute)
 	time.Sleep(500 * time.Millisecond)
-	if err := r.cmd.Process.Signal(syscall.SIGINT); err != nil {
+	// What a terminal's Ctrl-C does: SIGINT to the foreground group.
+	if err := syscall.Kill(-r.cmd.Process.Pid, syscall.SIGINT); err != nil {
 		t.Fatal(err)
 	}
 	output, err := r.wait(t, 3*time.Minute)
+	t.Logf("packer output:\n%s", output)
 	if err == nil {
 		t.Fatalf("packer build succeeded after SIGINT:\n%s", output)
 	}
@@ -513,6 +522,7 @@ func TestAccExpectModuleMissing(t *testing.T) {
 source "kmod-image" "expect" {
   source_image     = ` + hcl(src) + `
   output_directory = ` + hcl(out) + `
+  mount_path       = ` + hcl(filepath.Join(dir, "mnt")) + `
   output_formats   = ["raw"]
   boot_check {
     expect_modules = ["ext4", "kmodtest_absent"]
@@ -524,6 +534,7 @@ build {
 `
 	r := e.start(t, dir, tpl)
 	output, err := r.wait(t, 10*time.Minute)
+	t.Logf("packer output:\n%s", output)
 	if err == nil {
 		t.Fatalf("packer build succeeded though kmodtest_absent is not loaded:\n%s", output)
 	}
