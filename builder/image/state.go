@@ -52,6 +52,8 @@ type build struct {
 	undo []*undoer
 	// timings records how long each phase took, for the UI and make bench.
 	timings []timing
+	// provisionStart is when the provisioners were handed the chroot.
+	provisionStart time.Time
 }
 
 type timing struct {
@@ -59,8 +61,15 @@ type timing struct {
 	d     time.Duration
 }
 
-// since records the time spent in a phase since start.
+// since adds the time spent since start to a phase (source, attach,
+// provision, finalize, boot_check, convert).
 func (b *build) since(phase string, start time.Time) {
+	for i := range b.timings {
+		if b.timings[i].phase == phase {
+			b.timings[i].d += time.Since(start)
+			return
+		}
+	}
 	b.timings = append(b.timings, timing{phase, time.Since(start)})
 }
 

@@ -63,7 +63,7 @@ func (s *stepBootCheck) Run(ctx context.Context, state multistep.StateBag) multi
 	b.bootResult = res
 	if err != nil {
 		msg := fmt.Sprintf("boot check failed: %v", err)
-		if res != nil && res.Tail != "" && !strings.Contains(msg, res.Tail) {
+		if res != nil && res.Tail != "" && res.Outcome != "missing-modules" && !strings.Contains(msg, res.Tail) {
 			msg += "\nlast console lines:\n" + res.Tail
 		}
 		return halt(state, "%s\nconsole log: %s", msg, logPath)

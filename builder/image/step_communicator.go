@@ -2,6 +2,7 @@ package image
 
 import (
 	"context"
+	"time"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 )
@@ -12,7 +13,9 @@ import (
 type stepCommunicator struct{ comm *Communicator }
 
 func (s *stepCommunicator) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
-	s.comm.Root = get(state).mountPath
+	b := get(state)
+	s.comm.Root = b.mountPath
+	b.provisionStart = time.Now()
 	state.Put("communicator", s.comm)
 	return multistep.ActionContinue
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	securejoin "github.com/cyphar/filepath-securejoin"
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
@@ -28,6 +29,9 @@ type stepInspect struct{}
 
 func (s *stepInspect) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
 	b, u := get(state), ui(state)
+	b.since("provision", b.provisionStart)
+	start := time.Now()
+	defer b.since("finalize", start)
 	root := b.mountPath
 	b.osRelease = readOSRelease(root)
 	kernels, err := bootcheck.FindKernels(root)

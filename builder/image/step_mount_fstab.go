@@ -101,7 +101,7 @@ func (s *stepMountFstab) Run(ctx context.Context, state multistep.StateBag) mult
 			return halt(state, "required_mounts: %s is not a partition of this image in its /etc/fstab", m)
 		}
 	}
-	b.since("mount", start)
+	b.since("attach", start)
 	return multistep.ActionContinue
 }
 

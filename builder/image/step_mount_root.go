@@ -50,7 +50,7 @@ func (s *stepMountRoot) Run(ctx context.Context, state multistep.StateBag) multi
 		return halt(state, "mount root partition %d (%s): %v", b.root.Number, b.rootFS.Type, err)
 	}
 	ui(state).Message(fmt.Sprintf("Mounted %s (%s) on %s", b.rootDevice, b.rootFS.Type, mp))
-	b.since("mount", start)
+	b.since("attach", start)
 	return multistep.ActionContinue
 }
 

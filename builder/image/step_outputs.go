@@ -90,7 +90,7 @@ func (s *stepOutputs) Run(ctx context.Context, state multistep.StateBag) multist
 	if err := diskimage.WriteChecksums(filepath.Join(cfg.OutputDir, checksumsName), b.checksums); err != nil {
 		return halt(state, "%v", err)
 	}
-	b.since("outputs", start)
+	b.since("convert", start)
 	return multistep.ActionContinue
 }
 

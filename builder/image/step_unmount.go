@@ -31,7 +31,7 @@ func (s *stepUnmount) Run(ctx context.Context, state multistep.StateBag) multist
 		return halt(state, "%v", err)
 	}
 	u.Message(fmt.Sprintf("Unmounted and detached in %v", time.Since(start).Round(time.Millisecond)))
-	b.since("unmount", start)
+	b.since("finalize", start)
 	return multistep.ActionContinue
 }
 
