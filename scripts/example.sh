@@ -1,18 +1,134 @@
 #!/usr/bin/env bash
-# The main job until the Packer parts land: run kmodctl over the fixture
-# kernel and test modules — inspect, sign with a throwaway key, verify, and
-# check against the fixture kernel. Prints what it does; exits non-zero on
-# any failure.
+# The main job (make example), on the embedded default, offline:
+#
+#  1. a real `packer build` of example/debian12.pkr.hcl with the pinned Packer
+#     (bin/packer) and the plugin as built by `make plugin`, installed into a
+#     private plugin folder (bin/packer-plugins, PACKER_PLUGIN_PATH) the way a
+#     release is installed: the kmod-image builder customizes the Debian 12
+#     cloud image fixture (a shell and a file provisioner), boot-checks it in
+#     QEMU and writes qcow2 + raw into bin/example-output; then the outputs
+#     are checked here: SHA256SUMS, qemu-img check, qcow2 == raw, the boot
+#     check's probe line, the provisioners' files read out of the raw image;
+#  2. the kmodctl tour on the fixture kernel and test modules: inspect, sign
+#     with a throwaway key, verify, check, and inject a module into a copy of
+#     a real Debian initramfs that is then booted in QEMU.
+#
+# Needs root (loop devices), the fixtures and bin/{kmodctl,packer,
+# packer-plugin-kmod}: `make example` provides them. Idempotent: every run
+# rebuilds bin/example-output with packer build -force. Prints what it does
+# and a summary; exits non-zero on any failure.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${BIN:-$ROOT/bin}
 C=${KMODCTL_FIXTURES:-/var/cache/kmodctl-fixtures}
 KVER=$(cat "$C/KVER")
-K="$ROOT/bin/kmodctl"
+K="$BIN/kmodctl"
+PACKER="$BIN/packer"
+OUT="$BIN/example-output"
+BUILDLOG="$BIN/example-build.log"
+TEMPLATE="$ROOT/example/debian12.pkr.hcl"
+SRC="$C/cloudimg/debian12.qcow2"
+export CHECKPOINT_DISABLE=1 PACKER_NO_COLOR=1
+# A private Packer: plugins and config under bin/, nothing from ~/.config/packer.
+export PACKER_PLUGIN_PATH="$BIN/packer-plugins" PACKER_CONFIG_DIR="$BIN/packer-config"
+START=$SECONDS
+
+step() { printf '\n== %s\n' "$*"; }
+fail() {
+	echo "example: $*" >&2
+	exit 1
+}
+
+if [[ $(id -u) != 0 ]]; then
+	fail "run as root (the kmod-image builder attaches loop devices): sudo -E make example"
+fi
+for f in "$K" "$PACKER" "$BIN/packer-plugin-kmod" "$SRC"; do
+	[[ -e $f ]] || fail "$f is missing (make example builds it)"
+done
+mkdir -p "$BIN"
+# One example at a time per checkout: the output folder is fixed.
+exec 8>"$BIN/.example.lock"
+if ! flock -n 8; then
+	echo "example: another make example is running in this checkout; waiting..." >&2
+	flock 8
+fi
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
 
-step() { printf '\n== %s\n' "$*"; }
+# ---------------------------------------------------------------------------
+step "install the plugin (bin/packer-plugin-kmod) into PACKER_PLUGIN_PATH=$PACKER_PLUGIN_PATH"
+BIN=$BIN bash "$ROOT/scripts/dev.sh"
 
+step "packer validate $(realpath --relative-to="$ROOT" "$TEMPLATE")"
+cd "$ROOT"
+vars=(-var "source_image=$SRC" -var "output_directory=$OUT")
+# The builder refuses a non-empty output_directory unless Packer runs with
+# -force, which validate does not take: validate against a fresh folder (the
+# outputs of the previous run stay until the build replaces them).
+"$PACKER" validate -var "source_image=$SRC" -var "output_directory=$W/validate-output" "$TEMPLATE"
+
+step "packer build -force: kmod-image on $(basename "$SRC") (provision, boot check, qcow2 + raw)"
+build_start=$SECONDS
+if ! "$PACKER" build -force "${vars[@]}" "$TEMPLATE" 2>&1 | tee "$BUILDLOG"; then
+	fail "packer build failed; its output is in $BUILDLOG"
+fi
+build_secs=$((SECONDS - build_start))
+timings=$(grep -o 'kmod-image timings: .*' "$BUILDLOG" | tail -1 | sed 's/^kmod-image timings: //')
+bootline=$(grep -o 'Boot check passed in [^;]*; [0-9]* modules loaded' "$BUILDLOG" | tail -1 || true)
+[[ -n $timings ]] || fail "no 'kmod-image timings:' line in $BUILDLOG"
+[[ -n $bootline ]] || fail "no 'Boot check passed' line in $BUILDLOG"
+
+step "verify the outputs in $OUT"
+cd "$OUT"
+for f in debian12.qcow2 debian12.raw SHA256SUMS debian12-boot.log; do
+	[[ -s $f ]] || fail "$OUT/$f is missing or empty"
+done
+# The two images are hashed in parallel (each takes a few seconds).
+pids=()
+while read -r line; do
+	printf '%s\n' "$line" | sha256sum -c --quiet - >"$W/sum.$((${#pids[@]}))" 2>&1 &
+	pids+=($!)
+done <SHA256SUMS
+for i in "${!pids[@]}"; do
+	wait "${pids[$i]}" || { cat "$W/sum.$i" >&2; fail "SHA256SUMS does not check out"; }
+done
+echo "sha256sum -c SHA256SUMS: $(awk '{printf "%s%s", sep, $2; sep=", "}' SHA256SUMS) OK"
+qemu-img check -q debian12.qcow2 || fail "qemu-img check debian12.qcow2 failed"
+echo "qemu-img check debian12.qcow2: no errors"
+qemu-img compare -q -f qcow2 -F raw debian12.qcow2 debian12.raw || fail "debian12.qcow2 and debian12.raw hold different disks"
+echo "qemu-img compare: debian12.qcow2 and debian12.raw hold the same disk"
+
+# The probe's line: KMODCTL-BOOTCHECK-<nonce> modules=a,b,c end-<nonce>
+# (the kernel command line also names the marker, but never with a literal
+# nonce after it).
+probe=$(grep -a -o -E 'KMODCTL-BOOTCHECK-[0-9a-f]+ modules=[A-Za-z0-9_,-]* end-[0-9a-f]+' debian12-boot.log | tail -1 || true)
+[[ -n $probe ]] || fail "no probe line (KMODCTL-BOOTCHECK-...) in $OUT/debian12-boot.log"
+mods=$(sed -E 's/.* modules=([^ ]*) .*/\1/' <<<"$probe")
+for m in ext4 dummy; do
+	[[ ,$mods, == *",$m,"* ]] || fail "the boot check's probe line does not list $m: $probe"
+done
+echo "boot log: $(cut -c1-100 <<<"$probe")..."
+echo "  $(tr , '\n' <<<"$mods" | wc -l) modules loaded at boot; ext4 and dummy among them"
+
+# Read the provisioners' work straight out of the raw image's root
+# filesystem (debugfs at the partition's offset: read-only, no loop device).
+start=$(partx -g -o START,NAME debian12.raw | awk '$2 == "root" {print $1}')
+[[ -n $start ]] || fail "debian12.raw has no partition named root"
+img="debian12.raw?offset=$((start * 512))"
+marker=$(debugfs -R 'cat /etc/kmodctl-example' "$img" 2>/dev/null)
+[[ $marker == "kmodctl example: built by packer-plugin-kmod from "* ]] || fail "/etc/kmodctl-example in debian12.raw: got '$marker'"
+echo "/etc/kmodctl-example (shell provisioner): $marker"
+debugfs -R 'cat /etc/modules-load.d/kmodctl-example.conf' "$img" 2>/dev/null |
+	cmp -s - "$ROOT/example/files/kmodctl-example.conf" || fail "/etc/modules-load.d/kmodctl-example.conf in debian12.raw differs from example/files/kmodctl-example.conf"
+echo "/etc/modules-load.d/kmodctl-example.conf (file provisioner): identical to example/files/kmodctl-example.conf"
+debugfs -R 'stat /etc/systemd/system/getty.target.wants/serial-getty@ttyS0.service' "$img" 2>/dev/null | grep -q 'Type: symlink' ||
+	fail "serial-getty@ttyS0.service is not enabled in debian12.raw"
+echo "serial-getty@ttyS0.service: enabled"
+cd "$ROOT"
+
+# ---------------------------------------------------------------------------
+# The kmodctl tour: the module toolkit the plugin's provisioner builds on.
+tour_start=$SECONDS
 step "inspect a Debian-signed module"
 "$K" module inspect "$C/kernel/root/lib/modules/$KVER/kernel/drivers/net/dummy.ko" | cut -c1-100 | head -12
 
@@ -37,8 +153,7 @@ step "check them against kernel $KVER"
 step "check a module that cannot load (expected to fail)"
 if "$K" module check --kernel-dir "$C/kernel/root/lib/modules/$KVER" \
 	--symvers "/usr/src/linux-headers-$KVER/Module.symvers" "$C/testmods/kmodtest_unresolved.ko"; then
-	echo "example: the unresolved module passed the check" >&2
-	exit 1
+	fail "the unresolved module passed the check"
 fi
 step "inject a module into a copy of a real Debian initramfs (append mode, --load)"
 cp "$C/initrd/initramfs-tools-zstd.img" "$W/initrd.img"
@@ -57,6 +172,24 @@ else
 	tail -20 "$W/console.log" >&2
 	exit 1
 fi
+tour_secs=$((SECONDS - tour_start))
 
+# ---------------------------------------------------------------------------
+size() { du -h --apparent-size "$1" | cut -f1; }
+alloc() { du -h "$1" | cut -f1; }
+step "summary"
+cat <<EOF
+packer build   example/debian12.pkr.hcl, kmod-image builder, Packer $("$PACKER" version | head -1 | awk '{print $2}'), plugin $("$BIN/packer-plugin-kmod" describe | sed -n 's/.*"version":"\([^"]*\)".*/\1/p'): ${build_secs}s
+  source       $SRC (read only)
+  provisioners shell: /etc/kmodctl-example, /etc/motd, serial-getty@ttyS0 enabled
+               file:  /etc/modules-load.d/kmodctl-example.conf (loads dummy at boot)
+  boot check   ${bootline#Boot check }; ext4 and dummy loaded
+  outputs      $OUT/
+               debian12.qcow2 $(size "$OUT/debian12.qcow2"), debian12.raw $(size "$OUT/debian12.raw") ($(alloc "$OUT/debian12.raw") allocated), debian12-boot.log, SHA256SUMS
+  verified     sha256sum -c, qemu-img check, qcow2 == raw, probe line, provisioned files in the image
+  timings      $timings
+kmodctl tour   inspect, sign, verify, check, initramfs inject + QEMU boot: ${tour_secs}s
+packer output  $BUILDLOG
+EOF
 echo
-echo "example: OK"
+echo "example: OK in $((SECONDS - START))s"
