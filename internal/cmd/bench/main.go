@@ -31,7 +31,10 @@ func main() {
 	fixtures := flag.String("fixtures", envOr("KMODCTL_FIXTURES", "/var/cache/kmodctl-fixtures"), "fixture cache")
 	kmodctl := flag.String("kmodctl", "bin/kmodctl", "kmodctl binary")
 	signN := flag.Int("sign-modules", 500, "modules to sign")
-	only := flag.String("only", "", "comma list of benchmarks (sign,inspect)")
+	packer := flag.String("packer", "bin/packer", "Packer binary (make packer), for the builder bench")
+	plugin := flag.String("plugin", "bin/packer-plugin-kmod", "plugin binary (make plugin), for the builder bench")
+	builderRuns := flag.Int("builder-runs", 3, "packer builds (and anchor runs) in the builder bench; the median is reported")
+	only := flag.String("only", "", "comma list of benchmarks (sign,inspect,depmod,initramfs-ls,inject,builder); default all")
 	flag.Parse()
 	abs, err := filepath.Abs(*kmodctl)
 	must(err)
@@ -54,6 +57,13 @@ func main() {
 	}
 	if want("inject") {
 		benchInject(abs, filepath.Join(*fixtures, "rootfs"), filepath.Join(*fixtures, "initrd/initramfs-tools-zstd.img"))
+	}
+	if want("builder") {
+		p, err := filepath.Abs(*packer)
+		must(err)
+		pl, err := filepath.Abs(*plugin)
+		must(err)
+		benchBuilder(p, pl, filepath.Join(*fixtures, "cloudimg/debian12.raw"), *builderRuns)
 	}
 }
 
