@@ -121,8 +121,8 @@ func benchBuilder(packer, plugin, source string, runs int) {
 		fmt.Sprintf("median of %d; %s; boot check off; goal <= 10 s: %s", runs, what, passMiss(wall <= 10*time.Second)))
 	labels := map[string]string{
 		"source":    "working copy (sparse copy of the raw source)",
-		"attach":    "partition table, loop devices",
-		"provision": "mounts, chroot setup, the shell provisioner",
+		"attach":    "partition table, loop devices, root and fstab mounts",
+		"provision": "the shell provisioner, Packer's hand-offs included",
 		"finalize":  "inspect, restore, unmount, detach",
 		"convert":   "qemu-img convert to qcow2, SHA256SUMS",
 	}
@@ -135,7 +135,7 @@ func benchBuilder(packer, plugin, source string, runs int) {
 		}
 	}
 	report("builder phases total (no boot check)", secs(sum),
-		fmt.Sprintf("packer start-up, preflight and provisioner hand-offs: %.2f s more", (wall-sum).Seconds()))
+		fmt.Sprintf("packer build takes %.2f s more: Packer and plugin start-up, preflight, chroot mounts, resolv.conf, policy-rc.d (in no phase)", (wall-sum).Seconds()))
 	report("builder anchor: cp --sparse=always + qemu-img convert", secs(anchor), "the unavoidable copies, by hand")
 	report("builder anchor with fsync of both files", secs(anchorSync), "")
 	report("builder packer build / anchor", fmt.Sprintf("%.2fx", wall.Seconds()/anchor.Seconds()),
