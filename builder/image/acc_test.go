@@ -144,6 +144,8 @@ func (e *packerEnv) start(t *testing.T, dir, template string, args ...string) *r
 	// Its own process group, like a shell job: Ctrl-C reaches the whole
 	// group (Packer's wrapper process ignores SIGINT and relies on that).
 	r.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// A killed build's orphans may hold Packer's output pipe open.
+	r.cmd.WaitDelay = 10 * time.Second
 	t.Logf("packer build %s", tpl)
 	if err := r.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -546,4 +548,150 @@ build {
 		t.Errorf("no boot log kept in %s after the failed boot check", out)
 	}
 	checkNoLeftovers(t, dir)
+}
+
+// TestAccStaleState kills a build outright (SIGKILL to Packer and the
+// plugin: no cleanup runs), then checks that the next build reports what was
+// left with commands that really release it.
+func TestAccStaleState(t *testing.T) {
+	t.Parallel()
+	e := setupPacker(t)
+	src := fixture.CloudImageRaw(t)
+	qemu.Slot(t)
+	dir := t.TempDir()
+	tpl := func(name, cmd string) string {
+		return `
+source "kmod-image" "` + name + `" {
+  source_image     = ` + hcl(src) + `
+  output_directory = ` + hcl(filepath.Join(dir, "out-"+name)) + `
+  mount_path       = ` + hcl(filepath.Join(dir, "mnt-"+name)) + `
+  boot_check {
+    enabled = false
+  }
+}
+build {
+  sources = ["source.kmod-image.` + name + `"]
+  provisioner "shell" {
+    inline = [` + hcl(cmd) + `]
+  }
+}
+`
+	}
+	killedDir := filepath.Join(dir, "killed")
+	os.Mkdir(killedDir, 0o755)
+	r := e.start(t, killedDir, tpl("killed", "echo killed-started; sleep 600"))
+	r.waitFor(t, "killed-started", 5*time.Minute)
+	syscall.Kill(-r.cmd.Process.Pid, syscall.SIGKILL)
+	r.wait(t, time.Minute)
+	// The killed build's chroot process (own process group) still runs and
+	// its mounts and loops are still there.
+	killedMnt := filepath.Join(dir, "mnt-killed")
+	if len(diskimage.MountsUnder(killedMnt)) == 0 {
+		t.Fatalf("nothing left mounted under %s after SIGKILL; the test cannot check the report", killedMnt)
+	}
+
+	nextDir := filepath.Join(dir, "next")
+	os.Mkdir(nextDir, 0o755)
+	r2 := e.start(t, nextDir, tpl("next", "exit 0"))
+	output, err := r2.wait(t, 10*time.Minute)
+	t.Logf("packer output:\n%s", output)
+	if err != nil {
+		t.Fatalf("the next build failed: %v", err)
+	}
+	i := strings.Index(output, "stale state")
+	if i < 0 {
+		t.Fatalf("no stale-state report")
+	}
+	var cmds []string
+	for _, line := range strings.Split(output[i:], "\n")[1:] {
+		line = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(line), "==> kmod-image.next:"))
+		if !strings.HasPrefix(line, "fuser ") && !strings.HasPrefix(line, "umount ") && !strings.HasPrefix(line, "losetup ") && !strings.HasPrefix(line, "rm ") {
+			break
+		}
+		cmds = append(cmds, line)
+	}
+	joined := strings.Join(cmds, "\n")
+	for _, want := range []string{"umount -R " + killedMnt, "losetup -d /dev/loop", "rm -rf " + filepath.Join(dir, "out-killed")} {
+		if !strings.Contains(joined, want) {
+			t.Errorf("cleanup commands lack %q:\n%s", want, joined)
+		}
+	}
+	for _, c := range cmds {
+		out, err := exec.Command("/bin/sh", "-c", c).CombinedOutput()
+		t.Logf("$ %s → %v %s", c, err, out)
+	}
+	checkNoLeftovers(t, dir)
+	if b, _ := exec.Command("pgrep", "-f", "^sleep 600").Output(); len(bytes.TrimSpace(b)) > 0 {
+		t.Errorf("the killed build's chroot process survived the cleanup commands: %s", b)
+	}
+}
+
+// TestAccRootfsToCloudFormats builds a disk from a root filesystem tree (the
+// fixture rootfs), writes the AWS and Azure import formats, and boot-checks
+// the new disk.
+func TestAccRootfsToCloudFormats(t *testing.T) {
+	t.Parallel()
+	e := setupPacker(t)
+	rootfs := fixture.Rootfs(t)
+	qemu.Slot(t)
+	dir := t.TempDir()
+	out := filepath.Join(dir, "out")
+	tpl := `
+source "kmod-image" "rootfs" {
+  source_rootfs    = ` + hcl(rootfs) + `
+  disk_size        = "2G"
+  output_directory = ` + hcl(out) + `
+  mount_path       = ` + hcl(filepath.Join(dir, "mnt")) + `
+  output_name      = "cloud"
+  output_formats   = ["vhd", "vmdk"]
+  boot_check {
+    expect_modules = ["ext4"]
+  }
+}
+build {
+  sources = ["source.kmod-image.rootfs"]
+  provisioner "file" {
+    content     = "from-rootfs\n"
+    destination = "/etc/kmod-image-rootfs"
+  }
+}
+`
+	r := e.start(t, dir, tpl)
+	output, err := r.wait(t, 15*time.Minute)
+	t.Logf("packer output:\n%s", output)
+	if err != nil {
+		t.Fatalf("packer build: %v\n--- log tail ---\n%s", err, r.logTail(40))
+	}
+	checkNoLeftovers(t, dir)
+	vhd, vmdk := filepath.Join(out, "cloud.vhd"), filepath.Join(out, "cloud.vmdk")
+	info, err := exec.Command("qemu-img", "info", "--output=json", vmdk).Output()
+	if err != nil || !strings.Contains(string(info), `"create-type": "streamOptimized"`) {
+		t.Errorf("vmdk is not streamOptimized: %v\n%s", err, info)
+	}
+	st, err := os.Stat(vhd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if (st.Size()-512)%(1<<20) != 0 {
+		t.Errorf("vhd size %d is not 1 MiB aligned plus the footer", st.Size())
+	}
+	f, _ := os.Open(vhd)
+	footer := make([]byte, 512)
+	f.ReadAt(footer, st.Size()-512)
+	f.Close()
+	if string(footer[:8]) != "conectix" || footer[63] != 2 {
+		t.Errorf("vhd footer: cookie %q disk type %d, want conectix / 2 (fixed)", footer[:8], footer[63])
+	}
+	// The file provisioner's upload is in the disk (read back from the vhd).
+	raw := filepath.Join(dir, "back.raw")
+	if b, err := exec.Command("qemu-img", "convert", "-f", "vpc", "-O", "raw", vhd, raw).CombinedOutput(); err != nil {
+		t.Fatalf("%v\n%s", err, b)
+	}
+	root := mountOutput(t, raw)
+	if b, err := os.ReadFile(filepath.Join(root, "etc/kmod-image-rootfs")); err != nil || string(b) != "from-rootfs\n" {
+		t.Errorf("/etc/kmod-image-rootfs = %q, %v", b, err)
+	}
+	if !strings.Contains(output, "Expected modules loaded: ext4") {
+		t.Errorf("no boot check report")
+	}
 }

@@ -295,11 +295,6 @@ func (c *Config) Prepare(raws ...interface{}) ([]string, error) {
 		}
 		seen[f] = true
 	}
-	if !c.PackerForce {
-		if ents, err := os.ReadDir(c.OutputDir); err == nil && len(ents) > 0 {
-			add("output_directory: %s exists and is not empty (use -force to overwrite)", c.OutputDir)
-		}
-	}
 
 	bc := &c.BootCheck
 	_, qemuErr := exec.LookPath(qemuSystemBinary)

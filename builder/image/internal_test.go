@@ -71,17 +71,6 @@ func TestPrepareDefaults(t *testing.T) {
 	if *cfg.BootCheck.Enabled != (qemuErr == nil) {
 		t.Errorf("boot_check.enabled = %v, qemu present: %v", *cfg.BootCheck.Enabled, qemuErr == nil)
 	}
-	// A non-empty output directory needs -force.
-	out := t.TempDir()
-	os.WriteFile(filepath.Join(out, "x"), nil, 0o644)
-	var c2 Config
-	if _, err := c2.Prepare(map[string]interface{}{"source_image": img, "output_directory": out}); err == nil || !strings.Contains(err.Error(), "-force") {
-		t.Errorf("non-empty output dir: %v", err)
-	}
-	var c3 Config
-	if _, err := c3.Prepare(map[string]interface{}{"source_image": img, "output_directory": out, "packer_force": true}); err != nil {
-		t.Errorf("with -force: %v", err)
-	}
 }
 
 func TestParseSize(t *testing.T) {

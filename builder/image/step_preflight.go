@@ -58,6 +58,12 @@ func (s *stepPreflight) Run(ctx context.Context, state multistep.StateBag) multi
 		ui(state).Error(msg)
 	}
 
+	// Checked here, not in Prepare: `packer validate` has no -force.
+	if !b.cfg.PackerForce {
+		if ents, err := os.ReadDir(b.cfg.OutputDir); err == nil && len(ents) > 0 {
+			return halt(state, "output_directory: %s exists and is not empty (use -force to overwrite)", b.cfg.OutputDir)
+		}
+	}
 	if err := os.MkdirAll(b.cfg.OutputDir, 0o755); err != nil {
 		return halt(state, "output_directory: %v", err)
 	}
@@ -153,11 +159,14 @@ func staleBuilds() []string {
 		}
 		var cmds []string
 		if rec.MountPath != "" && len(diskimage.MountsUnder(rec.MountPath)) > 0 {
-			cmds = append(cmds, "umount -R "+shQuote(rec.MountPath))
+			// Processes left in the chroot keep it busy: kill them first.
+			cmds = append(cmds, "fuser -k -m "+shQuote(rec.MountPath), "umount -R "+shQuote(rec.MountPath))
 		}
 		loops, _ := diskimage.ListLoopsFor(rec.WorkImage)
-		if len(loops) > 0 {
-			cmds = append(cmds, strings.TrimSpace(diskimage.CleanupCommands(loops)))
+		for _, l := range loops {
+			// A mounted loop is autocleared by the umount above; then this
+			// says "No such device", which is fine.
+			cmds = append(cmds, "losetup -d "+l.Device)
 		}
 		if len(cmds) == 0 {
 			os.Remove(p)
