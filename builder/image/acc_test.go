@@ -323,6 +323,8 @@ source "kmod-image" "acc" {
   mount_path       = ` + hcl(filepath.Join(dir, "mnt")) + `
   output_name      = "debian12"
   output_formats   = ["qcow2", "raw"]
+  pre_mount_commands  = ["echo {{.Device}} > ` + filepath.Join(dir, "pre-device") + `", "test -f {{.Image}}", "test ! -e {{.MountPath}}/etc"]
+  post_mount_commands = ["test -f {{.MountPath}}/etc/os-release", "test -f {{.MountPath}}/boot/vmlinuz-*"]
   boot_check {
     expect_modules = ["ext4"]
   }
@@ -338,6 +340,7 @@ build {
       "apt-get update -q",
       "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends hello",
       "echo PATH=$PATH",
+      "mkdir -p /var/lib/kmodctl && echo '{\"kmodctl\":\"manifest\"}' > /var/lib/kmodctl/manifest.json",
     ]
   }
 }
@@ -378,6 +381,14 @@ build {
 		if !strings.Contains(string(sums), want) {
 			t.Errorf("SHA256SUMS lacks %q:\n%s", want, sums)
 		}
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "pre-device")); err != nil || !strings.HasPrefix(string(b), "/dev/loop") {
+		t.Errorf("pre_mount_commands did not see {{.Device}}: %q, %v", b, err)
+	}
+	if b, err := os.ReadFile(filepath.Join(out, "debian12-manifest.json")); err != nil || !strings.Contains(string(b), `"kmodctl":"manifest"`) {
+		t.Errorf("manifest not exported: %q, %v", b, err)
+	} else if want := sumFile(t, filepath.Join(out, "debian12-manifest.json")).sum + "  debian12-manifest.json"; !strings.Contains(string(sums), want) {
+		t.Errorf("SHA256SUMS lacks the manifest:\n%s", sums)
 	}
 	if _, err := os.Stat(filepath.Join(out, "debian12-boot.log")); err != nil {
 		t.Errorf("boot log: %v", err)
@@ -693,5 +704,52 @@ build {
 	}
 	if !strings.Contains(output, "Expected modules loaded: ext4") {
 		t.Errorf("no boot check report")
+	}
+}
+
+// TestAccSourceChecksum: a wrong source_checksum stops the build before
+// anything is attached; the right one passes.
+func TestAccSourceChecksum(t *testing.T) {
+	t.Parallel()
+	e := setupPacker(t)
+	src := fixture.CloudImageRaw(t)
+	qemu.Slot(t)
+	good := sumFile(t, src).sum
+	for _, c := range []struct {
+		name, sum string
+		ok        bool
+	}{
+		{"bad", strings.Repeat("0", 64), false},
+		{"good", "sha256:" + good, true},
+	} {
+		dir := filepath.Join(t.TempDir(), c.name)
+		os.MkdirAll(dir, 0o755)
+		tpl := `
+source "kmod-image" "sum" {
+  source_image     = ` + hcl(src) + `
+  source_checksum  = ` + hcl(c.sum) + `
+  output_directory = ` + hcl(filepath.Join(dir, "out")) + `
+  mount_path       = ` + hcl(filepath.Join(dir, "mnt")) + `
+  output_formats   = ["raw"]
+  boot_check {
+    enabled = false
+  }
+}
+build {
+  sources = ["source.kmod-image.sum"]
+}
+`
+		r := e.start(t, dir, tpl)
+		output, err := r.wait(t, 10*time.Minute)
+		t.Logf("%s: packer output:\n%s", c.name, output)
+		if c.ok != (err == nil) {
+			t.Fatalf("%s: packer build error %v, want success %v", c.name, err, c.ok)
+		}
+		if !c.ok {
+			if !strings.Contains(output, "has sha256 "+good) || strings.Contains(output, "Attached") {
+				t.Errorf("bad checksum: output should name the actual sha256 and attach nothing")
+			}
+		}
+		checkNoLeftovers(t, dir)
 	}
 }

@@ -38,8 +38,12 @@ type buildRecord struct {
 // host tools), reports what killed builds left behind, and creates the
 // output and work directories.
 //
-// Consumes: config. Produces: build.workDir, build.workImage, build.stateFile.
-type stepPreflight struct{ created []string }
+// Consumes: config. Produces: build.workDir, build.workImage, build.mountPath,
+// build.stateFile.
+type stepPreflight struct {
+	created      []string // removed with everything in them
+	createdMount string   // removed only when empty: never RemoveAll a mount point
+}
 
 func (s *stepPreflight) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
 	b := get(state)
@@ -81,6 +85,34 @@ func (s *stepPreflight) Run(ctx context.Context, state multistep.StateBag) multi
 	b.workDir = wd
 	b.workImage = filepath.Join(wd, "disk.raw")
 
+	// The mount path is known before anything is attached, so that
+	// pre_mount_commands can use {{.MountPath}}.
+	mp := b.cfg.MountPath
+	if mp == "" {
+		if err := os.MkdirAll(defaultMountParent, 0o755); err != nil {
+			return halt(state, "mount path: %v", err)
+		}
+		d, err := os.MkdirTemp(defaultMountParent, b.cfg.PackerBuildName+"-")
+		if err != nil {
+			return halt(state, "mount path: %v", err)
+		}
+		mp, s.createdMount = d, d
+	} else {
+		ents, err := os.ReadDir(mp)
+		switch {
+		case os.IsNotExist(err):
+			if err := os.MkdirAll(mp, 0o755); err != nil {
+				return halt(state, "mount_path: %v", err)
+			}
+			s.createdMount = mp
+		case err != nil:
+			return halt(state, "mount_path: %v", err)
+		case len(ents) > 0:
+			return halt(state, "mount_path: %s is not empty (another build, or something mounted there?)", mp)
+		}
+	}
+	b.mountPath = mp
+
 	if err := os.MkdirAll(stateDir, 0o755); err != nil {
 		return halt(state, "create %s: %v", stateDir, err)
 	}
@@ -111,6 +143,9 @@ func (s *stepPreflight) Cleanup(state multistep.StateBag) {
 		}
 	}
 	s.created = nil
+	if s.createdMount != "" && os.Remove(s.createdMount) == nil {
+		s.createdMount = ""
+	}
 	if b.stateFile != "" {
 		os.Remove(b.stateFile)
 	}
