@@ -66,7 +66,10 @@ func unescapeOctal(s string) string {
 	})
 }
 
-var devName = regexp.MustCompile(`^/dev/(?:[shvx]d[a-z]|nvme\d+n\d+p|mmcblk\d+p)(\d+)$`)
+// devName matches partitions of the first disk only: the image is the
+// instance's first disk, and /dev/sdb1 must never be taken for its
+// partition 1.
+var devName = regexp.MustCompile(`^/dev/(?:sda|vda|hda|xvda|nvme0n1p|mmcblk0p)(\d+)$`)
 
 // matchPartition finds the partition an fstab spec names.
 func matchPartition(spec string, t *diskimage.Table, probes map[int]diskimage.FS) (diskimage.Partition, bool) {

@@ -683,23 +683,19 @@ func TestFstabMountSymlinkEscape(t *testing.T) {
 
 // TestFstabMountOtherDisk: fstab entries naming a partition of another disk
 // by device name (/dev/sdb1, /dev/vdb1, /dev/nvme1n1p1, /dev/mmcblk1p1)
-// must be skipped like other disks' UUIDs. matchPartition ignores the disk
-// part of the name and maps each of them to partition 1 of the image, which
-// stepMountFstab then attaches and mounts read-write again through a new
-// loop device while it is already mounted on /boot: one ext4 mounted rw
-// several times through different block devices, which corrupts it.
-// Run with KMOD_TEST_KNOWN_BUGS=1.
+// must be skipped like other disks' UUIDs: mapping them to the image's
+// partition 1 would mount one ext4 read-write several times through
+// different loop devices, which corrupts it. A second entry for a partition
+// already mounted (here LABEL= after /dev/sda1) is skipped too.
 func TestFstabMountOtherDisk(t *testing.T) {
-	if os.Getenv("KMOD_TEST_KNOWN_BUGS") == "" {
-		t.Skip("bug: matchPartition maps /dev/sdb1 (any disk letter/number) to the image's partition 1, mounting it twice; KMOD_TEST_KNOWN_BUGS=1 runs this")
-	}
 	fmNeedRoot(t)
 	fstab := "/dev/sda2 / ext4 defaults 0 1\n" +
 		"/dev/sda1 /boot ext4 defaults 0 2\n" +
 		"/dev/sdb1 /srv ext4 defaults,nofail 0 2\n" +
 		"/dev/vdb1 /opt ext4 defaults,nofail 0 2\n" +
 		"/dev/nvme1n1p1 /home ext4 defaults,nofail 0 2\n" +
-		"/dev/mmcblk1p1 /media/card ext4 defaults,nofail 0 2\n"
+		"/dev/mmcblk1p1 /media/card ext4 defaults,nofail 0 2\n" +
+		"LABEL=bootfs /boot2 ext4 defaults 0 2\n"
 	img, _ := fmImage(t, "dos", []fmPart{
 		{typ: "83", sizeMiB: 8, fs: "ext4", label: "bootfs", files: map[string]string{"grub/grub.cfg": "# boot partition\n"}},
 		{typ: "83", sizeMiB: 16, fs: "ext4", label: "root", files: map[string]string{"etc/fstab": fstab, "etc/os-release": "ID=debian\n"}},
@@ -713,6 +709,9 @@ func TestFstabMountOtherDisk(t *testing.T) {
 	}
 	if n := len(fb.b.tracker.Loops()); n != 2 {
 		t.Errorf("%d loop devices attached, want 2 (root, /boot)", n)
+	}
+	if fb.ui.find("error", "/boot2", "partition 1 is already mounted on /boot") < 0 {
+		t.Errorf("no warning for the second entry of partition 1:\n%s", strings.Join(fb.ui.errors(), "\n"))
 	}
 	fb.cleanup()
 }

@@ -49,6 +49,7 @@ func (s *stepMountFstab) Run(ctx context.Context, state multistep.StateBag) mult
 	sortByMountPoint(entries)
 	hostFS := hostFilesystems()
 	mounted := map[string]bool{}
+	byPart := map[int]string{}
 	for _, e := range entries {
 		mp := filepath.Clean(e.File)
 		if !strings.HasPrefix(mp, "/") || mp == "/" || e.Type == "swap" {
@@ -59,6 +60,12 @@ func (s *stepMountFstab) Run(ctx context.Context, state multistep.StateBag) mult
 			continue // tmpfs, network filesystems, other disks
 		}
 		if p.Number == b.root.Number {
+			continue
+		}
+		if prev, ok := byPart[p.Number]; ok {
+			// Mounting one filesystem read-write twice through two loop
+			// devices corrupts it.
+			u.Error(fmt.Sprintf("warning: skipping %s (fstab line %d): partition %d is already mounted on %s", mp, e.Line, p.Number, prev))
 			continue
 		}
 		fs := b.probes[p.Number]
@@ -75,7 +82,7 @@ func (s *stepMountFstab) Run(ctx context.Context, state multistep.StateBag) mult
 			if required[mp] {
 				return halt(state, "required_mounts: %s", msg)
 			}
-			u.Error("warning: skipping " + msg + "; files provisioned under it go to the root filesystem (list it in required_mounts to make this an error)")
+			u.Error("warning: skipping " + msg + "; files provisioned under it go to the filesystem below it (list it in required_mounts to make this an error)")
 			continue
 		}
 		target, err := securejoin.SecureJoin(b.mountPath, mp)
@@ -94,6 +101,7 @@ func (s *stepMountFstab) Run(ctx context.Context, state multistep.StateBag) mult
 			return halt(state, "mount %s (partition %d, %s): %v", mp, p.Number, fsType, err)
 		}
 		mounted[mp] = true
+		byPart[p.Number] = mp
 		u.Message(fmt.Sprintf("Mounted partition %d (%s) on %s", p.Number, fsType, mp))
 	}
 	for m := range required {

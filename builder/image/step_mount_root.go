@@ -18,6 +18,9 @@ func (s *stepMountRoot) Run(ctx context.Context, state multistep.StateBag) multi
 	b := get(state)
 	start := time.Now()
 	mp := b.mountPath
+	if mp == "" {
+		return halt(state, "internal error: no mount path chosen")
+	}
 	if err := b.tracker.Mount(ctx, b.rootDevice, mp, b.rootFS.Type); err != nil {
 		return halt(state, "mount root partition %d (%s): %v", b.root.Number, b.rootFS.Type, err)
 	}
