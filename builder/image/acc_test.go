@@ -340,7 +340,7 @@ build {
       "apt-get update -q",
       "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends hello",
       "echo PATH=$PATH",
-      "mkdir -p /var/lib/kmodctl && echo '{\"kmodctl\":\"manifest\"}' > /var/lib/kmodctl/manifest.json",
+      "mkdir -p /usr/lib/kmodctl && echo '{\"kmodctl\":\"manifest\"}' > /usr/lib/kmodctl/manifest.json",
     ]
   }
 }

@@ -17,7 +17,7 @@ import (
 )
 
 // manifestPath is where the kmod provisioner records what it installed.
-const manifestPath = "/var/lib/kmodctl/manifest.json"
+const manifestPath = "/usr/lib/kmodctl/manifest.json"
 
 // stepInspect reads what the artifact reports from the provisioned image —
 // os-release, kernel releases, the kmodctl manifest — and copies out the
