@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that building, fixtures and tests need. Fast
 # when everything is present: apt runs only for what is missing.
+# openssh-server: internal/sshtest runs its own /usr/sbin/sshd on a free port
+# of 127.0.0.1 with its own config; an sshd the package may start on port 22
+# (Debian does under systemd; containers' policy-rc.d usually forbids it) is
+# not used by anything here.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(kmod openssl xz-utils zstd gzip make gcc libc6-dev dpkg-dev ca-certificates time
 	mmdebstrap cpio lz4 bzip2 qemu-system-x86 qemu-utils
-	fdisk gdisk e2fsprogs util-linux dosfstools xfsprogs btrfs-progs mtools)
+	fdisk gdisk e2fsprogs util-linux dosfstools xfsprogs btrfs-progs mtools
+	openssh-server openssh-client)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
