@@ -5,304 +5,26 @@ package image_test
 // fixture cloud image. They run as part of `make test` (root, loop devices).
 
 import (
-	"bufio"
 	"bytes"
-	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/kmodctl/packer-plugin-kmod/diskimage"
 	"github.com/kmodctl/packer-plugin-kmod/internal/fixture"
+	"github.com/kmodctl/packer-plugin-kmod/internal/packertest"
 	"github.com/kmodctl/packer-plugin-kmod/internal/qemu"
-)
-
-// packerEnv is an isolated Packer installation with the plugin installed.
-type packerEnv struct {
-	packer    string
-	pluginDir string
-	configDir string
-}
-
-var (
-	envOnce sync.Once
-	env     *packerEnv
-	envErr  error
-	envTmp  string
 )
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if envTmp != "" {
-		os.RemoveAll(envTmp)
-	}
+	packertest.Cleanup()
 	os.Exit(code)
 }
-
-func repoRoot(t testing.TB) string {
-	t.Helper()
-	wd, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return filepath.Clean(filepath.Join(wd, "..", ".."))
-}
-
-// setupPacker builds the plugin once per test binary and installs it into a
-// private plugin directory.
-func setupPacker(t *testing.T) *packerEnv {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		fixture.Missing(t, "root (kmod-image attaches loop devices)")
-	}
-	root := repoRoot(t)
-	packer := filepath.Join(root, "bin", "packer")
-	if _, err := os.Stat(packer); err != nil {
-		fixture.Missing(t, packer+" (make packer)")
-	}
-	envOnce.Do(func() {
-		envTmp, envErr = os.MkdirTemp("", "kmod-image-acc-")
-		if envErr != nil {
-			return
-		}
-		bin := filepath.Join(envTmp, "packer-plugin-kmod")
-		build := exec.Command("go", "build", "-trimpath", "-o", bin,
-			"-ldflags", "-X github.com/kmodctl/packer-plugin-kmod/version.VersionPrerelease=dev",
-			"./cmd/packer-plugin-kmod")
-		build.Dir = root
-		build.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := build.CombinedOutput(); err != nil {
-			envErr = fmt.Errorf("build plugin: %v\n%s", err, out)
-			return
-		}
-		e := &packerEnv{packer: packer, pluginDir: filepath.Join(envTmp, "plugins"), configDir: filepath.Join(envTmp, "config")}
-		install := exec.Command(packer, "plugins", "install", "--path", bin, "github.com/kmodctl/kmod")
-		install.Env = e.environ()
-		if out, err := install.CombinedOutput(); err != nil {
-			envErr = fmt.Errorf("packer plugins install: %v\n%s", err, out)
-			return
-		}
-		env = e
-	})
-	if envErr != nil {
-		t.Fatal(envErr)
-	}
-	return env
-}
-
-func (e *packerEnv) environ() []string {
-	return append(os.Environ(), "PACKER_PLUGIN_PATH="+e.pluginDir, "PACKER_CONFIG_DIR="+e.configDir, "CHECKPOINT_DISABLE=1", "PACKER_NO_COLOR=1")
-}
-
-// run is one `packer build` of a template.
-type run struct {
-	cmd    *exec.Cmd
-	out    *lockedBuffer
-	logf   string
-	waitCh chan error
-}
-
-type lockedBuffer struct {
-	mu    sync.Mutex
-	buf   bytes.Buffer
-	lines chan string
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// start writes template into dir and starts packer build on it.
-func (e *packerEnv) start(t *testing.T, dir, template string, args ...string) *run {
-	t.Helper()
-	tpl := filepath.Join(dir, "build.pkr.hcl")
-	if err := os.WriteFile(tpl, []byte(template), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	r := &run{out: &lockedBuffer{}, logf: filepath.Join(dir, "packer.log"), waitCh: make(chan error, 1)}
-	r.cmd = exec.Command(e.packer, append(append([]string{"build"}, args...), tpl)...)
-	r.cmd.Dir = dir
-	r.cmd.Env = append(e.environ(), "PACKER_LOG=1", "PACKER_LOG_PATH="+r.logf)
-	r.cmd.Stdout, r.cmd.Stderr = r.out, r.out
-	// Its own process group, like a shell job: Ctrl-C reaches the whole
-	// group (Packer's wrapper process ignores SIGINT and relies on that).
-	r.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	// A killed build's orphans may hold Packer's output pipe open.
-	r.cmd.WaitDelay = 10 * time.Second
-	t.Logf("packer build %s", tpl)
-	if err := r.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { r.waitCh <- r.cmd.Wait() }()
-	return r
-}
-
-// wait waits for the build and returns its error and output.
-func (r *run) wait(t *testing.T, timeout time.Duration) (string, error) {
-	t.Helper()
-	select {
-	case err := <-r.waitCh:
-		return r.out.String(), err
-	case <-time.After(timeout):
-		syscall.Kill(-r.cmd.Process.Pid, syscall.SIGKILL)
-		<-r.waitCh
-		t.Fatalf("packer build did not finish in %v; output:\n%s", timeout, r.out.String())
-		return "", nil
-	}
-}
-
-// waitFor waits until the build's output contains s.
-func (r *run) waitFor(t *testing.T, s string, timeout time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		if strings.Contains(r.out.String(), s) {
-			return
-		}
-		select {
-		case err := <-r.waitCh:
-			r.waitCh <- err
-			t.Fatalf("packer exited (%v) before printing %q:\n%s", err, s, r.out.String())
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-	t.Fatalf("no %q in packer output after %v:\n%s", s, timeout, r.out.String())
-}
-
-func (r *run) logTail(n int) string {
-	data, _ := os.ReadFile(r.logf)
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
-
-// fileSum is a source file's identity: the build must not change it.
-type fileSum struct {
-	size  int64
-	mtime time.Time
-	sum   string
-}
-
-func sumFile(t *testing.T, p string) fileSum {
-	t.Helper()
-	st, err := os.Stat(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.Open(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		t.Fatal(err)
-	}
-	return fileSum{st.Size(), st.ModTime(), hex.EncodeToString(h.Sum(nil))}
-}
-
-// checkNoLeftovers fails if a loop device is backed by a file under dir or
-// anything is mounted under the builder's mount parent or dir.
-func checkNoLeftovers(t *testing.T, dirs ...string) {
-	t.Helper()
-	out, err := exec.Command("losetup", "--list", "--noheadings", "-O", "NAME,BACK-FILE").Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sc := bufio.NewScanner(bytes.NewReader(out))
-	for sc.Scan() {
-		for _, d := range dirs {
-			if strings.Contains(sc.Text(), d) {
-				t.Errorf("loop device left behind: %s", sc.Text())
-			}
-		}
-	}
-	mounts, _ := os.ReadFile("/proc/self/mounts")
-	for _, line := range strings.Split(string(mounts), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 2 {
-			continue
-		}
-		for _, d := range dirs {
-			if strings.HasPrefix(f[1], d) {
-				t.Errorf("mount left behind: %s", line)
-			}
-		}
-	}
-}
-
-// mountOutput mounts a raw image's root (read-only) and its /boot and
-// returns the root directory; everything is released when the test ends.
-func mountOutput(t *testing.T, raw string) string {
-	t.Helper()
-	f, err := os.Open(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, _ := f.Stat()
-	tbl, err := diskimage.ReadTable(f, st.Size())
-	if err != nil {
-		t.Fatal(err)
-	}
-	probes := map[int]diskimage.FS{}
-	for _, p := range tbl.Partitions {
-		if fs, err := diskimage.ProbePartition(f, p); err == nil {
-			probes[p.Number] = fs
-		}
-	}
-	f.Close()
-	rootPart, _, err := diskimage.ChooseRoot(tbl, diskimage.RootOptions{Probes: probes})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr := &diskimage.Tracker{}
-	t.Cleanup(func() {
-		if _, err := tr.Release(); err != nil {
-			t.Errorf("release %s: %v", raw, err)
-		}
-	})
-	dir := t.TempDir()
-	l, err := tr.AttachPartition(context.Background(), raw, rootPart, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := tr.Mount(context.Background(), l.Device, dir, probes[rootPart.Number].Type, "ro"); err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range tbl.Partitions {
-		if probes[p.Number].Label == "boot" {
-			lb, err := tr.AttachPartition(context.Background(), raw, p, true)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := tr.Mount(context.Background(), lb.Device, filepath.Join(dir, "boot"), probes[p.Number].Type, "ro"); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	return dir
-}
-
-func hcl(s string) string { return fmt.Sprintf("%q", s) }
 
 // TestAccQcow2ShellAptBootCheck is acceptance case (1) and the passing half of
 // (4): qcow2 in; a shell provisioner writes a file and installs a Debian
@@ -310,17 +32,17 @@ func hcl(s string) string { return fmt.Sprintf("%q", s) }
 // the boot check passes with expect_modules = ["ext4"].
 func TestAccQcow2ShellAptBootCheck(t *testing.T) {
 	t.Parallel()
-	e := setupPacker(t)
+	e := packertest.Setup(t)
 	src := fixture.CloudImageQcow2(t)
 	qemu.Slot(t)
-	before := sumFile(t, src)
+	before := packertest.SumFile(t, src)
 	dir := t.TempDir()
 	out := filepath.Join(dir, "out")
 	tpl := `
 source "kmod-image" "acc" {
-  source_image     = ` + hcl(src) + `
-  output_directory = ` + hcl(out) + `
-  mount_path       = ` + hcl(filepath.Join(dir, "mnt")) + `
+  source_image     = ` + packertest.HCL(src) + `
+  output_directory = ` + packertest.HCL(out) + `
+  mount_path       = ` + packertest.HCL(filepath.Join(dir, "mnt")) + `
   output_name      = "debian12"
   output_formats   = ["qcow2", "raw"]
   pre_mount_commands  = ["echo {{.Device}} > ` + filepath.Join(dir, "pre-device") + `", "test -f {{.Image}}", "test ! -e {{.MountPath}}/etc"]
@@ -345,19 +67,19 @@ build {
   }
 }
 `
-	r := e.start(t, dir, tpl)
-	output, err := r.wait(t, 15*time.Minute)
+	r := e.Start(t, dir, tpl)
+	output, err := r.Wait(t, 15*time.Minute)
 	if err != nil {
-		t.Fatalf("packer build: %v\n%s\n--- log tail ---\n%s", err, output, r.logTail(40))
+		t.Fatalf("packer build: %v\n%s\n--- log tail ---\n%s", err, output, r.LogTail(40))
 	}
 	t.Logf("packer output:\n%s", output)
-	if after := sumFile(t, src); after != before {
+	if after := packertest.SumFile(t, src); after != before {
 		t.Errorf("source image changed: %+v → %+v", before, after)
 	}
 	if !strings.Contains(output, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin") {
 		t.Errorf("the chroot's PATH is not the clean one (host environment leaked?)")
 	}
-	checkNoLeftovers(t, dir)
+	packertest.CheckNoLeftovers(t, dir)
 
 	qcow := filepath.Join(out, "debian12.qcow2")
 	raw := filepath.Join(out, "debian12.raw")
@@ -369,7 +91,7 @@ build {
 	if b, err := exec.Command("qemu-img", "convert", "-O", "raw", qcow, back).CombinedOutput(); err != nil {
 		t.Fatalf("convert back: %v\n%s", err, b)
 	}
-	if a, b := sumFile(t, raw).sum, sumFile(t, back).sum; a != b {
+	if a, b := packertest.SumFile(t, raw).Sum, packertest.SumFile(t, back).Sum; a != b {
 		t.Errorf("qcow2 output (as raw %s) differs from raw output (%s)", b, a)
 	}
 	sums, err := os.ReadFile(filepath.Join(out, "SHA256SUMS"))
@@ -377,7 +99,7 @@ build {
 		t.Fatal(err)
 	}
 	for _, name := range []string{"debian12.qcow2", "debian12.raw"} {
-		want := sumFile(t, filepath.Join(out, name)).sum + "  " + name
+		want := packertest.SumFile(t, filepath.Join(out, name)).Sum + "  " + name
 		if !strings.Contains(string(sums), want) {
 			t.Errorf("SHA256SUMS lacks %q:\n%s", want, sums)
 		}
@@ -387,14 +109,14 @@ build {
 	}
 	if b, err := os.ReadFile(filepath.Join(out, "debian12-manifest.json")); err != nil || !strings.Contains(string(b), `"kmodctl":"manifest"`) {
 		t.Errorf("manifest not exported: %q, %v", b, err)
-	} else if want := sumFile(t, filepath.Join(out, "debian12-manifest.json")).sum + "  debian12-manifest.json"; !strings.Contains(string(sums), want) {
+	} else if want := packertest.SumFile(t, filepath.Join(out, "debian12-manifest.json")).Sum + "  debian12-manifest.json"; !strings.Contains(string(sums), want) {
 		t.Errorf("SHA256SUMS lacks the manifest:\n%s", sums)
 	}
 	if _, err := os.Stat(filepath.Join(out, "debian12-boot.log")); err != nil {
 		t.Errorf("boot log: %v", err)
 	}
 	for _, img := range []string{raw, back} {
-		root := mountOutput(t, img)
+		root := packertest.MountOutput(t, img)
 		if b, err := os.ReadFile(filepath.Join(root, "etc/kmod-image-acc")); err != nil || string(b) != "kmod-image-acc\n" {
 			t.Errorf("%s: /etc/kmod-image-acc = %q, %v", img, b, err)
 		}
@@ -408,10 +130,10 @@ build {
 			t.Errorf("%s: resolv.conf backup left in the image", img)
 		}
 	}
-	srcRoot := mountOutput(t, filepath.Join(fixture.CloudImageRaw(t)))
+	srcRoot := packertest.MountOutput(t, filepath.Join(fixture.CloudImageRaw(t)))
 	wantResolv, _ := os.Readlink(filepath.Join(srcRoot, "etc/resolv.conf"))
 	wantContent, _ := os.ReadFile(filepath.Join(srcRoot, "etc/resolv.conf"))
-	outRoot := mountOutput(t, raw)
+	outRoot := packertest.MountOutput(t, raw)
 	gotResolv, _ := os.Readlink(filepath.Join(outRoot, "etc/resolv.conf"))
 	gotContent, _ := os.ReadFile(filepath.Join(outRoot, "etc/resolv.conf"))
 	if gotResolv != wantResolv || !bytes.Equal(gotContent, wantContent) {
@@ -426,17 +148,17 @@ build {
 // is left mounted or attached, the source is unchanged, no outputs remain.
 func TestAccFailingProvisioner(t *testing.T) {
 	t.Parallel()
-	e := setupPacker(t)
+	e := packertest.Setup(t)
 	src := fixture.CloudImageRaw(t)
 	qemu.Slot(t)
-	before := sumFile(t, src)
+	before := packertest.SumFile(t, src)
 	dir := t.TempDir()
 	out := filepath.Join(dir, "out")
 	tpl := `
 source "kmod-image" "fail" {
-  source_image     = ` + hcl(src) + `
-  output_directory = ` + hcl(out) + `
-  mount_path       = ` + hcl(filepath.Join(dir, "mnt")) + `
+  source_image     = ` + packertest.HCL(src) + `
+  output_directory = ` + packertest.HCL(out) + `
+  mount_path       = ` + packertest.HCL(filepath.Join(dir, "mnt")) + `
   output_formats   = ["raw"]
   boot_check {
     enabled = false
@@ -449,8 +171,8 @@ build {
   }
 }
 `
-	r := e.start(t, dir, tpl)
-	output, err := r.wait(t, 10*time.Minute)
+	r := e.Start(t, dir, tpl)
+	output, err := r.Wait(t, 10*time.Minute)
 	t.Logf("packer output:\n%s", output)
 	if err == nil {
 		t.Fatalf("packer build succeeded with a failing provisioner:\n%s", output)
@@ -458,8 +180,8 @@ build {
 	if !strings.Contains(output, "about-to-fail") || !strings.Contains(output, "exit status 3") && !strings.Contains(output, "non-zero exit status: 3") {
 		t.Errorf("output does not show the provisioner failing with 3:\n%s", output)
 	}
-	checkNoLeftovers(t, dir)
-	if after := sumFile(t, src); after != before {
+	packertest.CheckNoLeftovers(t, dir)
+	if after := packertest.SumFile(t, src); after != before {
 		t.Errorf("source image changed: %+v → %+v", before, after)
 	}
 	ents, _ := os.ReadDir(out)
@@ -471,17 +193,17 @@ build {
 // TestAccInterrupt is acceptance case (3): SIGINT while a provisioner runs.
 func TestAccInterrupt(t *testing.T) {
 	t.Parallel()
-	e := setupPacker(t)
+	e := packertest.Setup(t)
 	src := fixture.CloudImageRaw(t)
 	qemu.Slot(t)
-	before := sumFile(t, src)
+	before := packertest.SumFile(t, src)
 	dir := t.TempDir()
 	out := filepath.Join(dir, "out")
 	tpl := `
 source "kmod-image" "int" {
-  source_image     = ` + hcl(src) + `
-  output_directory = ` + hcl(out) + `
-  mount_path       = ` + hcl(filepath.Join(dir, "mnt")) + `
+  source_image     = ` + packertest.HCL(src) + `
+  output_directory = ` + packertest.HCL(out) + `
+  mount_path       = ` + packertest.HCL(filepath.Join(dir, "mnt")) + `
   output_formats   = ["qcow2"]
   boot_check {
     enabled = false
@@ -494,14 +216,14 @@ build {
   }
 }
 `
-	r := e.start(t, dir, tpl)
-	r.waitFor(t, "provisioning-started", 5*time.Minute)
+	r := e.Start(t, dir, tpl)
+	r.WaitFor(t, "provisioning-started", 5*time.Minute)
 	time.Sleep(500 * time.Millisecond)
 	// What a terminal's Ctrl-C does: SIGINT to the foreground group.
-	if err := syscall.Kill(-r.cmd.Process.Pid, syscall.SIGINT); err != nil {
+	if err := syscall.Kill(-r.Cmd.Process.Pid, syscall.SIGINT); err != nil {
 		t.Fatal(err)
 	}
-	output, err := r.wait(t, 3*time.Minute)
+	output, err := r.Wait(t, 3*time.Minute)
 	t.Logf("packer output:\n%s", output)
 	if err == nil {
 		t.Fatalf("packer build succeeded after SIGINT:\n%s", output)
@@ -509,8 +231,8 @@ build {
 	if !strings.Contains(output, "cancel") && !strings.Contains(output, "Cancel") && !strings.Contains(output, "interrupt") {
 		t.Errorf("output does not mention the cancellation:\n%s", output)
 	}
-	checkNoLeftovers(t, dir)
-	if after := sumFile(t, src); after != before {
+	packertest.CheckNoLeftovers(t, dir)
+	if after := packertest.SumFile(t, src); after != before {
 		t.Errorf("source image changed: %+v → %+v", before, after)
 	}
 	// The sleeps ran inside the chroot; none may survive.
@@ -526,16 +248,16 @@ build {
 // TestAccExpectModuleMissing is the failing half of acceptance case (4).
 func TestAccExpectModuleMissing(t *testing.T) {
 	t.Parallel()
-	e := setupPacker(t)
+	e := packertest.Setup(t)
 	src := fixture.CloudImageRaw(t)
 	qemu.Slot(t)
 	dir := t.TempDir()
 	out := filepath.Join(dir, "out")
 	tpl := `
 source "kmod-image" "expect" {
-  source_image     = ` + hcl(src) + `
-  output_directory = ` + hcl(out) + `
-  mount_path       = ` + hcl(filepath.Join(dir, "mnt")) + `
+  source_image     = ` + packertest.HCL(src) + `
+  output_directory = ` + packertest.HCL(out) + `
+  mount_path       = ` + packertest.HCL(filepath.Join(dir, "mnt")) + `
   output_formats   = ["raw"]
   boot_check {
     expect_modules = ["ext4", "kmodtest_absent"]
@@ -545,8 +267,8 @@ build {
   sources = ["source.kmod-image.expect"]
 }
 `
-	r := e.start(t, dir, tpl)
-	output, err := r.wait(t, 10*time.Minute)
+	r := e.Start(t, dir, tpl)
+	output, err := r.Wait(t, 10*time.Minute)
 	t.Logf("packer output:\n%s", output)
 	if err == nil {
 		t.Fatalf("packer build succeeded though kmodtest_absent is not loaded:\n%s", output)
@@ -558,7 +280,7 @@ build {
 	if matches, _ := filepath.Glob(filepath.Join(out, "*-boot.log")); len(matches) == 0 {
 		t.Errorf("no boot log kept in %s after the failed boot check", out)
 	}
-	checkNoLeftovers(t, dir)
+	packertest.CheckNoLeftovers(t, dir)
 }
 
 // TestAccStaleState kills a build outright (SIGKILL to Packer and the
@@ -566,16 +288,16 @@ build {
 // left with commands that really release it.
 func TestAccStaleState(t *testing.T) {
 	t.Parallel()
-	e := setupPacker(t)
+	e := packertest.Setup(t)
 	src := fixture.CloudImageRaw(t)
 	qemu.Slot(t)
 	dir := t.TempDir()
 	tpl := func(name, cmd string) string {
 		return `
 source "kmod-image" "` + name + `" {
-  source_image     = ` + hcl(src) + `
-  output_directory = ` + hcl(filepath.Join(dir, "out-"+name)) + `
-  mount_path       = ` + hcl(filepath.Join(dir, "mnt-"+name)) + `
+  source_image     = ` + packertest.HCL(src) + `
+  output_directory = ` + packertest.HCL(filepath.Join(dir, "out-"+name)) + `
+  mount_path       = ` + packertest.HCL(filepath.Join(dir, "mnt-"+name)) + `
   boot_check {
     enabled = false
   }
@@ -583,17 +305,17 @@ source "kmod-image" "` + name + `" {
 build {
   sources = ["source.kmod-image.` + name + `"]
   provisioner "shell" {
-    inline = [` + hcl(cmd) + `]
+    inline = [` + packertest.HCL(cmd) + `]
   }
 }
 `
 	}
 	killedDir := filepath.Join(dir, "killed")
 	os.Mkdir(killedDir, 0o755)
-	r := e.start(t, killedDir, tpl("killed", "echo killed-started; sleep 600"))
-	r.waitFor(t, "killed-started", 5*time.Minute)
-	syscall.Kill(-r.cmd.Process.Pid, syscall.SIGKILL)
-	r.wait(t, time.Minute)
+	r := e.Start(t, killedDir, tpl("killed", "echo killed-started; sleep 600"))
+	r.WaitFor(t, "killed-started", 5*time.Minute)
+	syscall.Kill(-r.Cmd.Process.Pid, syscall.SIGKILL)
+	r.Wait(t, time.Minute)
 	// The killed build's chroot process (own process group) still runs and
 	// its mounts and loops are still there.
 	killedMnt := filepath.Join(dir, "mnt-killed")
@@ -603,8 +325,8 @@ build {
 
 	nextDir := filepath.Join(dir, "next")
 	os.Mkdir(nextDir, 0o755)
-	r2 := e.start(t, nextDir, tpl("next", "exit 0"))
-	output, err := r2.wait(t, 10*time.Minute)
+	r2 := e.Start(t, nextDir, tpl("next", "exit 0"))
+	output, err := r2.Wait(t, 10*time.Minute)
 	t.Logf("packer output:\n%s", output)
 	if err != nil {
 		t.Fatalf("the next build failed: %v", err)
@@ -631,7 +353,7 @@ build {
 		out, err := exec.Command("/bin/sh", "-c", c).CombinedOutput()
 		t.Logf("$ %s → %v %s", c, err, out)
 	}
-	checkNoLeftovers(t, dir)
+	packertest.CheckNoLeftovers(t, dir)
 	if b, _ := exec.Command("pgrep", "-f", "^sleep 600").Output(); len(bytes.TrimSpace(b)) > 0 {
 		t.Errorf("the killed build's chroot process survived the cleanup commands: %s", b)
 	}
@@ -642,17 +364,17 @@ build {
 // the new disk.
 func TestAccRootfsToCloudFormats(t *testing.T) {
 	t.Parallel()
-	e := setupPacker(t)
+	e := packertest.Setup(t)
 	rootfs := fixture.Rootfs(t)
 	qemu.Slot(t)
 	dir := t.TempDir()
 	out := filepath.Join(dir, "out")
 	tpl := `
 source "kmod-image" "rootfs" {
-  source_rootfs    = ` + hcl(rootfs) + `
+  source_rootfs    = ` + packertest.HCL(rootfs) + `
   disk_size        = "2G"
-  output_directory = ` + hcl(out) + `
-  mount_path       = ` + hcl(filepath.Join(dir, "mnt")) + `
+  output_directory = ` + packertest.HCL(out) + `
+  mount_path       = ` + packertest.HCL(filepath.Join(dir, "mnt")) + `
   output_name      = "cloud"
   output_formats   = ["vhd", "vmdk"]
   boot_check {
@@ -667,13 +389,13 @@ build {
   }
 }
 `
-	r := e.start(t, dir, tpl)
-	output, err := r.wait(t, 15*time.Minute)
+	r := e.Start(t, dir, tpl)
+	output, err := r.Wait(t, 15*time.Minute)
 	t.Logf("packer output:\n%s", output)
 	if err != nil {
-		t.Fatalf("packer build: %v\n--- log tail ---\n%s", err, r.logTail(40))
+		t.Fatalf("packer build: %v\n--- log tail ---\n%s", err, r.LogTail(40))
 	}
-	checkNoLeftovers(t, dir)
+	packertest.CheckNoLeftovers(t, dir)
 	vhd, vmdk := filepath.Join(out, "cloud.vhd"), filepath.Join(out, "cloud.vmdk")
 	info, err := exec.Command("qemu-img", "info", "--output=json", vmdk).Output()
 	if err != nil || !strings.Contains(string(info), `"create-type": "streamOptimized"`) {
@@ -698,7 +420,7 @@ build {
 	if b, err := exec.Command("qemu-img", "convert", "-f", "vpc", "-O", "raw", vhd, raw).CombinedOutput(); err != nil {
 		t.Fatalf("%v\n%s", err, b)
 	}
-	root := mountOutput(t, raw)
+	root := packertest.MountOutput(t, raw)
 	if b, err := os.ReadFile(filepath.Join(root, "etc/kmod-image-rootfs")); err != nil || string(b) != "from-rootfs\n" {
 		t.Errorf("/etc/kmod-image-rootfs = %q, %v", b, err)
 	}
@@ -711,10 +433,10 @@ build {
 // anything is attached; the right one passes.
 func TestAccSourceChecksum(t *testing.T) {
 	t.Parallel()
-	e := setupPacker(t)
+	e := packertest.Setup(t)
 	src := fixture.CloudImageRaw(t)
 	qemu.Slot(t)
-	good := sumFile(t, src).sum
+	good := packertest.SumFile(t, src).Sum
 	for _, c := range []struct {
 		name, sum string
 		ok        bool
@@ -726,21 +448,21 @@ func TestAccSourceChecksum(t *testing.T) {
 		os.MkdirAll(dir, 0o755)
 		tpl := `
 source "kmod-image" "sum" {
-  source_image     = ` + hcl(src) + `
-  source_checksum  = ` + hcl(c.sum) + `
-  output_directory = ` + hcl(filepath.Join(dir, "out")) + `
-  mount_path       = ` + hcl(filepath.Join(dir, "mnt")) + `
+  source_image     = ` + packertest.HCL(src) + `
+  source_checksum  = ` + packertest.HCL(c.sum) + `
+  output_directory = ` + packertest.HCL(filepath.Join(dir, "out")) + `
+  mount_path       = ` + packertest.HCL(filepath.Join(dir, "mnt")) + `
   output_formats   = ["raw"]
   boot_check {
     enabled = false
   }
 }
 build {
-  sources = ["source.kmod-image.sum"]
+  sources = ["source.kmod-image.Sum"]
 }
 `
-		r := e.start(t, dir, tpl)
-		output, err := r.wait(t, 10*time.Minute)
+		r := e.Start(t, dir, tpl)
+		output, err := r.Wait(t, 10*time.Minute)
 		t.Logf("%s: packer output:\n%s", c.name, output)
 		if c.ok != (err == nil) {
 			t.Fatalf("%s: packer build error %v, want success %v", c.name, err, c.ok)
@@ -750,6 +472,6 @@ build {
 				t.Errorf("bad checksum: output should name the actual sha256 and attach nothing")
 			}
 		}
-		checkNoLeftovers(t, dir)
+		packertest.CheckNoLeftovers(t, dir)
 	}
 }
