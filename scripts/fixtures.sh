@@ -7,7 +7,8 @@
 #
 #   KMODCTL_FIXTURES   cache folder (default /var/cache/kmodctl-fixtures)
 #   components: deps kernel headers testmods compressed foreign rootfs
-#               rootfs-dracut initrd cloudimg (default: all)
+#               rootfs-dracut rootfs-dkms initrd cloudimg cloudimg-dkms
+#               (default: all)
 set -euo pipefail
 
 C=${KMODCTL_FIXTURES:-/var/cache/kmodctl-fixtures}
@@ -230,21 +231,28 @@ MIRRORS=(
 # hook generated with TOOL (initramfs-tools or dracut; a comma list may add
 # packages). busybox, as initramfs-tools recommends it: Debian systems have it
 # in their initrd. Kept as a directory: later fixtures chroot into it and
-# build disk images from it.
+# build disk images from it. More mmdebstrap arguments may follow TOOL (more
+# --include=PKGS or --include=/path/to.deb); a function post_NAME (dashes as
+# underscores), when defined, then runs on the new tree before it is stamped,
+# and its text is part of the inputs.
 mkrootfs() {
-	local name=$1 tool=$2 deb inputs
+	local name=$1 tool=$2 deb inputs a
 	deb=$(ls "$C"/debs/linux-image-"$KVER"_*.deb)
-	local args=(--variant=minbase --include="systemd,systemd-sysv,kmod,udev,$tool,zstd,busybox" --include="$deb")
-	# The .deb's name carries its version (it is kept once downloaded).
-	inputs=$( (printf '%s\n' "${args[@]/$C/}" "${MIRRORS[@]}" "$KVER"; stat -c %s "$deb") | sha256sum | cut -d' ' -f1)
+	local args=(--variant=minbase --include="systemd,systemd-sysv,kmod,udev,$tool,zstd,busybox" --include="$deb" "${@:3}")
+	local debs=("$deb") post=post_${name//-/_}
+	for a in "${@:3}"; do [[ $a != --include=*.deb ]] || debs+=("${a#--include=}"); done
+	declare -F "$post" >/dev/null || post=
+	# The .debs' names carry their versions (they are kept once downloaded).
+	inputs=$( (printf '%s\n' "${args[@]/$C/}" "${MIRRORS[@]}" "$KVER"; stat -c %s "${debs[@]}"; [ -z "$post" ] || declare -f "$post") | sha256sum | cut -d' ' -f1)
 	fresh "$name" "$inputs" && return 0
 	apt_install mmdebstrap
-	log "mmdebstrap $name ($tool, linux-image-$KVER)"
+	log "mmdebstrap $name ($tool${3:+ ${*:3}}, linux-image-$KVER)"
 	begin "$name"
 	rmdir "$C/$name"
 	local t0=$SECONDS
 	mmdebstrap -q "${args[@]}" bookworm "$C/$name" "${MIRRORS[@]}" >&2
 	[ -s "$C/$name/boot/initrd.img-$KVER" ] || { log "$name: the kernel package generated no /boot/initrd.img-$KVER"; exit 1; }
+	[ -z "$post" ] || "$post" "$C/$name"
 	echo "$inputs" >"$C/$name.inputs"
 	stamp_tree "$name"
 	log "$name built in $((SECONDS - t0)) s"
@@ -253,6 +261,46 @@ mkrootfs() {
 # xz-utils: mkinitramfs -c xz silently falls back to gzip without it.
 rootfs() { mkrootfs rootfs initramfs-tools,xz-utils; }
 rootfs_dracut() { mkrootfs rootfs-dracut dracut; }
+
+# rootfs-dkms: rootfs (same packages, same kernel .deb) plus what a DKMS
+# build needs: dkms, gcc (gcc-12, the kernel's compiler, through
+# linux-compiler-gcc-12-x86), make, libc6-dev, openssl (without it dkms
+# cannot generate its signing key and installs unsigned modules, which a
+# Debian system with DKMS does not do), and the fixture kernel's
+# headers installed from the cached .debs of KVER (linux-headers-KVER,
+# -common, linux-kbuild), so they match the kernel whatever the mirror holds
+# now. A fresh mmdebstrap rather than rootfs plus apt in a chroot: apt
+# resolves everything in one clean run with no mounts, resolv.conf or
+# policy-rc.d to manage, and the result does not depend on rootfs's state.
+# Like rootfs it has no apt lists (mmdebstrap's cleanup): lists go stale as
+# bookworm-security drops old .debs, so a test that needs more packages runs
+# apt-get update itself; installing a local DKMS .deb needs no lists.
+rootfs_dkms() {
+	mkrootfs rootfs-dkms initramfs-tools,xz-utils --include=dkms,gcc,make,libc6-dev,openssl \
+		--include="$(ls "$C"/debs/linux-headers-"$KVER"_*.deb)" \
+		--include="$(ls "$C"/debs/linux-headers-"${KVER%-*}"-common_*.deb)" \
+		--include="$(ls "$C"/debs/linux-kbuild-*.deb)"
+}
+# post_rootfs_dkms ROOT checks the DKMS tree and removes a DKMS signing key:
+# dkms 3.0.10 generates /var/lib/dkms/mok.key and mok.pub when it first
+# signs a module (none exists after mmdebstrap today: no module is built),
+# and a key shared by every copy of a fixture is no key.
+post_rootfs_dkms() {
+	local r=$1 f v want
+	for f in var/lib/dkms/mok.key var/lib/dkms/mok.pub; do
+		if [ -e "$r/$f" ] || [ -L "$r/$f" ]; then log "rootfs-dkms: remove /$f"; rm -f "$r/$f"; fi
+		[ ! -e "$r/$f" ] || { log "rootfs-dkms: /$f remains"; exit 1; }
+	done
+	for f in usr/sbin/dkms usr/bin/gcc usr/bin/make usr/bin/openssl usr/include/stdio.h "usr/src/linux-headers-$KVER/Module.symvers" \
+		"usr/src/linux-headers-$KVER/scripts/sign-file" "lib/modules/$KVER/build"; do
+		[ -e "$r/$f" ] || [ -L "$r/$f" ] || { log "rootfs-dkms: /$f is missing"; exit 1; }
+	done
+	[ "$(readlink "$r/lib/modules/$KVER/build")" = "/usr/src/linux-headers-$KVER" ] ||
+		{ log "rootfs-dkms: /lib/modules/$KVER/build does not point at /usr/src/linux-headers-$KVER"; exit 1; }
+	want=$(dpkg-deb -f "$(ls "$C"/debs/linux-image-"$KVER"_*.deb)" Version)
+	v=$(dpkg-query --admindir="$r/var/lib/dpkg" -W -f='${Version}' "linux-headers-$KVER")
+	[ "$v" = "$want" ] || { log "rootfs-dkms: linux-headers-$KVER is $v, the kernel is $want"; exit 1; }
+}
 
 # in_rootfs ROOTFS CMD...: runs CMD chrooted in a throwaway overlay of ROOTFS
 # (the cached fixture stays untouched) with /proc, /sys and /dev mounted; the
@@ -339,56 +387,68 @@ initrd() {
 # GUIDs and UUIDs keep the layout the same across rebuilds. Stamped like the
 # rootfs trees (metadata fingerprint), so a warm run does not re-read the
 # 2 GiB image.
+#
+# cloudimg-dkms: the same from rootfs-dkms, 3 GiB (its root filesystem
+# holds ~1.2 GB, and DKMS builds in the image need room), as
+# debian12-dkms.raw/.qcow2. Same GUIDs and UUIDs as cloudimg: tests find
+# the same layout and root=UUID=, but the two images must not be attached
+# at once where UUIDs matter.
 CLOUDIMG_SIZE=2G
+CLOUDIMG_DKMS_SIZE=3G
 CLOUDIMG_BOOT_MIB=256
 CLOUDIMG_DISK_GUID=6b6d6f64-0000-4000-8000-000000000000
 CLOUDIMG_PART_GUIDS=(6b6d6f64-0000-4000-8000-000000000001 6b6d6f64-0000-4000-8000-000000000002 6b6d6f64-0000-4000-8000-000000000003)
 CLOUDIMG_BOOT_UUID=6b6d6f64-b007-4000-8000-000000000002
 CLOUDIMG_ROOT_UUID=6b6d6f64-4007-4000-8000-000000000003
-cloudimg() {
-	local inputs
-	inputs=$( (cat "$C/rootfs.sha256" "$C/rootfs.meta"; echo "$KVER $CLOUDIMG_SIZE $CLOUDIMG_BOOT_MIB $CLOUDIMG_DISK_GUID ${CLOUDIMG_PART_GUIDS[*]} $CLOUDIMG_BOOT_UUID $CLOUDIMG_ROOT_UUID v1") | sha256sum | cut -d' ' -f1)
-	fresh cloudimg "$inputs" && return 0
+cloudimg() { mkcloudimg cloudimg rootfs "$CLOUDIMG_SIZE" debian12; }
+cloudimg_dkms() { mkcloudimg cloudimg-dkms rootfs-dkms "$CLOUDIMG_DKMS_SIZE" debian12-dkms; }
+
+# mkcloudimg NAME ROOTFS SIZE BASE builds component NAME: BASE.raw (SIZE) and
+# BASE.qcow2 from the rootfs component ROOTFS.
+mkcloudimg() {
+	local name=$1 src=$2 size=$3 base=$4 inputs
+	inputs=$( (cat "$C/$src.sha256" "$C/$src.meta"; echo "$KVER $size $CLOUDIMG_BOOT_MIB $CLOUDIMG_DISK_GUID ${CLOUDIMG_PART_GUIDS[*]} $CLOUDIMG_BOOT_UUID $CLOUDIMG_ROOT_UUID v1") | sha256sum | cut -d' ' -f1)
+	fresh "$name" "$inputs" && return 0
 	apt_install gdisk e2fsprogs util-linux qemu-utils
-	log "build cloud image debian12.raw/.qcow2 from rootfs"
+	log "build cloud image $base.raw/.qcow2 from $src"
 	local t0=$SECONDS t
-	t=$(mktemp -d "$C/.cloudimg.XXXXXX")
+	t=$(mktemp -d "$C/.$name.XXXXXX")
 	TMPS+=("$t")
-	local raw=$t/debian12.raw
-	truncate -s "$CLOUDIMG_SIZE" "$raw"
+	local raw=$t/$base.raw
+	truncate -s "$size" "$raw"
 	sgdisk -U "$CLOUDIMG_DISK_GUID" \
 		-n 1:2048:+1M -t 1:ef02 -c 1:bios -u "1:${CLOUDIMG_PART_GUIDS[0]}" \
 		-n "2:0:+${CLOUDIMG_BOOT_MIB}M" -t 2:ea00 -c 2:boot -u "2:${CLOUDIMG_PART_GUIDS[1]}" \
 		-n 3:0:0 -t 3:8304 -c 3:root -u "3:${CLOUDIMG_PART_GUIDS[2]}" "$raw" >/dev/null
 	# The trees: root without /boot's content, and /boot's content.
 	mkdir "$t/root" "$t/boot"
-	cp -a "$C/rootfs/." "$t/root/"
+	cp -a "$C/$src/." "$t/root/"
 	find "$t/root/boot" -mindepth 1 -maxdepth 1 -exec mv -t "$t/boot/" {} +
 	rm -f "$t/root/etc/fstab"
 	printf 'UUID=%s / ext4 defaults 0 1\nUUID=%s /boot ext4 defaults 0 2\n' "$CLOUDIMG_ROOT_UUID" "$CLOUDIMG_BOOT_UUID" >"$t/root/etc/fstab"
 	local n label uuid start sectors
 	for n in 2 3; do
 		case $n in 2) label=boot uuid=$CLOUDIMG_BOOT_UUID ;; 3) label=root uuid=$CLOUDIMG_ROOT_UUID ;; esac
-		read -r start sectors < <(partx -g -o START,SECTORS -n "$n" "$raw") || { log "cloudimg: no partition $n in the new table"; exit 1; }
+		read -r start sectors < <(partx -g -o START,SECTORS -n "$n" "$raw") || { log "$name: no partition $n in the new table"; exit 1; }
 		truncate -s $((sectors * 512)) "$t/$label.ext4"
 		E2FSPROGS_FAKE_TIME=${SOURCE_DATE_EPOCH:-1700000000} mkfs.ext4 -q -F -d "$t/$label" -L "$label" -U "$uuid" \
 			-E "root_owner=0:0,hash_seed=$uuid" "$t/$label.ext4"
 		dd if="$t/$label.ext4" of="$raw" bs=4M conv=notrunc,sparse oflag=seek_bytes seek=$((start * 512)) status=none
 		rm -rf "$t/$label" "$t/$label.ext4"
 	done
-	qemu-img convert -O qcow2 "$raw" "$t/debian12.qcow2"
-	qemu-img check -q "$t/debian12.qcow2"
-	begin cloudimg
-	mv "$raw" "$t/debian12.qcow2" "$C/cloudimg/"
+	qemu-img convert -O qcow2 "$raw" "$t/$base.qcow2"
+	qemu-img check -q "$t/$base.qcow2"
+	begin "$name"
+	mv "$raw" "$t/$base.qcow2" "$C/$name/"
 	rm -rf "$t"
-	echo "$inputs" >"$C/cloudimg.inputs"
-	stamp_tree cloudimg
-	log "cloud image built in $((SECONDS - t0)) s"
+	echo "$inputs" >"$C/$name.inputs"
+	stamp_tree "$name"
+	log "$name built in $((SECONDS - t0)) s"
 }
 
 main() {
 	local comps=("$@")
-	[ ${#comps[@]} -gt 0 ] || comps=(deps kernel headers testmods compressed foreign rootfs rootfs-dracut initrd cloudimg)
+	[ ${#comps[@]} -gt 0 ] || comps=(deps kernel headers testmods compressed foreign rootfs rootfs-dracut rootfs-dkms initrd cloudimg cloudimg-dkms)
 	kver
 	debs
 	local c
@@ -402,8 +462,10 @@ main() {
 		foreign) foreign ;;
 		rootfs) rootfs ;;
 		rootfs-dracut) rootfs_dracut ;;
+		rootfs-dkms) rootfs_dkms ;;
 		initrd) kernel; rootfs; rootfs_dracut; initrd ;;
 		cloudimg) rootfs; cloudimg ;;
+		cloudimg-dkms) rootfs_dkms; cloudimg_dkms ;;
 		*) log "unknown component $c"; exit 2 ;;
 		esac
 	done
