@@ -1,0 +1,44 @@
+// Package dkms reads dkms.conf files without running them and drives the
+// real dkms on a target system (an image being provisioned by Packer).
+//
+// # dkms.conf
+//
+// A dkms.conf is a bash fragment that dkms sources (read_conf and
+// safe_source in /usr/sbin/dkms). Parse reads it with a parser for the
+// bash subset these files use: NAME=value, NAME="value", NAME='value',
+// $'...', NAME[i]=value with arithmetic subscripts (including the
+// NAME[${#NAME[@]}]=value append idiom), NAME+=value, NAME=(list),
+// declare/local/export/readonly/typeset, unset, let, (( )), comments,
+// line continuations, semicolons, here-documents, and $var, ${var},
+// ${var:-default} and the other parameter expansions bash has (pattern
+// removal and replacement, case conversion, substrings, lengths), plus
+// $((arithmetic)). if, case and for are evaluated when their conditions
+// or words are known from the file itself (test/[ on strings and numbers,
+// true, false); otherwise the assignments inside are marked unknown.
+// Nothing is ever executed: command substitution, backquotes, commands,
+// pipelines, functions, file tests, sourcing other files are listed in
+// Conf.Unsupported with their line numbers, and the variables they could
+// set are in Conf.Unknown ("known only at build time").
+//
+// The model of the environment is dkms 3.0.10's: the variables dkms reads
+// from a dkms.conf (dkms_conf_variables) start unset, dkms provides
+// $kernelver, $arch, $dkms_tree, $source_tree, $install_tree,
+// $kernel_source_dir, $kernel_config, $module and $module_version, and
+// every other name may hold something from dkms or the environment, so it
+// is unknown until the file assigns it. dkms re-reads each value through
+// an unquoted echo inside double quotes (safe_source), so quotes,
+// backslashes and $ in values are evaluated a second time and runs of
+// blanks become one space; Plan reproduces that.
+//
+// Conf reports values raw (expansions left as written); Conf.Plan
+// evaluates the file for one kernel and architecture as dkms would and
+// tells which modules dkms builds, where they end up, and whether
+// BUILD_EXCLUSIVE_* excludes the kernel. Differential tests compare both
+// against bash itself on the dkms.conf files of 37 Debian 12 packages and
+// on crafted files (testdata/conf).
+//
+// # Driver
+//
+// Driver runs dkms on the target through a Runner (a /bin/sh command line
+// on the target: a chroot or a Packer communicator). See driver.go.
+package dkms
