@@ -1,11 +1,16 @@
 # The kmodctl example: customize the embedded Debian 12 cloud image (the
-# fixture from `make fixtures`) offline with the kmod-image builder, boot-check
-# the result in QEMU and write it as qcow2 and raw. No network is needed: the
-# provisioners only write files and enable a unit inside the image.
+# fixture from `make fixtures`, with DKMS and the kernel's headers) offline
+# with the kmod-image builder; the kmod provisioner rebuilds two out-of-tree
+# modules with the image's DKMS for the image's kernel, signs them here with a
+# key that never enters the image, checks and installs them (one early, in the
+# initramfs; one through modules-load.d), and the boot check proves the result
+# boots with them loaded. Debian's v4l2loopback-dkms comes from the image's
+# apt sources (deb.debian.org).
 #
 #   make example                      # everything, from a fresh checkout
 #   bin/packer build -force \
-#     -var source_image=$KMODCTL_FIXTURES/cloudimg/debian12.qcow2 \
+#     -var source_image=$KMODCTL_FIXTURES/cloudimg-dkms/debian12-dkms.qcow2 \
+#     -var signing_cert=cert.pem -var signing_key=key.pem \
 #     -var output_directory=bin/example-output example/debian12.pkr.hcl
 #
 # The plugin must be installed first (make dev; scripts/example.sh installs it
@@ -23,7 +28,18 @@ packer {
 variable "source_image" {
   type        = string
   description = "The Debian 12 cloud image to customize (qcow2 or raw)."
-  default     = "/var/cache/kmodctl-fixtures/cloudimg/debian12.qcow2"
+  default     = "/var/cache/kmodctl-fixtures/cloudimg-dkms/debian12-dkms.qcow2"
+}
+
+variable "signing_cert" {
+  type        = string
+  description = "The module-signing certificate (PEM or DER)."
+}
+
+variable "signing_key" {
+  type        = string
+  description = "Its private key (PEM). Read on the build host only."
+  sensitive   = true
 }
 
 variable "output_directory" {
@@ -40,8 +56,9 @@ source "kmod-image" "debian12" {
 
   boot_check {
     # ext4 holds the root filesystem; dummy is loaded at boot only because
-    # of the file the `file` provisioner below puts in /etc/modules-load.d.
-    expect_modules = ["ext4", "dummy"]
+    # of the file the `file` provisioner below puts in /etc/modules-load.d;
+    # v4l2loopback through the kmod provisioner's modules-load.d entry.
+    expect_modules = ["ext4", "dummy", "v4l2loopback"]
   }
 }
 
@@ -64,5 +81,26 @@ build {
   provisioner "file" {
     source      = "${path.root}/files/kmodctl-example.conf"
     destination = "/etc/modules-load.d/kmodctl-example.conf"
+  }
+
+  # Rebuild, sign, check and install kernel modules for the image's kernels.
+  provisioner "kmod" {
+    signing_cert = var.signing_cert
+    signing_key  = var.signing_key
+
+    # The test module that prints KMODTEST-MARKER when it loads: from the
+    # initramfs only (early), not from modules-load.d.
+    module {
+      source = "${path.root}/modules/kmodtest-marker"
+      early  = true
+      load   = false
+    }
+    # A distro DKMS package, rebuilt for the image's kernel (not uname -r).
+    module {
+      package = "v4l2loopback-dkms"
+    }
+    options = {
+      v4l2loopback = "devices=2"
+    }
   }
 }

@@ -27,7 +27,7 @@ PACKER="$BIN/packer"
 OUT="$BIN/example-output"
 BUILDLOG="$BIN/example-build.log"
 TEMPLATE="$ROOT/example/debian12.pkr.hcl"
-SRC="$C/cloudimg/debian12.qcow2"
+SRC="$C/cloudimg-dkms/debian12-dkms.qcow2"
 export CHECKPOINT_DISABLE=1 PACKER_NO_COLOR=1
 # A private Packer: plugins and config under bin/, nothing from ~/.config/packer.
 export PACKER_PLUGIN_PATH="$BIN/packer-plugins" PACKER_CONFIG_DIR="$BIN/packer-config"
@@ -59,13 +59,19 @@ trap 'rm -rf "$W"' EXIT
 step "install the plugin (bin/packer-plugin-kmod) into PACKER_PLUGIN_PATH=$PACKER_PLUGIN_PATH"
 BIN=$BIN bash "$ROOT/scripts/dev.sh"
 
+step "a module-signing key made for this run (stays in $W, never enters the image)"
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj "/CN=kmodctl example signing key/" \
+	-keyout "$W/signing-key.pem" -out "$W/signing-cert.pem" 2>/dev/null
+echo "$(openssl x509 -noout -subject -in "$W/signing-cert.pem")"
+
 step "packer validate $(realpath --relative-to="$ROOT" "$TEMPLATE")"
 cd "$ROOT"
-vars=(-var "source_image=$SRC" -var "output_directory=$OUT")
+keyvars=(-var "signing_cert=$W/signing-cert.pem" -var "signing_key=$W/signing-key.pem")
+vars=(-var "source_image=$SRC" -var "output_directory=$OUT" "${keyvars[@]}")
 # The builder refuses a non-empty output_directory unless Packer runs with
 # -force, which validate does not take: validate against a fresh folder (the
 # outputs of the previous run stay until the build replaces them).
-"$PACKER" validate -var "source_image=$SRC" -var "output_directory=$W/validate-output" "$TEMPLATE"
+"$PACKER" validate -var "source_image=$SRC" -var "output_directory=$W/validate-output" "${keyvars[@]}" "$TEMPLATE"
 
 step "packer build -force: kmod-image on $(basename "$SRC") (provision, boot check, qcow2 + raw)"
 build_start=$SECONDS
@@ -80,7 +86,7 @@ bootline=$(grep -o 'Boot check passed in [^;]*; [0-9]* modules loaded' "$BUILDLO
 
 step "verify the outputs in $OUT"
 cd "$OUT"
-for f in debian12.qcow2 debian12.raw SHA256SUMS debian12-boot.log; do
+for f in debian12.qcow2 debian12.raw SHA256SUMS debian12-boot.log debian12-manifest.json; do
 	[[ -s $f ]] || fail "$OUT/$f is missing or empty"
 done
 # The two images are hashed in parallel (each takes a few seconds).
@@ -104,11 +110,11 @@ echo "qemu-img compare: debian12.qcow2 and debian12.raw hold the same disk"
 probe=$(grep -a -o -E 'KMODCTL-BOOTCHECK-[0-9a-f]+ modules=[A-Za-z0-9_,-]* end-[0-9a-f]+' debian12-boot.log | tail -1 || true)
 [[ -n $probe ]] || fail "no probe line (KMODCTL-BOOTCHECK-...) in $OUT/debian12-boot.log"
 mods=$(sed -E 's/.* modules=([^ ]*) .*/\1/' <<<"$probe")
-for m in ext4 dummy; do
+for m in ext4 dummy v4l2loopback kmodtest_marker; do
 	[[ ,$mods, == *",$m,"* ]] || fail "the boot check's probe line does not list $m: $probe"
 done
 echo "boot log: $(cut -c1-100 <<<"$probe")..."
-echo "  $(tr , '\n' <<<"$mods" | wc -l) modules loaded at boot; ext4 and dummy among them"
+echo "  $(tr , '\n' <<<"$mods" | wc -l) modules loaded at boot; ext4, dummy, v4l2loopback and kmodtest_marker among them"
 
 # Read the provisioners' work straight out of the raw image's root
 # filesystem (debugfs at the partition's offset: read-only, no loop device).
@@ -124,6 +130,33 @@ echo "/etc/modules-load.d/kmodctl-example.conf (file provisioner): identical to 
 debugfs -R 'stat /etc/systemd/system/getty.target.wants/serial-getty@ttyS0.service' "$img" 2>/dev/null | grep -q 'Type: symlink' ||
 	fail "serial-getty@ttyS0.service is not enabled in debian12.raw"
 echo "serial-getty@ttyS0.service: enabled"
+
+# The kmod provisioner's work.
+debugfs -R "cat /usr/lib/kmodctl/manifest.json" "$img" 2>/dev/null >"$W/manifest.json"
+cmp -s "$W/manifest.json" debian12-manifest.json || fail "debian12-manifest.json (exported by the builder) differs from the image's /usr/lib/kmodctl/manifest.json"
+echo "manifest: $(grep -c '"name"' debian12-manifest.json) module entries, exported next to the images"
+cn=$(openssl x509 -noout -subject -nameopt multiline -in "$W/signing-cert.pem" | sed -n 's/^ *commonName *= //p')
+for p in $(grep -o '"path": "[^"]*"' "$W/manifest.json" | cut -d'"' -f4); do
+	debugfs -R "dump $p $W/mod.ko" "$img" 2>/dev/null
+	signer=$(modinfo -F signer "$W/mod.ko")
+	[[ $signer == "$cn" ]] || fail "$p: signer '$signer', want '$cn'"
+	"$K" module verify --cert "$W/signing-cert.pem" "$W/mod.ko" >/dev/null || fail "$p does not verify"
+	echo "$p: signed by '$signer', verifies"
+done
+if debugfs -R 'stat /var/lib/dkms/mok.key' "$img" 2>/dev/null | grep -q Inode; then
+	fail "/var/lib/dkms/mok.key exists in the image"
+fi
+echo "/var/lib/dkms/mok.key: absent (DKMS signed nothing, generated no key)"
+bstart=$(partx -g -o START,NAME debian12.raw | awk '$2 == "boot" {print $1}')
+bimg="debian12.raw?offset=$((bstart * 512))"
+debugfs -R "dump /vmlinuz-$KVER $W/vmlinuz" "$bimg" 2>/dev/null
+debugfs -R "dump /initrd.img-$KVER $W/initrd-out.img" "$bimg" 2>/dev/null
+[[ -s $W/initrd-out.img ]] || fail "no /boot/initrd.img-$KVER in debian12.raw"
+echo "booting the image's kernel and initramfs with no root device: the early module must load inside the initramfs"
+timeout 150 qemu-system-x86_64 -accel tcg -m 1024 -nographic -no-reboot -nodefaults -serial stdio \
+	-kernel "$W/vmlinuz" -initrd "$W/initrd-out.img" -append "console=ttyS0 panic=1" \
+	>"$W/early.log" 2>&1 </dev/null || true
+grep -a -m1 'KMODTEST-MARKER' "$W/early.log" || { tail -20 "$W/early.log" >&2; fail "kmodtest_marker did not load from the image's initramfs"; }
 cd "$ROOT"
 
 # ---------------------------------------------------------------------------
@@ -183,10 +216,14 @@ packer build   example/debian12.pkr.hcl, kmod-image builder, Packer $("$PACKER" 
   source       $SRC (read only)
   provisioners shell: /etc/kmodctl-example, /etc/motd, serial-getty@ttyS0 enabled
                file:  /etc/modules-load.d/kmodctl-example.conf (loads dummy at boot)
-  boot check   ${bootline#Boot check }; ext4 and dummy loaded
+               kmod:  kmodtest-marker (DKMS source, early: in the initramfs) and
+                      v4l2loopback-dkms (Debian package), rebuilt for $KVER, signed here
+  boot check   ${bootline#Boot check }; ext4, dummy and v4l2loopback loaded
+  early boot   kmodtest_marker printed its marker from the image's own initramfs
   outputs      $OUT/
                debian12.qcow2 $(size "$OUT/debian12.qcow2"), debian12.raw $(size "$OUT/debian12.raw") ($(alloc "$OUT/debian12.raw") allocated), debian12-boot.log, SHA256SUMS
-  verified     sha256sum -c, qemu-img check, qcow2 == raw, probe line, provisioned files in the image
+  verified     sha256sum -c, qemu-img check, qcow2 == raw, probe line, provisioned files in the image,
+               manifest, signer + signature of every managed module, no DKMS key in the image
   timings      $timings
 kmodctl tour   inspect, sign, verify, check, initramfs inject + QEMU boot: ${tour_secs}s
 packer output  $BUILDLOG

@@ -1,5 +1,5 @@
 // Command packer-plugin-kmod is the Packer plugin: the kmod-image builder
-// (and, once it lands, the kmod provisioner).
+// and the kmod provisioner.
 package main
 
 import (
@@ -9,12 +9,14 @@ import (
 	"github.com/hashicorp/packer-plugin-sdk/plugin"
 
 	"github.com/kmodctl/packer-plugin-kmod/builder/image"
+	"github.com/kmodctl/packer-plugin-kmod/provisioner/kmod"
 	"github.com/kmodctl/packer-plugin-kmod/version"
 )
 
 func main() {
 	pps := plugin.NewSet()
 	pps.RegisterBuilder("image", new(image.Builder))
+	pps.RegisterProvisioner(plugin.DEFAULT_NAME, new(kmod.Provisioner))
 	pps.SetVersion(version.PluginVersion)
 	if err := pps.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -1,0 +1,1 @@
+../../../testdata/modules/kmodtest_marker.c

@@ -1,0 +1,360 @@
+//go:generate packer-sdc mapstructure-to-hcl2 -type Config,ModuleConfig,UdevRuleConfig,FirstbootConfig
+
+package kmod
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+
+	"github.com/hashicorp/packer-plugin-sdk/common"
+	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
+	"github.com/hashicorp/packer-plugin-sdk/template/config"
+	"github.com/hashicorp/packer-plugin-sdk/template/interpolate"
+
+	"github.com/kmodctl/packer-plugin-kmod/kmod/loadconf"
+)
+
+// Config is the kmod provisioner's configuration.
+type Config struct {
+	common.PackerConfig `mapstructure:",squash"`
+
+	// The modules to build, sign, check and install, in load order. Each
+	// `module` block has exactly one of `source`, `package` and `prebuilt`.
+	Modules []ModuleConfig `mapstructure:"module" required:"true"`
+	// The kernels to build for: `["installed"]` (default) means every
+	// kernel of the image (a `/lib/modules/<release>` with a
+	// `/boot/vmlinuz-<release>` or a `modules.dep`); otherwise a list of
+	// kernel releases, each of which must be installed in the image.
+	Kernels []string `mapstructure:"kernels"`
+	// Install what building needs with the image's package manager (apt,
+	// dnf or zypper, detected; package lists are refreshed first): dkms, a
+	// compiler, make and the exact headers of every target kernel.
+	InstallDependencies bool `mapstructure:"install_dependencies"`
+	// Remove, at the end, the packages `install_dependencies` added.
+	RemoveBuildDependencies bool `mapstructure:"remove_build_dependencies"`
+
+	// The X.509 certificate (PEM or DER file) whose key signs the modules;
+	// it must be one the target kernel trusts (built in, or enrolled as a
+	// MOK: see `mok_enroll`).
+	SigningCert string `mapstructure:"signing_cert" required:"true"`
+	// The private key file (PEM, PKCS#1/PKCS#8/EC). It is read on the
+	// build host only: modules are downloaded, signed here and uploaded
+	// back, and the key is never written into the image. One of
+	// `signing_key` and `signing_key_pem` is required.
+	SigningKey string `mapstructure:"signing_key"`
+	// The private key itself, in PEM (typically from an environment
+	// variable: `signing_key_pem = env("KMOD_SIGNING_KEY")`).
+	SigningKeyPEM string `mapstructure:"signing_key_pem"`
+	// The signature digest: `sha256` (default), `sha384` or `sha512`.
+	SigningHash string `mapstructure:"signing_hash"`
+	// Write the signing certificate (DER) into the image at
+	// `/var/lib/kmodctl/mok/kmodctl.der` so it can be enrolled as a Machine
+	// Owner Key with `mokutil --import` on first boot or by the image
+	// pipeline.
+	MOKEnroll bool `mapstructure:"mok_enroll"`
+
+	// Allowed sha256 digests of the final (signed) module files; when set
+	// (here or in `allowed_sha256_file`), any other module fails the build.
+	AllowedSHA256 []string `mapstructure:"allowed_sha256"`
+	// A file of allowed sha256 digests, one per line (`sha256sum` output
+	// works: the first field of each line is used; `#` starts a comment).
+	AllowedSHA256File string `mapstructure:"allowed_sha256_file"`
+	// Allow a module to shadow an in-tree module of the same name, or to
+	// claim the device aliases of one. Without it such conflicts fail the
+	// build, naming the in-tree module and which one would win.
+	ReplaceInTree bool `mapstructure:"replace_in_tree"`
+
+	// Presets, combinable: `aws`, `azure`, `gcp`, `alibaba`, `generic` and
+	// `kubernetes`. Each adds modules to load and modprobe settings (and for
+	// kubernetes the sysctl settings kubelet needs); see the documentation
+	// for what each one does and why.
+	Profiles []string `mapstructure:"profiles"`
+	// Module parameters, as `module = "param=value ..."`, written to
+	// `/etc/modprobe.d/kmodctl.conf`.
+	Options map[string]string `mapstructure:"options"`
+	// Modules to blacklist (not loaded by alias; still loadable by name).
+	Blacklist []string `mapstructure:"blacklist"`
+	// Soft dependencies, as `module = "pre: a b post: c"`.
+	Softdeps map[string]string `mapstructure:"softdeps"`
+	// Install commands, as `module = "command"` (modprobe.d `install`).
+	Install map[string]string `mapstructure:"install"`
+	// udev rules for device-triggered loading, one `udev_rule` block each.
+	UdevRules []UdevRuleConfig `mapstructure:"udev_rule"`
+	// Modules that must never load (CIS hardening): `install X /bin/false`
+	// and `blacklist X` in `/etc/modprobe.d/kmodctl-disable.conf`.
+	DisableModules []string `mapstructure:"disable_modules"`
+	// Write auditd rules recording module loads and unloads
+	// (init_module, finit_module, delete_module; insmod, rmmod, modprobe).
+	Audit bool `mapstructure:"audit"`
+
+	// How modules marked `early` reach the initramfs of each kernel:
+	// `inject` (default) adds them, with their dependencies, to the image's
+	// existing initramfs without its distro tools and has them loaded
+	// there; `regenerate` runs the image's update-initramfs or dracut;
+	// `none` leaves the initramfs alone. In every mode the early-load
+	// configuration is persisted (`/etc/initramfs-tools/modules` or
+	// `/etc/dracut.conf.d/kmodctl.conf`) so later regenerations keep them.
+	Initramfs string `mapstructure:"initramfs"`
+	// A path on the build host that receives a copy of the manifest
+	// (`/usr/lib/kmodctl/manifest.json` in the image).
+	ManifestOutput string `mapstructure:"manifest_output"`
+	// Settings of the first-boot hook (installed by a later release; the
+	// block is accepted now so templates need no change then).
+	Firstboot FirstbootConfig `mapstructure:"firstboot"`
+
+	ctx interpolate.Context
+}
+
+// ModuleConfig is one `module` block.
+type ModuleConfig struct {
+	// A local directory or tar archive holding a DKMS source tree
+	// (dkms.conf at its top). It is uploaded to `/usr/src/<name>-<version>`
+	// and built with the image's dkms for every target kernel.
+	Source string `mapstructure:"source"`
+	// A distro package shipping a DKMS source (`*-dkms`), installed with
+	// the image's package manager; its modules are rebuilt for every target
+	// kernel.
+	Package string `mapstructure:"package"`
+	// Ready-made `.ko` files (optionally compressed) for the target
+	// kernel(s); they are signed and checked like built ones.
+	Prebuilt []string `mapstructure:"prebuilt"`
+	// Load the module(s) from the initramfs, before the root filesystem is
+	// mounted (storage and network drivers the boot needs).
+	Early bool `mapstructure:"early"`
+	// List the module(s) in `/etc/modules-load.d/kmodctl.conf` so
+	// systemd-modules-load loads them at boot. Defaults to true.
+	Load *bool `mapstructure:"load"`
+}
+
+// UdevRuleConfig is one `udev_rule` block: a rules file in
+// /etc/udev/rules.d.
+type UdevRuleConfig struct {
+	// The file name, without directory or `.rules`, such as `90-mynic`.
+	Name string `mapstructure:"name" required:"true"`
+	// The rules, one per element.
+	Rules []string `mapstructure:"rules" required:"true"`
+}
+
+// FirstbootConfig holds the first-boot hook's settings.
+type FirstbootConfig struct {
+	// `systemd` or `cloud-init`.
+	Hook string `mapstructure:"hook"`
+	// Reserved.
+	Mode string `mapstructure:"mode"`
+	// `warn` or `fail` when a module's content differs from the manifest.
+	OnDrift string `mapstructure:"on_drift"`
+	// `warn` or `fail` when the running kernel is not in the manifest.
+	OnUncovered string `mapstructure:"on_uncovered"`
+	// Set kernel.modules_disabled=1 once the managed modules are loaded.
+	Lockdown bool `mapstructure:"lockdown"`
+	// systemd's ConditionVirtualization= for the units (default `vm`).
+	ConditionVirtualization string `mapstructure:"condition_virtualization"`
+}
+
+const (
+	initramfsInject     = "inject"
+	initramfsRegenerate = "regenerate"
+	initramfsNone       = "none"
+	kernelsInstalled    = "installed"
+)
+
+var releasePattern = regexp.MustCompile(`^[A-Za-z0-9._+~-]+$`)
+
+// Prepare decodes and validates.
+func (c *Config) Prepare(raws ...interface{}) error {
+	err := config.Decode(c, &config.DecodeOpts{
+		PluginType:         "kmod",
+		Interpolate:        true,
+		InterpolateContext: &c.ctx,
+	}, raws...)
+	if err != nil {
+		return err
+	}
+	var errs *packersdk.MultiError
+	add := func(format string, a ...interface{}) {
+		errs = packersdk.MultiErrorAppend(errs, fmt.Errorf(format, a...))
+	}
+	if len(c.Modules) == 0 {
+		add("at least one module block is required")
+	}
+	for i := range c.Modules {
+		m := &c.Modules[i]
+		n := 0
+		if m.Source != "" {
+			n++
+			if _, err := os.Stat(m.Source); err != nil {
+				add("module[%d].source: %v", i, err)
+			}
+		}
+		if m.Package != "" {
+			n++
+			if strings.ContainsAny(m.Package, " \t'\";|&$`\\") {
+				add("module[%d].package: %q is not a package name", i, m.Package)
+			}
+		}
+		if len(m.Prebuilt) > 0 {
+			n++
+			for _, p := range m.Prebuilt {
+				if _, err := os.Stat(p); err != nil {
+					add("module[%d].prebuilt: %v", i, err)
+				}
+			}
+		}
+		if n != 1 {
+			add("module[%d]: exactly one of source, package and prebuilt is required (got %d)", i, n)
+		}
+		if m.Load == nil {
+			t := true
+			m.Load = &t
+		}
+	}
+	if len(c.Kernels) == 0 {
+		c.Kernels = []string{kernelsInstalled}
+	}
+	for _, k := range c.Kernels {
+		if k != kernelsInstalled && !releasePattern.MatchString(k) {
+			add("kernels: %q is not a kernel release", k)
+		}
+	}
+	if len(c.Kernels) > 1 {
+		for _, k := range c.Kernels {
+			if k == kernelsInstalled {
+				add("kernels: %q cannot be combined with explicit releases", kernelsInstalled)
+			}
+		}
+	}
+	if c.RemoveBuildDependencies && !c.InstallDependencies {
+		add("remove_build_dependencies needs install_dependencies")
+	}
+	if c.SigningCert == "" {
+		add("signing_cert is required")
+	} else if _, err := os.Stat(c.SigningCert); err != nil {
+		add("signing_cert: %v", err)
+	}
+	switch {
+	case c.SigningKey == "" && c.SigningKeyPEM == "":
+		add("one of signing_key and signing_key_pem is required")
+	case c.SigningKey != "" && c.SigningKeyPEM != "":
+		add("signing_key and signing_key_pem are mutually exclusive")
+	case c.SigningKey != "":
+		if _, err := os.Stat(c.SigningKey); err != nil {
+			add("signing_key: %v", err)
+		}
+	}
+	switch c.SigningHash {
+	case "":
+		c.SigningHash = "sha256"
+	case "sha256", "sha384", "sha512":
+	default:
+		add("signing_hash: %q is not sha256, sha384 or sha512", c.SigningHash)
+	}
+	for _, s := range c.AllowedSHA256 {
+		if !isSHA256(s) {
+			add("allowed_sha256: %q is not a sha256 (64 hex digits)", s)
+		}
+	}
+	if c.AllowedSHA256File != "" {
+		if _, err := readAllowlist(c.AllowedSHA256File); err != nil {
+			add("allowed_sha256_file: %v", err)
+		}
+	}
+	switch c.Initramfs {
+	case "":
+		c.Initramfs = initramfsInject
+	case initramfsInject, initramfsRegenerate, initramfsNone:
+	default:
+		add("initramfs: %q is not inject, regenerate or none", c.Initramfs)
+	}
+	if c.ManifestOutput != "" {
+		if st, err := os.Stat(filepath.Dir(c.ManifestOutput)); err != nil || !st.IsDir() {
+			add("manifest_output: folder %s does not exist", filepath.Dir(c.ManifestOutput))
+		}
+	}
+	// The load configuration is validated by rendering it once.
+	if _, err := loadconf.Render(c.loadOptions(nil, "")); err != nil {
+		add("%v", err)
+	}
+	if errs != nil && len(errs.Errors) > 0 {
+		return errs
+	}
+	return nil
+}
+
+// loadOptions is the loadconf input for the given managed modules (in load
+// order) on an image of architecture arch.
+func (c *Config) loadOptions(load []string, arch string) loadconf.Options {
+	o := loadconf.Options{
+		Load:           load,
+		Profiles:       c.Profiles,
+		DisableModules: c.DisableModules,
+		Audit:          c.Audit,
+		Arch:           arch,
+		Header:         "# Written by packer-plugin-kmod (provisioner \"kmod\"); changes are lost on rebuild.",
+	}
+	mc := loadconf.ModprobeConf{Name: "kmodctl", Options: c.Options, Blacklist: c.Blacklist, Softdeps: c.Softdeps, Installs: c.Install}
+	if len(mc.Options)+len(mc.Blacklist)+len(mc.Softdeps)+len(mc.Installs) > 0 {
+		o.Modprobe = append(o.Modprobe, mc)
+	}
+	for _, r := range c.UdevRules {
+		o.UdevRules = append(o.UdevRules, loadconf.UdevRule{Name: r.Name, Rules: r.Rules})
+	}
+	return o
+}
+
+func isSHA256(s string) bool {
+	s = strings.ToLower(strings.TrimSpace(s))
+	return len(s) == 64 && strings.Trim(s, "0123456789abcdef") == ""
+}
+
+// allowlist returns the allowed digests (nil: no allowlist).
+func (c *Config) allowlist() (map[string]bool, error) {
+	if len(c.AllowedSHA256) == 0 && c.AllowedSHA256File == "" {
+		return nil, nil
+	}
+	res := map[string]bool{}
+	for _, s := range c.AllowedSHA256 {
+		res[strings.ToLower(strings.TrimSpace(s))] = true
+	}
+	if c.AllowedSHA256File != "" {
+		l, err := readAllowlist(c.AllowedSHA256File)
+		if err != nil {
+			return nil, err
+		}
+		for _, s := range l {
+			res[s] = true
+		}
+	}
+	return res, nil
+}
+
+func readAllowlist(path string) ([]string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var res []string
+	for i, line := range strings.Split(string(data), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		f := strings.Fields(line)[0]
+		if !isSHA256(f) {
+			return nil, fmt.Errorf("%s line %d: %q is not a sha256", path, i+1, f)
+		}
+		res = append(res, strings.ToLower(f))
+	}
+	sort.Strings(res)
+	return res, nil
+}
+
+func sha256Hex(data []byte) string {
+	s := sha256.Sum256(data)
+	return hex.EncodeToString(s[:])
+}

@@ -1,0 +1,455 @@
+package kmod
+
+import (
+	"context"
+	"crypto/x509"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/kmodctl/packer-plugin-kmod/initramfs"
+	"github.com/kmodctl/packer-plugin-kmod/kmod"
+	"github.com/kmodctl/packer-plugin-kmod/kmod/loadconf"
+)
+
+// signAndCheck signs every module file on the build host, verifies the
+// signature, and checks it against its kernel, the allowlist and the
+// kernel's own modules. All problems are collected and reported together.
+func (r *run) signAndCheck() error {
+	var problems []string
+	byKernel := map[*targetKernel][]*kmod.Module{}
+	for _, m := range r.modules {
+		res, err := r.signer.SignFileResult(m.Host)
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("%s: sign %s: %v", m.where(), filepath.Base(m.Host), err))
+			continue
+		}
+		if res.Replaced > 0 {
+			r.ui.Message(fmt.Sprintf("kmod: %s: replaced %d existing signature(s) (by %s)", m.where(), res.Replaced, res.PreviousSigner))
+		}
+		vr, err := kmod.VerifyFile(m.Host, []*x509.Certificate{r.cert})
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("%s: signature does not verify against signing_cert: %v", m.where(), err))
+			continue
+		}
+		m.Verify = vr
+		parsed, err := kmod.ParseFile(m.Host)
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("%s: %v", m.where(), err))
+			continue
+		}
+		if parsed.Signature != nil && parsed.Size-parsed.ContentSize <= 0 {
+			problems = append(problems, fmt.Sprintf("%s: no signature after signing", m.where()))
+		}
+		m.Parsed = parsed
+		data, err := os.ReadFile(m.Host)
+		if err != nil {
+			return err
+		}
+		m.SHA256 = sha256Hex(data)
+		if r.allow != nil && !r.allow[m.SHA256] {
+			problems = append(problems, fmt.Sprintf("%s: sha256 %s is not in the allowlist (allowed_sha256/allowed_sha256_file)", m.where(), m.SHA256))
+		}
+		problems = append(problems, r.conflicts(m)...)
+		byKernel[m.Kernel] = append(byKernel[m.Kernel], parsed)
+	}
+	for _, k := range r.kernels {
+		mods := byKernel[k]
+		if len(mods) == 0 {
+			continue
+		}
+		rep := kmod.Check(k.Model, mods)
+		for _, p := range rep.Problems {
+			reason := p.Reason
+			if p.Symbol != "" {
+				reason = "symbol " + p.Symbol + ": " + reason
+			}
+			problems = append(problems, fmt.Sprintf("module %s, kernel %s: %s", p.Module, k.Release, reason))
+		}
+	}
+	problems = append(problems, r.profileProblems()...)
+	if len(problems) > 0 {
+		return fmt.Errorf("%d problem(s) before install, nothing installed:\n  %s", len(problems), strings.Join(dedupe(problems), "\n  "))
+	}
+	r.ui.Say(fmt.Sprintf("kmod: %d module file(s) signed by %q and checked against %s", len(r.modules), r.cert.Subject.CommonName, r.kernelList()))
+	return nil
+}
+
+func dedupe(ps []string) []string {
+	seen := map[string]bool{}
+	var res []string
+	for _, p := range ps {
+		if !seen[p] {
+			seen[p] = true
+			res = append(res, p)
+		}
+	}
+	return res
+}
+
+// conflicts reports a module that shadows an in-tree module of the same
+// name or claims the device aliases of one, unless replace_in_tree.
+func (r *run) conflicts(m *module) []string {
+	k := m.Kernel
+	var res []string
+	if rel, ok := k.InTree[m.Name]; ok {
+		msg := fmt.Sprintf("%s: shadows the in-tree module %s (%s): depmod ranks updates/ above the kernel's own tree, so this one would load instead of it", m.where(), m.Name, rel)
+		if !r.cfg.ReplaceInTree {
+			res = append(res, msg+"; set replace_in_tree = true if that is intended")
+		} else {
+			r.ui.Message("kmod: " + msg + " (replace_in_tree)")
+		}
+	}
+	claimed := map[string][]string{}
+	for _, a := range m.Parsed.All("alias") {
+		for _, owner := range k.Aliases[a] {
+			if owner != m.Name {
+				claimed[owner] = append(claimed[owner], a)
+			}
+		}
+	}
+	owners := make([]string, 0, len(claimed))
+	for o := range claimed {
+		owners = append(owners, o)
+	}
+	sort.Strings(owners)
+	for _, o := range owners {
+		msg := fmt.Sprintf("%s: claims %d device alias(es) of the in-tree module %s (e.g. %s): for such a device modprobe loads both, in modules.alias order, and the first to bind wins", m.where(), len(claimed[o]), o, claimed[o][0])
+		if !r.cfg.ReplaceInTree {
+			res = append(res, msg+"; set replace_in_tree = true (and blacklist "+o+" to make this one win)")
+		} else {
+			r.ui.Message("kmod: " + msg + " (replace_in_tree)")
+		}
+	}
+	return res
+}
+
+// install puts the signed files in place and runs depmod for each kernel.
+func (r *run) install(ctx context.Context) error {
+	for _, m := range r.modules {
+		if m.DKMS != nil {
+			// Into dkms's tree, then `dkms install` so dkms's bookkeeping
+			// (status, autoinstall, removal) knows it; the installed copy
+			// must be exactly our signed file.
+			if err := r.t.writeHostFile(ctx, m.Host, m.Built, 0o644); err != nil {
+				return fmt.Errorf("%s: %w", m.where(), err)
+			}
+		}
+	}
+	done := map[string]bool{}
+	for _, m := range r.modules {
+		if m.DKMS == nil {
+			if err := r.t.writeHostFile(ctx, m.Host, m.Dest, 0o644); err != nil {
+				return fmt.Errorf("%s: %w", m.where(), err)
+			}
+			continue
+		}
+		key := m.DKMS.Name + "/" + m.DKMS.Version + "/" + m.Kernel.Release
+		if done[key] {
+			continue
+		}
+		done[key] = true
+		cmd := fmt.Sprintf("dkms install --force -m %s -v %s -k %s", shQuote(m.DKMS.Name), shQuote(m.DKMS.Version), shQuote(m.Kernel.Release+"/"+r.arch))
+		if err := r.t.runUI(ctx, cmd); err != nil {
+			return fmt.Errorf("%s: dkms install: %w", m.where(), err)
+		}
+	}
+	// The installed files must be byte for byte the signed ones.
+	for _, m := range r.modules {
+		out, err := r.t.output(ctx, "sha256sum "+shQuote(m.Dest))
+		if err != nil {
+			return fmt.Errorf("%s: %s not installed: %w", m.where(), m.Dest, err)
+		}
+		if got := strings.Fields(out); len(got) == 0 || got[0] != m.SHA256 {
+			return fmt.Errorf("%s: %s differs from the signed file after install (sha256 %s, want %s)", m.where(), m.Dest, firstField(out), m.SHA256)
+		}
+	}
+	for _, k := range r.kernels {
+		if _, err := r.t.output(ctx, "depmod -a "+shQuote(k.Release)); err != nil {
+			return fmt.Errorf("kernel %s: depmod: %w", k.Release, err)
+		}
+	}
+	r.ui.Say(fmt.Sprintf("kmod: installed %d module file(s); depmod done for %s", len(r.modules), r.kernelList()))
+	return nil
+}
+
+func firstField(s string) string {
+	if f := strings.Fields(s); len(f) > 0 {
+		return f[0]
+	}
+	return ""
+}
+
+// loadOrder lists the managed modules to load at boot, in declared order.
+func (r *run) loadOrder() []string {
+	var names []string
+	seen := map[string]bool{}
+	for _, m := range r.modules {
+		if m.Load && !seen[m.Name] {
+			seen[m.Name] = true
+			names = append(names, m.Name)
+		}
+	}
+	return names
+}
+
+func (r *run) earlyNames() []string {
+	var names []string
+	seen := map[string]bool{}
+	for _, m := range r.modules {
+		if m.Early && !seen[m.Name] {
+			seen[m.Name] = true
+			names = append(names, m.Name)
+		}
+	}
+	return names
+}
+
+// writeLoadConfig writes modules-load.d, modprobe.d, udev, audit and sysctl
+// files, and persists the early-load list for later initramfs generations.
+func (r *run) writeLoadConfig(ctx context.Context) error {
+	opts := r.cfg.loadOptions(r.loadOrder(), r.goarch)
+	for _, m := range r.modules {
+		if isNetDriver(m.Parsed) {
+			for _, p := range r.cfg.Profiles {
+				// Alibaba: a third-party NIC driver replaces ena.
+				opts.ThirdPartyNIC = opts.ThirdPartyNIC || p == "alibaba"
+			}
+		}
+	}
+	files, err := loadconf.Render(opts)
+	if err != nil {
+		return err
+	}
+	for _, f := range files {
+		if err := r.t.writeFile(ctx, f.Path, f.Content, f.Mode); err != nil {
+			return err
+		}
+		r.ui.Message("kmod: wrote " + f.Path)
+	}
+	early := r.earlyNames()
+	if len(early) == 0 {
+		return nil
+	}
+	switch {
+	case r.t.exists(ctx, "/usr/sbin/update-initramfs") || r.t.exists(ctx, "/etc/initramfs-tools"):
+		return r.persistInitramfsTools(ctx, early)
+	case r.t.exists(ctx, "/usr/bin/dracut") || r.t.exists(ctx, "/usr/sbin/dracut"):
+		content := "# Written by packer-plugin-kmod: modules the initramfs must load.\nforce_drivers+=\" " + strings.Join(early, " ") + " \"\n"
+		return r.t.writeFile(ctx, "/etc/dracut.conf.d/kmodctl.conf", []byte(content), 0o644)
+	}
+	r.ui.Error("kmod: warning: neither initramfs-tools nor dracut in the image; the early-load list is not persisted for later initramfs generations")
+	return nil
+}
+
+const (
+	beginMark = "# BEGIN packer-plugin-kmod"
+	endMark   = "# END packer-plugin-kmod"
+)
+
+// persistInitramfsTools keeps a marked block in /etc/initramfs-tools/modules.
+func (r *run) persistInitramfsTools(ctx context.Context, early []string) error {
+	const p = "/etc/initramfs-tools/modules"
+	var old []byte
+	if r.t.exists(ctx, p) {
+		var err error
+		if old, err = r.t.readFile(p); err != nil {
+			return err
+		}
+	}
+	var kept []string
+	in := false
+	for _, l := range strings.Split(strings.TrimRight(string(old), "\n"), "\n") {
+		switch {
+		case l == beginMark:
+			in = true
+		case l == endMark:
+			in = false
+		case !in && (l != "" || len(kept) > 0):
+			kept = append(kept, l)
+		}
+	}
+	block := append([]string{beginMark}, early...)
+	block = append(block, endMark)
+	content := strings.Join(append(kept, block...), "\n") + "\n"
+	return r.t.writeFile(ctx, p, []byte(content), 0o644)
+}
+
+// initramfs adds the early modules to each kernel's initramfs.
+func (r *run) initramfs(ctx context.Context) error {
+	if len(r.earlyNames()) == 0 || r.cfg.Initramfs == initramfsNone {
+		return nil
+	}
+	for _, k := range r.kernels {
+		var early []*module
+		for _, m := range r.modules {
+			if m.Kernel == k && m.Early {
+				early = append(early, m)
+			}
+		}
+		if len(early) == 0 {
+			continue
+		}
+		if r.cfg.Initramfs == initramfsRegenerate {
+			if err := r.regenerate(ctx, k); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := r.inject(ctx, k, early); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (r *run) regenerate(ctx context.Context, k *targetKernel) error {
+	cmd := "update-initramfs -u -k " + shQuote(k.Release)
+	if !r.t.exists(ctx, "/usr/sbin/update-initramfs") {
+		img := k.Initrd
+		if img == "" {
+			img = "/boot/initramfs-" + k.Release + ".img"
+		}
+		cmd = "dracut -f --kver " + shQuote(k.Release) + " " + shQuote(img)
+	}
+	r.ui.Say("kmod: " + cmd)
+	if err := r.t.runUI(ctx, cmd); err != nil {
+		return fmt.Errorf("kernel %s: initramfs = \"regenerate\": %w", k.Release, err)
+	}
+	for _, m := range r.modules {
+		if m.Kernel == k && m.Early {
+			m.Initrd = m.SHA256 // the distro tool copies the installed file
+		}
+	}
+	return nil
+}
+
+// inject downloads the kernel's initramfs and the dependencies of the early
+// modules, injects them on the build host with the initramfs library, and
+// uploads the result atomically.
+func (r *run) inject(ctx context.Context, k *targetKernel, early []*module) error {
+	if k.Initrd == "" {
+		return fmt.Errorf("kernel %s: early modules (%s) but the image has no initramfs for it (/boot/initrd.img-%s or /boot/initramfs-%s.img)", k.Release, early[0].Name, k.Release, k.Release)
+	}
+	moddir := imageModuleDir(k)
+	mirror := filepath.Join(k.HostDir, "mirror", "lib", "modules", k.Release)
+	if err := os.MkdirAll(mirror, 0o755); err != nil {
+		return err
+	}
+	depHost := filepath.Join(k.HostDir, "modules.dep.after")
+	if err := r.t.download(moddir+"/modules.dep", depHost); err != nil {
+		return fmt.Errorf("kernel %s: %w", k.Release, err)
+	}
+	var rels, paths []string
+	for _, m := range early {
+		rel := strings.TrimPrefix(m.Dest, moddir+"/")
+		rels = append(rels, rel)
+		paths = append(paths, m.Host)
+		// The early module itself, at its place in the mirrored tree.
+		dst := filepath.Join(mirror, filepath.FromSlash(rel))
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return err
+		}
+		data, err := os.ReadFile(m.Host)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(dst, data, 0o644); err != nil {
+			return err
+		}
+	}
+	deps, err := depClosure(depHost, rels)
+	if err != nil {
+		return err
+	}
+	for _, d := range deps {
+		host := filepath.Join(mirror, filepath.FromSlash(d))
+		if err := os.MkdirAll(filepath.Dir(host), 0o755); err != nil {
+			return err
+		}
+		if err := r.t.download(path.Join(moddir, d), host); err != nil {
+			return fmt.Errorf("kernel %s: dependency %s: %w", k.Release, d, err)
+		}
+	}
+	img := filepath.Join(k.HostDir, "initrd.img")
+	if err := r.t.download(k.Initrd, img); err != nil {
+		return fmt.Errorf("kernel %s: %w", k.Release, err)
+	}
+	modeOut, _ := r.t.output(context.Background(), "stat -c %a "+shQuote(k.Initrd))
+	mode := os.FileMode(0o644)
+	if v, err := strconv.ParseUint(strings.TrimSpace(modeOut), 8, 32); err == nil {
+		mode = os.FileMode(v)
+	}
+	res, err := initramfs.Inject(img,
+		initramfs.WithModules(paths...),
+		initramfs.WithModulesDir(mirror),
+		initramfs.WithLoad(true),
+		initramfs.WithKernelRelease(k.Release),
+		initramfs.WithInjectWarnings(func(w string) { r.ui.Message("kmod: initramfs: " + w) }),
+	)
+	if err != nil {
+		return fmt.Errorf("kernel %s: inject into %s: %w", k.Release, k.Initrd, err)
+	}
+	if err := r.t.writeHostFile(ctx, img, k.Initrd, mode); err != nil {
+		return fmt.Errorf("kernel %s: %w", k.Release, err)
+	}
+	byName := map[string]int64{}
+	for _, f := range res.Modules {
+		byName[f.Name] = f.Size
+	}
+	for _, m := range early {
+		if _, ok := byName[m.Name]; !ok {
+			return fmt.Errorf("%s: not in the injected initramfs", m.where())
+		}
+		m.Initrd = m.SHA256
+	}
+	r.ui.Say(fmt.Sprintf("kmod: %s: injected %d module(s) and %d dependencies (%s, %s mode), loaded by %s",
+		k.Initrd, len(res.Modules), len(res.Dependencies), res.Flavor, res.Mode, res.LoadConfig))
+	return nil
+}
+
+// profileProblems reports modules the profiles load that a kernel does not
+// have (systemd-modules-load would fail on them at every boot).
+func (r *run) profileProblems() []string {
+	managed := map[string]bool{}
+	for _, m := range r.modules {
+		managed[m.Name] = true
+	}
+	var res []string
+	for _, p := range loadconf.Profiles() {
+		used := false
+		for _, name := range r.cfg.Profiles {
+			used = used || name == p.Name
+		}
+		if !used {
+			continue
+		}
+		for _, mod := range p.Load {
+			for _, k := range r.kernels {
+				if !managed[mod] && !k.has(mod) {
+					res = append(res, fmt.Sprintf("profile %s: module %s, kernel %s: the kernel has no such module (neither in its tree nor built in)", p.Name, mod, k.Release))
+				}
+			}
+		}
+	}
+	return res
+}
+
+// isNetDriver tells a network driver by what it imports: it registers a
+// net_device.
+func isNetDriver(m *kmod.Module) bool {
+	if m == nil {
+		return false
+	}
+	for _, s := range m.Undefined {
+		switch s {
+		case "register_netdev", "register_netdevice", "alloc_etherdev_mqs", "alloc_netdev_mqs":
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,132 @@
+package kmod
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/kmodctl/packer-plugin-kmod/internal/fixture"
+)
+
+func TestPrepareErrors(t *testing.T) {
+	dir := t.TempDir()
+	cert := filepath.Join(dir, "cert.pem")
+	key := filepath.Join(dir, "key.pem")
+	ko := filepath.Join(dir, "x.ko")
+	for _, p := range []string{cert, key, ko} {
+		os.WriteFile(p, []byte("x"), 0o600)
+	}
+	base := func() map[string]interface{} {
+		return map[string]interface{}{"signing_cert": cert, "signing_key": key, "module": []map[string]interface{}{{"prebuilt": []string{ko}}}}
+	}
+	cases := []struct {
+		name string
+		mod  func(m map[string]interface{})
+		want string
+	}{
+		{"no modules", func(m map[string]interface{}) { delete(m, "module") }, "at least one module block"},
+		{"two kinds", func(m map[string]interface{}) {
+			m["module"] = []map[string]interface{}{{"prebuilt": []string{ko}, "package": "x-dkms"}}
+		}, "module[0]: exactly one of source, package and prebuilt"},
+		{"missing source", func(m map[string]interface{}) {
+			m["module"] = []map[string]interface{}{{"source": "/nonexistent/src"}}
+		}, "module[0].source"},
+		{"bad package", func(m map[string]interface{}) {
+			m["module"] = []map[string]interface{}{{"package": "x; rm -rf /"}}
+		}, "module[0].package"},
+		{"no key", func(m map[string]interface{}) { delete(m, "signing_key") }, "one of signing_key and signing_key_pem"},
+		{"both keys", func(m map[string]interface{}) { m["signing_key_pem"] = "x" }, "mutually exclusive"},
+		{"no cert", func(m map[string]interface{}) { delete(m, "signing_cert") }, "signing_cert is required"},
+		{"hash", func(m map[string]interface{}) { m["signing_hash"] = "md5" }, "signing_hash"},
+		{"allow", func(m map[string]interface{}) { m["allowed_sha256"] = []string{"abc"} }, "allowed_sha256"},
+		{"initramfs", func(m map[string]interface{}) { m["initramfs"] = "rebuild" }, "initramfs"},
+		{"kernels", func(m map[string]interface{}) { m["kernels"] = []string{"installed", "6.1.0-9-amd64"} }, "cannot be combined"},
+		{"kernel name", func(m map[string]interface{}) { m["kernels"] = []string{"6.1 amd64"} }, "is not a kernel release"},
+		{"remove deps", func(m map[string]interface{}) { m["remove_build_dependencies"] = true }, "needs install_dependencies"},
+		{"profile", func(m map[string]interface{}) { m["profiles"] = []string{"aws", "oracle"} }, "oracle"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			raw := base()
+			c.mod(raw)
+			var cfg Config
+			err := cfg.Prepare(raw)
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("Prepare = %v, want an error containing %q", err, c.want)
+			}
+		})
+	}
+	var cfg Config
+	if err := cfg.Prepare(base()); err != nil {
+		t.Fatalf("valid config: %v", err)
+	}
+	if cfg.Initramfs != "inject" || cfg.SigningHash != "sha256" || cfg.Kernels[0] != "installed" || !*cfg.Modules[0].Load {
+		t.Errorf("defaults: %+v", cfg)
+	}
+}
+
+func TestDepClosure(t *testing.T) {
+	dep := filepath.Join(t.TempDir(), "modules.dep")
+	os.WriteFile(dep, []byte(`updates/dkms/a.ko: kernel/b.ko kernel/c.ko
+kernel/b.ko: kernel/c.ko
+kernel/c.ko:
+kernel/d.ko: kernel/e.ko
+`), 0o644)
+	got, err := depClosure(dep, []string{"updates/dkms/a.ko"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(got, " ") != "kernel/b.ko kernel/c.ko" {
+		t.Errorf("closure %v", got)
+	}
+}
+
+func TestKernelSupportsKey(t *testing.T) {
+	dir := t.TempDir()
+	write := func(s string) *targetKernel {
+		p := filepath.Join(dir, "config")
+		os.WriteFile(p, []byte("#\nCONFIG_X=y\n"+s), 0o644)
+		return &targetKernel{Release: "6.1.0-56-amd64", Config: p}
+	}
+	if ok, _ := kernelSupportsKey(write(""), "rsa"); !ok {
+		t.Error("rsa refused")
+	}
+	ok, why := kernelSupportsKey(write("CONFIG_CRYPTO_ECDSA=m\n"), "ecdsa")
+	if ok || !strings.Contains(why, "6.1.0-56-amd64 cannot verify ECDSA") || !strings.Contains(why, "=m") {
+		t.Errorf("ecdsa as module: %v %q", ok, why)
+	}
+	if ok, _ := kernelSupportsKey(write("CONFIG_CRYPTO_ECDSA=y\n"), "ecdsa"); !ok {
+		t.Error("built-in ecdsa refused")
+	}
+	if ok, why := kernelSupportsKey(&targetKernel{Release: "x"}, "ecdsa"); ok || !strings.Contains(why, "no config") {
+		t.Errorf("no config: %v %q", ok, why)
+	}
+}
+
+// Debian 12's kernel, from the fixture: ECDSA must be refused there.
+func TestKernelSupportsKeyDebian(t *testing.T) {
+	cfgs, _ := filepath.Glob(filepath.Join(fixture.Rootfs(t), "boot", "config-*"))
+	if len(cfgs) == 0 {
+		t.Fatal("no kernel config in the fixture rootfs")
+	}
+	ok, why := kernelSupportsKey(&targetKernel{Release: filepath.Base(cfgs[0]), Config: cfgs[0]}, "ecdsa")
+	if ok {
+		t.Fatalf("Debian 12's kernel accepted for ECDSA")
+	}
+	t.Log(why)
+}
+
+func TestTreeDigest(t *testing.T) {
+	a := t.TempDir()
+	os.WriteFile(filepath.Join(a, "f"), []byte("1"), 0o644)
+	d1, err := treeDigest(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(a, "f"), []byte("2"), 0o644)
+	d2, _ := treeDigest(a)
+	if d1 == d2 || len(d1) != 64 {
+		t.Errorf("digest did not change: %s %s", d1, d2)
+	}
+}

@@ -1,0 +1,431 @@
+// Package kmod is the `kmod` Packer provisioner: it rebuilds out-of-tree
+// kernel modules with the image's DKMS for every kernel of the image, signs
+// them on the build host (the private key never enters the image), checks
+// them against each kernel, installs them with their load configuration and
+// initramfs entries, and records everything in a manifest. The work is done
+// by the dkms, kmod, kmod/loadconf, kmod/manifest and initramfs packages;
+// this package only moves bytes through the Packer communicator.
+package kmod
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/hcl/v2/hcldec"
+	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
+
+	"github.com/kmodctl/packer-plugin-kmod/dkms"
+	"github.com/kmodctl/packer-plugin-kmod/internal/atomicfile"
+	"github.com/kmodctl/packer-plugin-kmod/kmod"
+	"github.com/kmodctl/packer-plugin-kmod/kmod/manifest"
+	"github.com/kmodctl/packer-plugin-kmod/kmod/modsig"
+)
+
+// Provisioner is the kmod provisioner.
+type Provisioner struct {
+	config Config
+}
+
+var _ packersdk.Provisioner = (*Provisioner)(nil)
+
+func (p *Provisioner) ConfigSpec() hcldec.ObjectSpec { return p.config.FlatMapstructure().HCL2Spec() }
+
+func (p *Provisioner) Prepare(raws ...interface{}) error { return p.config.Prepare(raws...) }
+
+// Provision runs one provisioning. Every failure names the module, the
+// kernel and the reason.
+func (p *Provisioner) Provision(ctx context.Context, ui packersdk.Ui, comm packersdk.Communicator, _ map[string]interface{}) error {
+	work, err := os.MkdirTemp("", "packer-kmod-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	r := &run{cfg: &p.config, t: &target{comm: comm, ui: ui}, ui: ui, work: work, start: time.Now()}
+	err = r.provision(ctx)
+	for i := len(r.cleanups) - 1; i >= 0; i-- {
+		if cerr := r.cleanups[i](); cerr != nil {
+			ui.Error(fmt.Sprintf("kmod: cleanup: %v", cerr))
+			if err == nil {
+				err = cerr
+			}
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("kmod: %w", err)
+	}
+	ui.Say(fmt.Sprintf("kmod: done in %v (%s)", time.Since(r.start).Round(10*time.Millisecond), r.timings()))
+	return nil
+}
+
+// run is one provisioning's state.
+type run struct {
+	cfg      *Config
+	t        *target
+	ui       packersdk.Ui
+	work     string
+	start    time.Time
+	cleanups []func() error
+	phases   []phase
+
+	signer   *kmod.Signer
+	cert     *x509.Certificate
+	keyAlgo  string
+	kernels  []*targetKernel
+	arch     string // dkms arch (uname -m form)
+	goarch   string
+	pm       dkms.PackageManager
+	driver   *dkms.Driver
+	modules  []*module // every (kernel, module) to install, in load order
+	allow    map[string]bool
+	addedPkg []string
+}
+
+type phase struct {
+	name string
+	d    time.Duration
+}
+
+func (r *run) timed(name string, start time.Time) {
+	r.phases = append(r.phases, phase{name, time.Since(start)})
+}
+
+func (r *run) timings() string {
+	var parts []string
+	for _, p := range r.phases {
+		parts = append(parts, fmt.Sprintf("%s=%.2fs", p.name, p.d.Seconds()))
+	}
+	return strings.Join(parts, " ")
+}
+
+// module is one module file for one kernel.
+type module struct {
+	Block   int // index of its module block
+	Kernel  *targetKernel
+	Name    string
+	Host    string // host path of the file (signed in place)
+	Dest    string // path in the image
+	Early   bool
+	Load    bool
+	Source  manifest.Source
+	DKMS    *dkms.NameVersion // built by dkms (installed with dkms install)
+	Built   string            // path of the built file in the dkms tree
+	Parsed  *kmod.Module
+	SHA256  string
+	Initrd  string // sha256 of the copy in the initramfs
+	Verify  *kmod.VerifyResult
+}
+
+func (m *module) where() string {
+	return fmt.Sprintf("module %s, kernel %s", m.Name, m.Kernel.Release)
+}
+
+func (r *run) provision(ctx context.Context) error {
+	t0 := time.Now()
+	if err := r.setupSigning(); err != nil {
+		return err
+	}
+	allow, err := r.cfg.allowlist()
+	if err != nil {
+		return err
+	}
+	r.allow = allow
+	if err := r.detectTarget(ctx); err != nil {
+		return err
+	}
+	r.timed("detect", t0)
+
+	t0 = time.Now()
+	if err := r.prepareDKMS(ctx); err != nil {
+		return err
+	}
+	r.timed("dependencies", t0)
+
+	t0 = time.Now()
+	for _, k := range r.kernels {
+		if err := r.loadKernelData(ctx, k); err != nil {
+			return err
+		}
+	}
+	r.timed("kernel_data", t0)
+
+	t0 = time.Now()
+	for i := range r.cfg.Modules {
+		if err := r.obtain(ctx, i); err != nil {
+			return err
+		}
+	}
+	r.timed("build", t0)
+
+	t0 = time.Now()
+	if err := r.signAndCheck(); err != nil {
+		return err
+	}
+	r.timed("sign_check", t0)
+
+	t0 = time.Now()
+	if err := r.install(ctx); err != nil {
+		return err
+	}
+	if err := r.writeLoadConfig(ctx); err != nil {
+		return err
+	}
+	r.timed("install", t0)
+
+	t0 = time.Now()
+	if err := r.initramfs(ctx); err != nil {
+		return err
+	}
+	r.timed("initramfs", t0)
+
+	t0 = time.Now()
+	if err := r.writeManifest(ctx); err != nil {
+		return err
+	}
+	if err := r.finish(ctx); err != nil {
+		return err
+	}
+	r.timed("finish", t0)
+	return nil
+}
+
+// setupSigning reads the key and certificate on the build host.
+func (r *run) setupSigning() error {
+	certData, err := os.ReadFile(r.cfg.SigningCert)
+	if err != nil {
+		return fmt.Errorf("signing_cert: %w", err)
+	}
+	certs, err := modsig.ParseCertificates(certData)
+	if err != nil || len(certs) == 0 {
+		return fmt.Errorf("signing_cert %s: %v", r.cfg.SigningCert, err)
+	}
+	r.cert = certs[0]
+	keyData := []byte(r.cfg.SigningKeyPEM)
+	what := "signing_key_pem"
+	if r.cfg.SigningKey != "" {
+		what = "signing_key " + r.cfg.SigningKey
+		if keyData, err = os.ReadFile(r.cfg.SigningKey); err != nil {
+			return fmt.Errorf("signing_key: %w", err)
+		}
+	}
+	key, err := modsig.ParsePrivateKey(keyData)
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	switch r.cert.PublicKeyAlgorithm {
+	case x509.ECDSA:
+		r.keyAlgo = "ecdsa"
+	default:
+		r.keyAlgo = "rsa"
+	}
+	hash := map[string]crypto.Hash{"sha256": crypto.SHA256, "sha384": crypto.SHA384, "sha512": crypto.SHA512}[r.cfg.SigningHash]
+	s, err := kmod.NewSigner(key, r.cert, kmod.WithHash(hash), kmod.WithIfSigned(kmod.Replace))
+	if err != nil {
+		return fmt.Errorf("%s and signing_cert %s: %w", what, r.cfg.SigningCert, err)
+	}
+	r.signer = s
+	return nil
+}
+
+// detectTarget finds the kernels and the architecture of the image.
+func (r *run) detectTarget(ctx context.Context) error {
+	all, err := detectKernels(ctx, r.t)
+	if err != nil {
+		return err
+	}
+	var rels []string
+	if len(r.cfg.Kernels) == 1 && r.cfg.Kernels[0] == kernelsInstalled {
+		rels = all
+		if len(rels) == 0 {
+			return errors.New("the image has no kernel (no /lib/modules/<release> with /boot/vmlinuz-<release> or modules.dep)")
+		}
+	} else {
+		have := map[string]bool{}
+		for _, k := range all {
+			have[k] = true
+		}
+		for _, k := range r.cfg.Kernels {
+			if !have[k] {
+				return fmt.Errorf("kernels: %s is not installed in the image (it has: %s)", k, strings.Join(all, ", "))
+			}
+		}
+		rels = r.cfg.Kernels
+	}
+	for _, rel := range rels {
+		dir := filepath.Join(r.work, "kernels", rel)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+		r.kernels = append(r.kernels, &targetKernel{Release: rel, HostDir: dir})
+	}
+	out, err := r.t.output(ctx, "dpkg --print-architecture 2>/dev/null || rpm --eval '%{_arch}' 2>/dev/null || uname -m")
+	if err != nil {
+		return fmt.Errorf("the image's architecture: %w", err)
+	}
+	r.goarch, r.arch = archNames(strings.TrimSpace(out))
+	r.ui.Say(fmt.Sprintf("kmod: kernels %s (%s)", strings.Join(rels, ", "), r.arch))
+	return nil
+}
+
+// archNames maps a distro architecture to GOARCH and dkms's uname -m form.
+func archNames(a string) (goarch, machine string) {
+	switch a {
+	case "amd64", "x86_64":
+		return "amd64", "x86_64"
+	case "arm64", "aarch64":
+		return "arm64", "aarch64"
+	case "armhf", "armv7l", "arm":
+		return "arm", "armv7l"
+	case "s390x":
+		return "s390x", "s390x"
+	case "ppc64el", "ppc64le":
+		return "ppc64le", "ppc64le"
+	case "riscv64":
+		return "riscv64", "riscv64"
+	}
+	return a, a
+}
+
+func (r *run) needsDKMS() bool {
+	for _, m := range r.cfg.Modules {
+		if m.Source != "" || m.Package != "" {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *run) needsPackages() bool {
+	if r.cfg.InstallDependencies {
+		return true
+	}
+	for _, m := range r.cfg.Modules {
+		if m.Package != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// prepareDKMS installs the build dependencies and turns off DKMS's own
+// signing (so the modules carry exactly one signature: ours, and DKMS
+// generates no key inside the image).
+func (r *run) prepareDKMS(ctx context.Context) error {
+	if r.needsPackages() {
+		pm, err := dkms.DetectPackageManager(ctx, r.t)
+		if err != nil {
+			return err
+		}
+		r.pm = pm
+	}
+	r.driver = &dkms.Driver{R: r.t, Log: r.ui.Message}
+	hadMOK := r.t.exists(ctx, "/var/lib/dkms/mok.key")
+	r.cleanups = append(r.cleanups, func() error {
+		if !hadMOK && r.t.exists(context.Background(), "/var/lib/dkms/mok.key") {
+			return errors.New("dkms generated /var/lib/dkms/mok.key inside the image despite signing being disabled; remove it and report this")
+		}
+		return nil
+	})
+	if r.needsDKMS() || r.cfg.InstallDependencies {
+		// Before any package install: a -dkms package's postinst builds.
+		restore, err := r.driver.DisableSigning(ctx)
+		if err != nil {
+			return fmt.Errorf("disable dkms signing: %w", err)
+		}
+		r.cleanups = append(r.cleanups, func() error { return restore(context.Background()) })
+	}
+	if r.cfg.InstallDependencies {
+		var rels []string
+		for _, k := range r.kernels {
+			rels = append(rels, k.Release)
+		}
+		pkgs := dkms.BuildDependencies(r.pm, rels)
+		r.ui.Say(fmt.Sprintf("kmod: installing build dependencies (%s): %s", r.pm, strings.Join(pkgs, " ")))
+		added, err := dkms.InstallPackages(ctx, r.t, r.pm, pkgs, &lineWriter{say: r.ui.Message})
+		if err != nil {
+			return fmt.Errorf("install_dependencies: %w", err)
+		}
+		r.addedPkg = added
+	}
+	if r.needsDKMS() {
+		if _, err := r.t.output(ctx, "command -v dkms"); err != nil {
+			return errors.New("the image has no dkms (set install_dependencies = true, or install dkms first)")
+		}
+	}
+	return nil
+}
+
+func (r *run) loadKernelData(ctx context.Context, k *targetKernel) error {
+	full, err := loadKernel(ctx, r.t, k.Release, k.HostDir)
+	if err != nil {
+		return err
+	}
+	*k = *full
+	if ok, why := kernelSupportsKey(k, r.keyAlgo); !ok {
+		return fmt.Errorf("signing key: %s", why)
+	}
+	return nil
+}
+
+// finish writes the MOK certificate and removes the build dependencies.
+func (r *run) finish(ctx context.Context) error {
+	if r.cfg.MOKEnroll {
+		if err := r.t.writeFile(ctx, mokPath, r.cert.Raw, 0o644); err != nil {
+			return fmt.Errorf("mok_enroll: %w", err)
+		}
+		r.ui.Say(fmt.Sprintf("kmod: certificate for MOK enrollment written to %s (enroll with: mokutil --import %s)", mokPath, mokPath))
+	}
+	if r.cfg.RemoveBuildDependencies && len(r.addedPkg) > 0 {
+		r.ui.Say("kmod: removing build dependencies: " + strings.Join(r.addedPkg, " "))
+		if err := dkms.RemovePackages(ctx, r.t, r.pm, r.addedPkg, &lineWriter{say: r.ui.Message}); err != nil {
+			return fmt.Errorf("remove_build_dependencies: %w", err)
+		}
+	}
+	return nil
+}
+
+const mokPath = "/var/lib/kmodctl/mok/kmodctl.der"
+
+// writeManifest records every installed module, per kernel, in load order.
+func (r *run) writeManifest(ctx context.Context) error {
+	m := &manifest.Manifest{Version: manifest.Version, Generator: "packer-plugin-kmod", Certificates: []manifest.Certificate{manifest.NewCertificate(r.cert)}}
+	for _, k := range r.kernels {
+		mk := manifest.Kernel{Release: k.Release}
+		for _, mod := range r.modules {
+			if mod.Kernel != k {
+				continue
+			}
+			entry, err := manifest.ModuleFromFile(mod.Host, mod.Dest, []*x509.Certificate{r.cert})
+			if err != nil {
+				return fmt.Errorf("manifest: %s: %w", mod.where(), err)
+			}
+			entry.Early, entry.Load, entry.Source, entry.InitramfsSHA256 = mod.Early, mod.Load, mod.Source, mod.Initrd
+			mk.Modules = append(mk.Modules, entry)
+		}
+		m.Kernels = append(m.Kernels, mk)
+	}
+	data, err := m.Marshal()
+	if err != nil {
+		return err
+	}
+	if err := r.t.writeFile(ctx, manifest.Path, data, 0o644); err != nil {
+		return fmt.Errorf("manifest: %w", err)
+	}
+	if r.cfg.ManifestOutput != "" {
+		if err := atomicfile.WriteFile(r.cfg.ManifestOutput, data, 0o644); err != nil {
+			return fmt.Errorf("manifest_output: %w", err)
+		}
+	}
+	r.ui.Say(fmt.Sprintf("kmod: manifest %s: %d module files for %d kernels", manifest.Path, len(r.modules), len(r.kernels)))
+	return nil
+}
+
+// imageModuleDir is /lib/modules/<release>.
+func imageModuleDir(k *targetKernel) string { return path.Join("/lib/modules", k.Release) }
