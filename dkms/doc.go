@@ -39,6 +39,23 @@
 //
 // # Driver
 //
-// Driver runs dkms on the target through a Runner (a /bin/sh command line
-// on the target: a chroot or a Packer communicator). See driver.go.
+// Driver runs dkms on the target through a Runner, a /bin/sh command line
+// on the target (a chroot, or a Packer communicator). A provisioner would:
+// DetectPackageManager; InstallPackages(BuildDependencies(...)), keeping
+// the returned list; Driver.DisableSigning (after dkms is installed, before
+// any *-dkms package, whose postinst builds right away); install *-dkms
+// packages and PackageModules, or copy a source tree to
+// /usr/src/NAME-VERSION and Driver.Add; Driver.Build per kernel, always with
+// the image's kernel release (dkms's default is uname -r, the build host's
+// kernel in a chroot); then restore the signing configuration and
+// RemovePackages. Removing a *-dkms package runs "dkms remove --all", which
+// deletes the modules dkms built and installed.
+//
+// Build checks what dkms itself does not: that headers exist for the
+// kernel before it starts, that an exit status 0 came with modules in
+// DKMS_TREE/NAME/VERSION/KERNEL/ARCH/module (dkms 3.0 layout; .ko, or
+// .ko.xz/.gz/.zst when the kernel's modules are compressed), and that every
+// module the dkms.conf plans is there. BUILD_EXCLUSIVE_* exclusions (exit
+// status 77 in Debian's dkms 3.0.10 and upstream >= 3.0.11, 9 before) are a
+// result, not an error.
 package dkms

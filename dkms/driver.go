@@ -305,6 +305,11 @@ func (d *Driver) DisableSigning(ctx context.Context) (restore func(context.Conte
 			return nil, err
 		}
 		oldMode = strings.TrimSpace(m)
+		if string(old) == noSignConf {
+			// left behind by a run that could not restore: not the image's
+			d.logf("dkms: %s is left over from an earlier run: it goes on restore", file)
+			hadFile = false
+		}
 	}
 	if _, err := d.output(ctx, "dkms signing: write "+file,
 		"umask 022 && mkdir -p "+frameworkConfDir+" && printf '%s' "+shellQuote(noSignConf)+" > "+file+".tmp && mv -f "+file+".tmp "+file); err != nil {
