@@ -604,6 +604,14 @@ func (c *Conf) PlanWith(kernelver, arch string, o PlanOptions) (*Plan, error) {
 			reasons = append(reasons, checkKernelConfig(cfg, o.KernelConfig)...)
 		}
 	}
+	for _, n := range []string{"MAKE", "PRE_BUILD", "POST_BUILD", "CLEAN"} {
+		for k, v := range c.Vars {
+			if (k == n || strings.HasPrefix(k, n+"[")) && strings.Contains(v, "uname -r") {
+				warnings = append(warnings, fmt.Sprintf("%s runs uname -r, which in a chroot is the build host's kernel, not %s", k, kernelver))
+			}
+		}
+	}
+	sort.Strings(warnings)
 	if len(reasons) > 0 {
 		p.Excluded = true
 		p.Reason = strings.Join(reasons, "; ")

@@ -217,3 +217,10 @@ func TestDistroFromOSRelease(t *testing.T) {
 		}
 	}
 }
+
+func TestPlanWarnsAboutUnameR(t *testing.T) {
+	p, err := mustParse(t, "PACKAGE_NAME=x\nPACKAGE_VERSION=1\nBUILT_MODULE_NAME=x\nDEST_MODULE_LOCATION=/extra\nMAKE[0]=\"make KVER=$(uname -r)\"\n").Plan("6.1.0-56-amd64", "x86_64")
+	if err != nil || len(p.Warnings) != 1 || !strings.Contains(p.Warnings[0], "MAKE[0] runs uname -r") {
+		t.Errorf("warnings %q %v", p.Warnings, err)
+	}
+}

@@ -11,6 +11,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -74,7 +76,8 @@ func dkmsRoot(t *testing.T) string {
 		t.Skip("needs root (chroot, mount)")
 	}
 	src := fixture.RootfsDKMS(t)
-	parent, err := os.MkdirTemp("/var/tmp", "dkms-test-")
+	reapStaleRoots(t)
+	parent, err := os.MkdirTemp("/var/tmp", fmt.Sprintf("dkms-test-%d-", os.Getpid()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,6 +119,30 @@ func dkmsRoot(t *testing.T) string {
 		}
 	}
 	return root
+}
+
+// reapStaleRoots releases and removes the trees of test processes that
+// died without cleaning up (killed, or a test timeout's panic).
+func reapStaleRoots(t *testing.T) {
+	dirs, _ := filepath.Glob("/var/tmp/dkms-test-*-*")
+	for _, dir := range dirs {
+		f := strings.SplitN(strings.TrimPrefix(filepath.Base(dir), "dkms-test-"), "-", 2)
+		pid, err := strconv.Atoi(f[0])
+		if err != nil || pid == os.Getpid() || exists(fmt.Sprintf("/proc/%d", pid)) {
+			continue
+		}
+		mps := mountedUnder(t, dir)
+		sort.Sort(sort.Reverse(sort.StringSlice(mps)))
+		for _, mp := range mps {
+			exec.Command("umount", mp).Run()
+		}
+		if left := mountedUnder(t, dir); len(left) > 0 {
+			t.Logf("stale %s still has mounts %q: left alone", dir, left)
+			continue
+		}
+		t.Logf("removing stale %s", dir)
+		os.RemoveAll(dir)
+	}
 }
 
 // installSource puts the test module source at ROOT/usr/src/NAME-1.0 with
