@@ -15,4 +15,9 @@ integration {
     name = "kmod-image"
     slug = "image"
   }
+  component {
+    type = "provisioner"
+    name = "kmod"
+    slug = "kmod"
+  }
 }
