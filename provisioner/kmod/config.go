@@ -276,8 +276,10 @@ func (c *Config) Prepare(raws ...interface{}) error {
 			add("manifest_output: folder %s does not exist", filepath.Dir(c.ManifestOutput))
 		}
 	}
-	// The load configuration is validated by rendering it once.
-	if _, err := loadconf.Render(c.loadOptions(nil, "")); err != nil {
+	// The load configuration is validated by rendering it once (the
+	// image's architecture is only known at build time; audit rules need
+	// one).
+	if _, err := loadconf.Render(c.loadOptions(nil, "amd64")); err != nil {
 		add("%v", err)
 	}
 	if errs != nil && len(errs.Errors) > 0 {

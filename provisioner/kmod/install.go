@@ -42,7 +42,7 @@ func (r *run) signAndCheck() error {
 			problems = append(problems, fmt.Sprintf("%s: %v", m.where(), err))
 			continue
 		}
-		if parsed.Signature != nil && parsed.Size-parsed.ContentSize <= 0 {
+		if parsed.Signature == nil {
 			problems = append(problems, fmt.Sprintf("%s: no signature after signing", m.where()))
 		}
 		m.Parsed = parsed
@@ -72,6 +72,12 @@ func (r *run) signAndCheck() error {
 		}
 	}
 	problems = append(problems, r.profileProblems()...)
+	problems = append(problems, r.duplicateProblems()...)
+	// The load configuration is rendered now, so that a managed module that
+	// is also blacklisted or disabled fails before anything is installed.
+	if _, err := loadconf.Render(r.loadOptions()); err != nil {
+		problems = append(problems, err.Error())
+	}
 	if len(problems) > 0 {
 		return fmt.Errorf("%d problem(s) before install, nothing installed:\n  %s", len(problems), strings.Join(dedupe(problems), "\n  "))
 	}
@@ -212,16 +218,7 @@ func (r *run) earlyNames() []string {
 // writeLoadConfig writes modules-load.d, modprobe.d, udev, audit and sysctl
 // files, and persists the early-load list for later initramfs generations.
 func (r *run) writeLoadConfig(ctx context.Context) error {
-	opts := r.cfg.loadOptions(r.loadOrder(), r.goarch)
-	for _, m := range r.modules {
-		if isNetDriver(m.Parsed) {
-			for _, p := range r.cfg.Profiles {
-				// Alibaba: a third-party NIC driver replaces ena.
-				opts.ThirdPartyNIC = opts.ThirdPartyNIC || p == "alibaba"
-			}
-		}
-	}
-	files, err := loadconf.Render(opts)
+	files, err := loadconf.Render(r.loadOptions())
 	if err != nil {
 		return err
 	}
@@ -452,4 +449,34 @@ func isNetDriver(m *kmod.Module) bool {
 		}
 	}
 	return false
+}
+
+// loadOptions is the load configuration of this provisioning.
+func (r *run) loadOptions() loadconf.Options {
+	opts := r.cfg.loadOptions(r.loadOrder(), r.goarch)
+	for _, m := range r.modules {
+		if isNetDriver(m.Parsed) {
+			for _, p := range r.cfg.Profiles {
+				// Alibaba: a third-party NIC driver replaces ena.
+				opts.ThirdPartyNIC = opts.ThirdPartyNIC || p == "alibaba"
+			}
+		}
+	}
+	return opts
+}
+
+// duplicateProblems reports two files of one module for one kernel (two
+// blocks building the same module): depmod would pick one by search order.
+func (r *run) duplicateProblems() []string {
+	seen := map[string]*module{}
+	var res []string
+	for _, m := range r.modules {
+		key := m.Kernel.Release + "/" + m.Name
+		if prev, ok := seen[key]; ok {
+			res = append(res, fmt.Sprintf("%s: given twice (module blocks %d and %d)", m.where(), prev.Block, m.Block))
+			continue
+		}
+		seen[key] = m
+	}
+	return res
 }

@@ -254,30 +254,57 @@ func depClosure(modulesDep string, rels []string) ([]string, error) {
 	return order, nil
 }
 
-// kernelSupportsKey tells whether the kernel can verify signatures made
-// with key algorithm algo ("rsa", "ecdsa"), from its config.
-func kernelSupportsKey(k *targetKernel, algo string) (bool, string) {
-	if algo != "ecdsa" {
+// kernelSupportsKey tells whether the kernel can verify module signatures
+// made with key algorithm algo ("rsa", "ecdsa") and digest hash ("sha256",
+// ...), from its config. Module signatures are checked when a module loads,
+// possibly from the initramfs before any crypto module could be loaded: the
+// verifier and the digest must be built in.
+func kernelSupportsKey(k *targetKernel, algo string, hash ...string) (bool, string) {
+	need := map[string]string{}
+	if algo == "ecdsa" {
+		need["CONFIG_CRYPTO_ECDSA"] = "ECDSA module signatures"
+	}
+	for _, h := range hash {
+		switch h {
+		case "sha384", "sha512":
+			need["CONFIG_CRYPTO_SHA512"] = h + " module signatures"
+		}
+	}
+	if len(need) == 0 {
 		return true, ""
 	}
 	if k.Config == "" {
-		return false, fmt.Sprintf("kernel %s: no config in the image to tell whether it can verify ECDSA module signatures; use an RSA key", k.Release)
+		return false, fmt.Sprintf("kernel %s: no config in the image to tell whether it can verify %s; use an RSA key with sha256", k.Release, joinValues(need))
 	}
 	data, err := os.ReadFile(k.Config)
 	if err != nil {
 		return false, err.Error()
 	}
-	cfg := string(data)
-	// Module signatures are checked when the module loads, possibly from
-	// the initramfs: the ECDSA verifier must be built in, not a module.
-	if !strings.Contains(cfg, "\nCONFIG_CRYPTO_ECDSA=y") {
+	cfg := "\n" + string(data)
+	for opt, what := range need {
+		if strings.Contains(cfg, "\n"+opt+"=y") {
+			continue
+		}
 		v := "not set"
-		if strings.Contains(cfg, "\nCONFIG_CRYPTO_ECDSA=m") {
+		if strings.Contains(cfg, "\n"+opt+"=m") {
 			v = "=m, a module, which cannot verify the modules that load before it"
 		}
-		return false, fmt.Sprintf("kernel %s cannot verify ECDSA module signatures (CONFIG_CRYPTO_ECDSA %s); sign with an RSA key", k.Release, v)
+		fix := "sign with an RSA key"
+		if opt == "CONFIG_CRYPTO_SHA512" {
+			fix = "use signing_hash = \"sha256\""
+		}
+		return false, fmt.Sprintf("kernel %s cannot verify %s (%s %s); %s", k.Release, what, opt, v, fix)
 	}
 	return true, ""
+}
+
+func joinValues(m map[string]string) string {
+	var vs []string
+	for _, v := range m {
+		vs = append(vs, v)
+	}
+	sort.Strings(vs)
+	return strings.Join(vs, " and ")
 }
 
 // inTreePathFor gives the image path of an in-tree module file.

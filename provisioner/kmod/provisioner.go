@@ -302,6 +302,15 @@ func (r *run) needsDKMS() bool {
 	return false
 }
 
+func (r *run) hasPackageModules() bool {
+	for _, m := range r.cfg.Modules {
+		if m.Package != "" {
+			return true
+		}
+	}
+	return false
+}
+
 func (r *run) needsPackages() bool {
 	if r.cfg.InstallDependencies {
 		return true
@@ -368,7 +377,7 @@ func (r *run) loadKernelData(ctx context.Context, k *targetKernel) error {
 		return err
 	}
 	*k = *full
-	if ok, why := kernelSupportsKey(k, r.keyAlgo); !ok {
+	if ok, why := kernelSupportsKey(k, r.keyAlgo, r.cfg.SigningHash); !ok {
 		return fmt.Errorf("signing key: %s", why)
 	}
 	return nil
@@ -383,8 +392,20 @@ func (r *run) finish(ctx context.Context) error {
 		r.ui.Say(fmt.Sprintf("kmod: certificate for MOK enrollment written to %s (enroll with: mokutil --import %s)", mokPath, mokPath))
 	}
 	if r.cfg.RemoveBuildDependencies && len(r.addedPkg) > 0 {
-		r.ui.Say("kmod: removing build dependencies: " + strings.Join(r.addedPkg, " "))
-		if err := dkms.RemovePackages(ctx, r.t, r.pm, r.addedPkg, &lineWriter{say: r.ui.Message}); err != nil {
+		remove := r.addedPkg
+		if r.hasPackageModules() {
+			// Removing dkms would remove the *-dkms packages, whose
+			// removal scripts uninstall the modules just installed.
+			remove = nil
+			for _, p := range r.addedPkg {
+				if p != "dkms" {
+					remove = append(remove, p)
+				}
+			}
+			r.ui.Message("kmod: keeping dkms: the *-dkms packages installed here depend on it")
+		}
+		r.ui.Say("kmod: removing build dependencies: " + strings.Join(remove, " "))
+		if err := dkms.RemovePackages(ctx, r.t, r.pm, remove, &lineWriter{say: r.ui.Message}); err != nil {
 			return fmt.Errorf("remove_build_dependencies: %w", err)
 		}
 	}
