@@ -363,3 +363,97 @@ func pemBody(p []byte) []string {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// TestAccKmodSettings goes over SSH with the image's own update-initramfs
+// (initramfs = "regenerate"), a prebuilt early module, the key given as PEM
+// text, MOK enrollment, a profile, disabled modules and audit rules.
+func TestAccKmodSettings(t *testing.T) {
+	t.Parallel()
+	e := packertest.Setup(t)
+	tree := fixture.RootfsDKMS(t)
+	marker := fixture.TestModule(t, "kmodtest_marker")
+	qemu.Slot(t)
+	key := sigtest.OpenSSLKey(t, "rsa:2048")
+	root := sshtest.PrepareRoot(t, tree)
+	srv := sshtest.Start(t, root)
+	dir := t.TempDir()
+	tpl := `
+variable "key_pem" {
+  type      = string
+  sensitive = true
+}
+source "null" "ssh" {
+  communicator             = "ssh"
+  ssh_host                 = ` + hcl(srv.Host) + `
+  ssh_port                 = ` + itoa(srv.Port) + `
+  ssh_username             = ` + hcl(srv.User) + `
+  ssh_private_key_file     = ` + hcl(srv.KeyFile) + `
+  ssh_file_transfer_method = "sftp"
+}
+build {
+  sources = ["source.null.ssh"]
+  provisioner "kmod" {
+    signing_cert    = ` + hcl(key.CertPath) + `
+    signing_key_pem = var.key_pem
+    mok_enroll      = true
+    initramfs       = "regenerate"
+    profiles        = ["kubernetes"]
+    disable_modules = ["cramfs", "udf"]
+    audit           = true
+    module {
+      prebuilt = [` + hcl(marker) + `]
+      early    = true
+      load     = false
+    }
+  }
+}
+`
+	os.WriteFile(filepath.Join(dir, "key.pem"), key.KeyPEM, 0o600)
+	r := e.Start(t, dir, tpl, "-var", "key_pem="+string(key.KeyPEM))
+	output, err := r.Wait(t, 15*time.Minute)
+	t.Logf("packer output:\n%s", output)
+	if err != nil {
+		t.Fatalf("packer build: %v\n--- log tail ---\n%s", err, r.LogTail(60))
+	}
+	if strings.Contains(output, "BEGIN PRIVATE KEY") || strings.Contains(output, pemBody(key.KeyPEM)[1]) {
+		t.Errorf("the private key appears in Packer's output")
+	}
+	data, err := os.ReadFile(filepath.Join(root, manifest.Path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := manifest.Unmarshal(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rel := m.Kernels[0].Release
+	im, err := initramfs.Open(filepath.Join(root, "boot", "initrd.img-"+rel))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer im.Close()
+	found := false
+	for _, p := range im.List() {
+		found = found || strings.HasSuffix(p, "/kmodtest_marker.ko")
+	}
+	if !found {
+		t.Errorf("update-initramfs did not put kmodtest_marker.ko in the initramfs")
+	}
+	der, err := os.ReadFile(filepath.Join(root, "var/lib/kmodctl/mok/kmodctl.der"))
+	if err != nil || !bytes.Equal(der, key.Cert.Raw) {
+		t.Errorf("mok_enroll: %v", err)
+	}
+	for p, want := range map[string]string{
+		"etc/modules-load.d/kmodctl.conf":         "br_netfilter",
+		"etc/sysctl.d/99-kmodctl-kubernetes.conf": "net.bridge.bridge-nf-call-iptables = 1",
+		"etc/modprobe.d/kmodctl-disable.conf":     "install cramfs /bin/false",
+		"etc/audit/rules.d/kmodctl-modules.rules": "finit_module",
+		"etc/initramfs-tools/modules":             "kmodtest_marker",
+	} {
+		b, err := os.ReadFile(filepath.Join(root, p))
+		if err != nil || !strings.Contains(strings.ReplaceAll(string(b), "=", " = "), strings.ReplaceAll(want, "=", " = ")) && !strings.Contains(string(b), want) {
+			t.Errorf("/%s lacks %q (%v):\n%s", p, want, err, b)
+		}
+	}
+	scanForKey(t, key, decompressInitrd(t, filepath.Join(root, "boot", "initrd.img-"+rel)))
+}
