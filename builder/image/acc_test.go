@@ -458,7 +458,7 @@ source "kmod-image" "sum" {
   }
 }
 build {
-  sources = ["source.kmod-image.Sum"]
+  sources = ["source.kmod-image.sum"]
 }
 `
 		r := e.Start(t, dir, tpl)
