@@ -31,10 +31,11 @@ func main() {
 	fixtures := flag.String("fixtures", envOr("KMODCTL_FIXTURES", "/var/cache/kmodctl-fixtures"), "fixture cache")
 	kmodctl := flag.String("kmodctl", "bin/kmodctl", "kmodctl binary")
 	signN := flag.Int("sign-modules", 500, "modules to sign")
-	packer := flag.String("packer", "bin/packer", "Packer binary (make packer), for the builder bench")
-	plugin := flag.String("plugin", "bin/packer-plugin-kmod", "plugin binary (make plugin), for the builder bench")
+	packer := flag.String("packer", "bin/packer", "Packer binary (make packer), for the builder and provisioner benches")
+	plugin := flag.String("plugin", "bin/packer-plugin-kmod", "plugin binary (make plugin), for the builder and provisioner benches")
 	builderRuns := flag.Int("builder-runs", 3, "packer builds (and anchor runs) in the builder bench; the median is reported")
-	only := flag.String("only", "", "comma list of benchmarks (sign,inspect,depmod,initramfs-ls,inject,builder); default all")
+	provisionerRuns := flag.Int("provisioner-runs", 3, "packer builds (and anchor runs) in the provisioner bench; the median is reported")
+	only := flag.String("only", "", "comma list of benchmarks (sign,inspect,depmod,initramfs-ls,inject,builder,provisioner); default all")
 	flag.Parse()
 	abs, err := filepath.Abs(*kmodctl)
 	must(err)
@@ -64,6 +65,13 @@ func main() {
 		pl, err := filepath.Abs(*plugin)
 		must(err)
 		benchBuilder(p, pl, filepath.Join(*fixtures, "cloudimg/debian12.raw"), *builderRuns)
+	}
+	if want("provisioner") {
+		p, err := filepath.Abs(*packer)
+		must(err)
+		pl, err := filepath.Abs(*plugin)
+		must(err)
+		benchProvisioner(p, pl, *fixtures, *provisionerRuns)
 	}
 }
 
