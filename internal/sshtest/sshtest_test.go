@@ -407,8 +407,11 @@ func TestReapStale(t *testing.T) {
 	}
 	killed := ReapStale()
 	t.Logf("ReapStale killed %s", killed)
-	if alive(left) || !strings.Contains(killed, fmt.Sprintf("%d (sleep)", left)) {
-		t.Errorf("sleep %d: alive %v; killed %q", left, alive(left), killed)
+	// Another test process starting a server at the same moment (go test
+	// runs packages in parallel) may have reaped it first: what matters is
+	// that it is gone.
+	if alive(left) {
+		t.Errorf("sleep %d still alive; ReapStale killed %q", left, killed)
 	}
 	for _, p := range []string{s.chroot, s.chroot + ".lock"} {
 		if _, err := os.Stat(p); !os.IsNotExist(err) {
