@@ -159,7 +159,11 @@ func (r *run) install(ctx context.Context) error {
 			continue
 		}
 		done[key] = true
-		cmd := fmt.Sprintf("dkms install --force -m %s -v %s -k %s", shQuote(m.DKMS.Name), shQuote(m.DKMS.Version), shQuote(m.Kernel.Release+"/"+r.arch))
+		// One depmod per kernel below instead of one per dkms install
+		// (dkms 3.0 accepts --no-depmod; older ones run it anyway).
+		cmd := fmt.Sprintf("dkms install --force --no-depmod -m %s -v %s -k %s 2>&1 || dkms install --force -m %s -v %s -k %s",
+			shQuote(m.DKMS.Name), shQuote(m.DKMS.Version), shQuote(m.Kernel.Release+"/"+r.arch),
+			shQuote(m.DKMS.Name), shQuote(m.DKMS.Version), shQuote(m.Kernel.Release+"/"+r.arch))
 		if err := r.t.runUI(ctx, cmd); err != nil {
 			return fmt.Errorf("%s: dkms install: %w", m.where(), err)
 		}
