@@ -599,7 +599,7 @@ func TestLoadFalse(t *testing.T) {
 func TestManifestProblems(t *testing.T) {
 	for _, tc := range []struct {
 		name, content string // content "" removes the manifest
-		want             string
+		want          string
 	}{
 		{"missing", "", "missing"},
 		{"not json", "{", "invalid manifest"},

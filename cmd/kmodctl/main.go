@@ -50,6 +50,7 @@ func newRootCmd() *cobra.Command {
 	}
 	root.AddCommand(newModuleCmd(), newDepmodCmd())
 	root.AddCommand(newInitramfsCmd())
+	root.AddCommand(newFirstbootCmd())
 	return root
 }
 

@@ -1,0 +1,226 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kmodctl/packer-plugin-kmod/firstboot"
+	"github.com/kmodctl/packer-plugin-kmod/kmod/manifest"
+)
+
+// firstbootFlags are the flags the firstboot commands share.
+type firstbootFlags struct {
+	root, kernel, manifest, report string
+	onDrift, onUncovered           string
+	verbose                        bool
+}
+
+func (f *firstbootFlags) add(cmd *cobra.Command, defaultReport string, policies bool) {
+	fl := cmd.Flags()
+	fl.StringVar(&f.root, "root", "/", "the system's root: every path is taken under it (a directory tree, for tests)")
+	fl.StringVar(&f.kernel, "kernel", "", "the running kernel's release (default: uname -r)")
+	fl.StringVar(&f.manifest, "manifest", "", "the manifest's path under --root (default "+manifestDefault+")")
+	fl.StringVar(&f.report, "report", "", "where to write the JSON result (default --root joined with "+defaultReport+"; - for stdout)")
+	fl.BoolVarP(&f.verbose, "verbose", "v", false, "also print each module's problems on stderr")
+	if policies {
+		fl.StringVar(&f.onDrift, "on-drift", string(firstboot.PolicyFail), "a module that differs from the manifest, or a missing or malformed manifest: warn (exit 0) or fail (exit 1)")
+		fl.StringVar(&f.onUncovered, "on-uncovered", string(firstboot.PolicyWarn), "a running kernel the manifest does not cover: warn (exit 0) or fail (exit 1)")
+	}
+}
+
+const manifestDefault = manifest.Path
+
+func (f *firstbootFlags) options() (firstboot.Options, error) {
+	o := firstboot.Options{Root: f.root, Kernel: f.kernel, Manifest: f.manifest}
+	var err error
+	if f.onDrift != "" {
+		if o.OnDrift, err = firstboot.ParsePolicy(f.onDrift); err != nil {
+			return o, fmt.Errorf("--on-drift: %w", err)
+		}
+	}
+	if f.onUncovered != "" {
+		if o.OnUncovered, err = firstboot.ParsePolicy(f.onUncovered); err != nil {
+			return o, fmt.Errorf("--on-uncovered: %w", err)
+		}
+	}
+	return o, nil
+}
+
+// reportPath is --report, or the default path under --root.
+func (f *firstbootFlags) reportPath(def string) string {
+	if f.report != "" {
+		return f.report
+	}
+	return filepath.Join(f.root, def)
+}
+
+// finish writes the JSON result, prints the summary line and the module
+// problems (with -v), and turns the status into the exit status.
+func (f *firstbootFlags) finish(cmd *cobra.Command, path string, v any, write func(string) error, summary string, status firstboot.Status, mods []firstboot.ModuleReport, errs []string) error {
+	var werr error
+	if path == "-" {
+		enc := json.NewEncoder(cmd.OutOrStdout())
+		enc.SetIndent("", "  ")
+		werr = enc.Encode(v)
+	} else {
+		werr = write(path)
+		fmt.Fprintln(cmd.OutOrStdout(), summary)
+	}
+	if f.verbose {
+		for _, m := range mods {
+			for _, e := range m.Errors {
+				fmt.Fprintf(cmd.ErrOrStderr(), "kmodctl: %s: %s\n", m.Name, e)
+			}
+		}
+		for _, e := range errs {
+			fmt.Fprintf(cmd.ErrOrStderr(), "kmodctl: %s\n", e)
+		}
+	}
+	if werr != nil {
+		return fmt.Errorf("write the report: %w", werr)
+	}
+	if status == firstboot.StatusFail {
+		return errQuiet{"failed"}
+	}
+	return nil
+}
+
+func newFirstbootCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "firstboot",
+		Short: "The first-boot agent: verify, load and lock the managed modules of the running kernel",
+		Long: "The agent the kmod provisioner installs into an image. It reads the manifest (" + manifestDefault + ") " +
+			"for the running kernel and checks each module it lists: the file's SHA-256, its signature against the " +
+			"certificate the manifest records, the file modules.dep resolves its name to, the srcversion of a module " +
+			"already loaded and the copy in the initramfs. A module that fails is blocked for the boot " +
+			"(" + firstboot.BlockedPath + ") and never loaded.\n\n" +
+			"Exit status: 0 when everything passed or the policies (--on-drift, --on-uncovered) say warn; 1 otherwise.",
+	}
+	cmd.AddCommand(newFirstbootVerifyCmd(), newFirstbootRunCmd(), newFirstbootLockdownCmd())
+	return cmd
+}
+
+func newFirstbootVerifyCmd() *cobra.Command {
+	var f firstbootFlags
+	cmd := &cobra.Command{
+		Use:   "verify",
+		Short: "Check the managed modules and block the drifted ones for this boot (every boot, before systemd-modules-load)",
+		Long: "Checks every managed module of the running kernel, writes " + firstboot.BlockedPath + " (`blacklist NAME` and " +
+			"`install NAME /bin/false` for each module that failed, removed when none did), writes " + firstboot.VerifyPath +
+			" and prints `kmodctl verify: N/M modules verified`. It loads nothing and writes only under /run.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o, err := f.options()
+			if err != nil {
+				return err
+			}
+			v, err := firstboot.Verify(cmd.Context(), o)
+			if err != nil {
+				return err
+			}
+			return f.finish(cmd, f.reportPath(firstboot.VerifyPath), v, func(p string) error { return firstboot.WriteVerifyResult(p, v) },
+				v.SummaryLine, v.Status, v.Modules, append(v.Errors, v.Warnings...))
+		},
+	}
+	f.add(cmd, firstboot.VerifyPath, true)
+	return cmd
+}
+
+func newFirstbootRunCmd() *cobra.Command {
+	var f firstbootFlags
+	var lockdown, once bool
+	var modprobe string
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Check and load the managed modules, write the report (once per instance)",
+		Long: "Checks the managed modules of the running kernel like verify, loads those that passed and are not loaded " +
+			"yet with the image's modprobe (dependencies and modprobe.d options apply) in manifest order, confirms each " +
+			"in /sys/module, records its taint and parameters, writes " + firstboot.ReportPath + " and prints " +
+			"`kmodctl: N/M modules verified and loaded`. With --lockdown it then sets kernel.modules_disabled=1. " +
+			"With --once it does nothing when it already ran for this instance (cloud-init's instance-id, else " +
+			"/etc/machine-id).",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o, err := f.options()
+			if err != nil {
+				return err
+			}
+			o.Lockdown = lockdown
+			if modprobe != "" {
+				o.Modprobe = commandModprobe(modprobe)
+			}
+			root := f.root
+			var id firstboot.Identity
+			if once {
+				id = firstboot.ReadIdentity(root)
+				if firstboot.FirstbootDone(root, id) {
+					fmt.Fprintf(cmd.OutOrStdout(), "kmodctl: the first-boot part already ran for instance %s: nothing to do\n", id.InstanceID)
+					return nil
+				}
+			}
+			r, err := firstboot.Run(cmd.Context(), o)
+			if err != nil {
+				return err
+			}
+			path := f.reportPath(firstboot.ReportPath)
+			ferr := f.finish(cmd, path, r, func(p string) error { return firstboot.WriteReport(p, r) },
+				r.SummaryLine, r.Status, r.Modules, append(r.Errors, r.Warnings...))
+			if once && cmd.Context().Err() == nil {
+				if err := firstboot.MarkFirstbootDone(root, id); err != nil {
+					fmt.Fprintf(cmd.ErrOrStderr(), "kmodctl: --once: %v\n", err)
+				}
+			}
+			return ferr
+		},
+	}
+	f.add(cmd, firstboot.ReportPath, true)
+	fl := cmd.Flags()
+	fl.BoolVar(&lockdown, "lockdown", false, "set kernel.modules_disabled=1 once the modules are loaded")
+	fl.BoolVar(&once, "once", false, "run once per instance: do nothing when "+"/var/lib/kmodctl/firstboot.done holds this instance's ID, record it after the run")
+	fl.StringVar(&modprobe, "modprobe", "", "run `PROGRAM NAME` to load a module instead of the system's modprobe (for tests)")
+	_ = fl.MarkHidden("modprobe")
+	return cmd
+}
+
+// commandModprobe loads modules by running prog NAME.
+func commandModprobe(prog string) func(ctx context.Context, name string) error {
+	return func(ctx context.Context, name string) error {
+		out, err := exec.CommandContext(ctx, prog, name).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%s %s: %w: %s", prog, name, err, strings.TrimSpace(string(out)))
+		}
+		return nil
+	}
+}
+
+func newFirstbootLockdownCmd() *cobra.Command {
+	var f firstbootFlags
+	cmd := &cobra.Command{
+		Use:   "lockdown",
+		Short: "Set kernel.modules_disabled=1 (every boot, once the managed modules are loaded)",
+		Long: "Sets kernel.modules_disabled=1 (" + firstboot.ModulesDisabledPath + ") and reads it back, naming the managed " +
+			"modules of the running kernel that are not loaded; writes " + firstboot.LockdownReportPath + ". It fails " +
+			"only when the setting does not take.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o, err := f.options()
+			if err != nil {
+				return err
+			}
+			l, err := firstboot.Lockdown(cmd.Context(), o)
+			if err != nil {
+				return err
+			}
+			return f.finish(cmd, f.reportPath(firstboot.LockdownReportPath), l, func(p string) error { return firstboot.WriteLockdownResult(p, l) },
+				l.SummaryLine, l.Status, nil, nil)
+		},
+	}
+	f.add(cmd, firstboot.LockdownReportPath, false)
+	return cmd
+}
