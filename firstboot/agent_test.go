@@ -224,6 +224,7 @@ func moduleReport(t *testing.T, mods []ModuleReport, name string) *ModuleReport 
 }
 
 func TestRunAllVerified(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	r := e.run(e.options())
 	if !reflect.DeepEqual(e.calls, envModules) {
@@ -271,6 +272,7 @@ func TestRunAllVerified(t *testing.T) {
 // TestReportJSON pins the field names the issue asks for and the
 // atomic write.
 func TestReportJSON(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	r := e.run(e.options())
 	p := filepath.Join(e.root, ReportPath)
@@ -323,6 +325,7 @@ func TestReportJSON(t *testing.T) {
 }
 
 func TestDrift(t *testing.T) {
+	t.Parallel()
 	for _, policy := range []Policy{PolicyFail, PolicyWarn} {
 		t.Run(string(policy), func(t *testing.T) {
 			e := newEnv(t)
@@ -375,6 +378,7 @@ func TestDrift(t *testing.T) {
 }
 
 func TestMissingModuleFile(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	if err := os.Remove(filepath.Join(e.root, "usr/lib/modules", e.kver, "updates/kmodtest_base.ko")); err != nil {
 		t.Fatal(err)
@@ -392,6 +396,7 @@ func TestMissingModuleFile(t *testing.T) {
 }
 
 func TestSignatureByAnotherCert(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	other := sigtest.GoKey(t, "rsa:2048")
 	data := signedModule(t, other, "kmodtest_dep")
@@ -429,6 +434,7 @@ func TestSignatureByAnotherCert(t *testing.T) {
 }
 
 func TestUncoveredKernel(t *testing.T) {
+	t.Parallel()
 	for _, policy := range []Policy{PolicyWarn, PolicyFail} {
 		t.Run(string(policy), func(t *testing.T) {
 			e := newEnv(t)
@@ -462,6 +468,7 @@ func TestUncoveredKernel(t *testing.T) {
 }
 
 func TestAlreadyLoaded(t *testing.T) {
+	t.Parallel()
 	t.Run("matching srcversion", func(t *testing.T) {
 		e := newEnv(t)
 		e.load("kmodtest_base", e.module("kmodtest_base").Srcversion)
@@ -512,6 +519,7 @@ func TestAlreadyLoaded(t *testing.T) {
 }
 
 func TestModulesDep(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	// modprobe would load another file than the verified one.
 	e.write("usr/lib/modules/"+e.kver+"/extra/kmodtest_base.ko", "other")
@@ -543,6 +551,7 @@ func TestModulesDep(t *testing.T) {
 }
 
 func TestLoadFailures(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.modprobeErr = map[string]error{"kmodtest_base": errors.New("modprobe: ERROR: could not insert 'kmodtest_base': Key was rejected by service")}
 	r := e.run(e.options())
@@ -573,6 +582,7 @@ func TestLoadFailures(t *testing.T) {
 }
 
 func TestLoadFalse(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.module("kmodtest_dep").Load = false
 	e.writeManifest()
@@ -597,6 +607,7 @@ func TestLoadFalse(t *testing.T) {
 }
 
 func TestManifestProblems(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name, content string // content "" removes the manifest
 		want          string
@@ -651,6 +662,7 @@ func TestManifestProblems(t *testing.T) {
 }
 
 func TestLockdown(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.onModprobe = func(name string) {
 		if v := e.read("proc/sys/kernel/modules_disabled"); v != "0\n" {
@@ -707,6 +719,7 @@ func TestLockdown(t *testing.T) {
 }
 
 func TestInitramfsCopy(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	img := filepath.Join(e.root, "boot/initrd.img-"+e.kver)
 	e.mkdir("boot")

@@ -21,6 +21,7 @@ func writeTree(t *testing.T, root string, files map[string]string) {
 }
 
 func TestIdentity(t *testing.T) {
+	t.Parallel()
 	const boot = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
 	for _, tc := range []struct {
 		name           string
@@ -87,6 +88,7 @@ func TestIdentity(t *testing.T) {
 }
 
 func TestFirstbootDone(t *testing.T) {
+	t.Parallel()
 	if donePath != FirstbootDonePath {
 		t.Errorf("donePath %q, units.go says %q", donePath, FirstbootDonePath)
 	}
