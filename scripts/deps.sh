@@ -10,7 +10,7 @@ export DEBIAN_FRONTEND=noninteractive
 pkgs=(kmod openssl xz-utils zstd gzip make gcc libc6-dev dpkg-dev ca-certificates time
 	mmdebstrap cpio lz4 bzip2 qemu-system-x86 qemu-utils
 	fdisk gdisk e2fsprogs util-linux dosfstools xfsprogs btrfs-progs mtools
-	openssh-server openssh-client)
+	openssh-server openssh-client qemu-user-static)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
