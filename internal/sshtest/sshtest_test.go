@@ -392,8 +392,12 @@ func TestReapStale(t *testing.T) {
 	out := s.Run(t, "setsid sleep 1001 </dev/null >/dev/null 2>&1 & echo $!")
 	var left int
 	fmt.Sscan(out, &left)
+	// $! is printed before the child has exec'd sleep: wait for it.
+	for deadline := time.Now().Add(5 * time.Second); left != 0 && procComm(left) != "sleep" && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
 	if left == 0 || procComm(left) != "sleep" {
-		t.Fatalf("background sleep: %q", out)
+		t.Fatalf("background sleep: %q (comm %q)", out, procComm(left))
 	}
 	if killed := ReapStale(); killed != "" {
 		t.Fatalf("ReapStale killed %s of a live server", killed)
