@@ -107,20 +107,20 @@ func (r *run) timings() string {
 
 // module is one module file for one kernel.
 type module struct {
-	Block   int // index of its module block
-	Kernel  *targetKernel
-	Name    string
-	Host    string // host path of the file (signed in place)
-	Dest    string // path in the image
-	Early   bool
-	Load    bool
-	Source  manifest.Source
-	DKMS    *dkms.NameVersion // built by dkms (installed with dkms install)
-	Built   string            // path of the built file in the dkms tree
-	Parsed  *kmod.Module
-	SHA256  string
-	Initrd  string // sha256 of the copy in the initramfs
-	Verify  *kmod.VerifyResult
+	Block  int // index of its module block
+	Kernel *targetKernel
+	Name   string
+	Host   string // host path of the file (signed in place)
+	Dest   string // path in the image
+	Early  bool
+	Load   bool
+	Source manifest.Source
+	DKMS   *dkms.NameVersion // built by dkms (installed with dkms install)
+	Built  string            // path of the built file in the dkms tree
+	Parsed *kmod.Module
+	SHA256 string
+	Initrd string // sha256 of the copy in the initramfs
+	Verify *kmod.VerifyResult
 }
 
 func (m *module) where() string {

@@ -190,9 +190,9 @@ type fileInfo struct {
 	size int64
 }
 
-func (f fileInfo) Mode() os.FileMode { return f.mode }
-func (f fileInfo) Size() int64       { return f.size }
-func (f fileInfo) Name() string      { return "" }
-func (f fileInfo) IsDir() bool       { return false }
+func (f fileInfo) Mode() os.FileMode  { return f.mode }
+func (f fileInfo) Size() int64        { return f.size }
+func (f fileInfo) Name() string       { return "" }
+func (f fileInfo) IsDir() bool        { return false }
 func (f fileInfo) ModTime() time.Time { return time.Now() }
 func (f fileInfo) Sys() any           { return nil }
