@@ -3,10 +3,8 @@ package main
 import (
 	"bytes"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -58,29 +56,10 @@ func benchBuilder(packer, plugin, source string, runs int) {
 		must(fmt.Errorf("packer plugins install --path %s: %v\n%s", plugin, err, out))
 	}
 
-	st, err := os.Stat(source)
-	must(err)
-	// The source is read by every run of both sides; read it once first so
-	// that no side pays for a cold page cache.
-	f, err := os.Open(source)
-	must(err)
-	_, err = io.Copy(io.Discard, f)
-	f.Close()
-	must(err)
+	st := warmFile(source)
 
-	// Ctrl-C reaches packer too (same process group) and it cleans up;
-	// wait for it instead of dying first.
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(sigs)
-	interrupted := func() bool {
-		select {
-		case <-sigs:
-			return true
-		default:
-			return false
-		}
-	}
+	interrupted, stop := watchInterrupt()
+	defer stop()
 
 	var ours []builderRun
 	var anchors, anchorsSync []time.Duration

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -106,15 +105,7 @@ AUTOINSTALL="yes"
 		must(fmt.Errorf("openssl req: %v\n%s", err, out))
 	}
 
-	st, err := os.Stat(raw)
-	must(err)
-	// Every build reads the source; read it once first so that the first
-	// run does not pay for a cold page cache.
-	f, err := os.Open(raw)
-	must(err)
-	_, err = io.Copy(io.Discard, f)
-	f.Close()
-	must(err)
+	st := warmFile(raw)
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
