@@ -83,7 +83,13 @@ func Setup(t *testing.T) *Env {
 			return
 		}
 		bin := filepath.Join(envTmp, "packer-plugin-kmod")
-		build := exec.Command("go", "build", "-trimpath", "-o", bin,
+		// The plugin carries the first-boot agents (make plugin does the same).
+		agents := exec.Command("bash", filepath.Join(root, "scripts", "agents.sh"))
+		if out, err := agents.CombinedOutput(); err != nil {
+			envErr = fmt.Errorf("build the first-boot agents: %v\n%s", err, out)
+			return
+		}
+		build := exec.Command("go", "build", "-trimpath", "-tags", "embedagents", "-o", bin,
 			"-ldflags", "-X github.com/kmodctl/packer-plugin-kmod/version.VersionPrerelease=dev",
 			"./cmd/packer-plugin-kmod")
 		build.Dir = root

@@ -117,6 +117,11 @@ build {
 	if !strings.Contains(output, "Expected modules loaded: v4l2loopback") {
 		t.Errorf("the boot check did not confirm v4l2loopback")
 	}
+	// The first-boot hook's verify unit ran in that boot, before
+	// systemd-modules-load, inside the real image.
+	if log, _ := os.ReadFile(filepath.Join(out, "kmod-boot.log")); !strings.Contains(string(log), "kmodctl verify: 2/2 modules verified") {
+		t.Errorf("no 'kmodctl verify: 2/2 modules verified' in the boot check's console log")
+	}
 	scanForKey(t, key, raw)
 	scanForKey(t, key, decompressInitrd(t, filepath.Join(root, "boot", "initrd.img-"+rel)))
 }
@@ -172,6 +177,19 @@ build {
 	}
 	if !found {
 		t.Errorf("kmodtest_marker.ko not in the initramfs")
+	}
+	// The first-boot hook: agent and units in place, enabled, and the agent
+	// inside the image verifies what the provisioner installed.
+	for _, p := range []string{"usr/libexec/kmodctl/kmodctl", "etc/systemd/system/kmodctl-verify.service", "etc/systemd/system/kmodctl-firstboot.service",
+		"etc/systemd/system/sysinit.target.wants/kmodctl-verify.service", "etc/systemd/system/multi-user.target.wants/kmodctl-firstboot.service"} {
+		// Lstat: the enable links are absolute, meant for inside the image.
+		if _, err := os.Lstat(filepath.Join(root, p)); err != nil {
+			t.Errorf("first-boot hook: %v", err)
+		}
+	}
+	out := srv.Run(t, "/usr/libexec/kmodctl/kmodctl firstboot verify --kernel "+rel+" --report /tmp/verify.json")
+	if !strings.Contains(out, "kmodctl verify: 2/2 modules verified") {
+		t.Errorf("the agent in the image: %q", out)
 	}
 }
 

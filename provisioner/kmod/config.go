@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/packer-plugin-sdk/template/config"
 	"github.com/hashicorp/packer-plugin-sdk/template/interpolate"
 
+	"github.com/kmodctl/packer-plugin-kmod/firstboot"
 	"github.com/kmodctl/packer-plugin-kmod/kmod/loadconf"
 )
 
@@ -141,11 +142,17 @@ type UdevRuleConfig struct {
 	Rules []string `mapstructure:"rules" required:"true"`
 }
 
-// FirstbootConfig holds the first-boot hook's settings.
+// FirstbootConfig holds the first-boot hook's settings: the agent
+// (`/usr/libexec/kmodctl/kmodctl`) verifies the managed modules against the
+// manifest on every boot and loads and reports them once per instance.
 type FirstbootConfig struct {
-	// `systemd` or `cloud-init`.
+	// `systemd` (default): kmodctl-verify.service on every boot and
+	// kmodctl-firstboot.service once per instance; `cloud-init`: the
+	// first-boot part runs from cloud-init's per-instance scripts instead;
+	// `none`: no hook and no agent in the image.
 	Hook string `mapstructure:"hook"`
-	// Reserved.
+	// `once` (default): the first-boot part runs once per instance;
+	// `every-boot`: on every boot too (periodic verification).
 	Mode string `mapstructure:"mode"`
 	// `warn` or `fail` when a module's content differs from the manifest.
 	OnDrift string `mapstructure:"on_drift"`
@@ -274,6 +281,15 @@ func (c *Config) Prepare(raws ...interface{}) error {
 	if c.ManifestOutput != "" {
 		if st, err := os.Stat(filepath.Dir(c.ManifestOutput)); err != nil || !st.IsDir() {
 			add("manifest_output: folder %s does not exist", filepath.Dir(c.ManifestOutput))
+		}
+	}
+	if c.Firstboot.Hook != hookNone {
+		if _, _, err := firstboot.RenderHook(firstboot.HookSettings{
+			Hook: c.Firstboot.Hook, Mode: c.Firstboot.Mode, OnDrift: c.Firstboot.OnDrift,
+			OnUncovered: c.Firstboot.OnUncovered, Lockdown: c.Firstboot.Lockdown,
+			ConditionVirtualization: c.Firstboot.ConditionVirtualization,
+		}); err != nil {
+			add("firstboot: %v", err)
 		}
 	}
 	// The load configuration is validated by rendering it once (the

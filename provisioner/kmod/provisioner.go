@@ -23,6 +23,7 @@ import (
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
 
 	"github.com/kmodctl/packer-plugin-kmod/dkms"
+	"github.com/kmodctl/packer-plugin-kmod/firstboot"
 	"github.com/kmodctl/packer-plugin-kmod/internal/atomicfile"
 	"github.com/kmodctl/packer-plugin-kmod/kmod"
 	"github.com/kmodctl/packer-plugin-kmod/kmod/manifest"
@@ -187,6 +188,9 @@ func (r *run) provision(ctx context.Context) error {
 
 	t0 = time.Now()
 	if err := r.writeManifest(ctx); err != nil {
+		return err
+	}
+	if err := r.installHook(ctx); err != nil {
 		return err
 	}
 	if err := r.finish(ctx); err != nil {
@@ -450,3 +454,52 @@ func (r *run) writeManifest(ctx context.Context) error {
 
 // imageModuleDir is /lib/modules/<release>.
 func imageModuleDir(k *targetKernel) string { return path.Join("/lib/modules", k.Release) }
+
+// installHook puts the first-boot agent for the image's architecture and
+// the hook's units (or cloud-init script) in the image.
+func (r *run) installHook(ctx context.Context) error {
+	fb := r.cfg.Firstboot
+	if fb.Hook == hookNone {
+		return nil
+	}
+	agent, ok := agentBinary(r.goarch)
+	if !ok {
+		return fmt.Errorf("firstboot: this build of the plugin carries no first-boot agent for %s images (build the plugin with `make plugin`), or set firstboot { hook = \"none\" }", r.goarch)
+	}
+	net := false
+	for _, m := range r.modules {
+		net = net || isNetDriver(m.Parsed)
+	}
+	files, links, err := firstboot.RenderHook(firstboot.HookSettings{
+		Hook: fb.Hook, Mode: fb.Mode, OnDrift: fb.OnDrift, OnUncovered: fb.OnUncovered,
+		Lockdown: fb.Lockdown, ConditionVirtualization: fb.ConditionVirtualization, NetworkDriver: net,
+	})
+	if err != nil {
+		return fmt.Errorf("firstboot: %w", err)
+	}
+	if err := r.t.writeFile(ctx, firstboot.DefaultAgentPath, agent, 0o755); err != nil {
+		return fmt.Errorf("firstboot: agent: %w", err)
+	}
+	for _, f := range files {
+		if err := r.t.writeFile(ctx, f.Path, f.Content, f.Mode); err != nil {
+			return fmt.Errorf("firstboot: %w", err)
+		}
+	}
+	for _, l := range links {
+		cmd := fmt.Sprintf("mkdir -p %s && ln -sfn %s %s", shQuote(path.Dir(l.Path)), shQuote(l.Target), shQuote(l.Path))
+		if _, err := r.t.output(ctx, cmd); err != nil {
+			return fmt.Errorf("firstboot: enable %s: %w", l.Path, err)
+		}
+	}
+	r.ui.Say(fmt.Sprintf("kmod: first-boot hook installed (%s, agent %s, %d files)", hookName(fb.Hook), firstboot.DefaultAgentPath, len(files)))
+	return nil
+}
+
+const hookNone = "none"
+
+func hookName(h string) string {
+	if h == "" {
+		return firstboot.HookSystemd
+	}
+	return h
+}
