@@ -1,0 +1,250 @@
+package kmod_test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kmodctl/packer-plugin-kmod/diskimage"
+	"github.com/kmodctl/packer-plugin-kmod/internal/bootcheck"
+	"github.com/kmodctl/packer-plugin-kmod/internal/fixture"
+	"github.com/kmodctl/packer-plugin-kmod/internal/packertest"
+	"github.com/kmodctl/packer-plugin-kmod/internal/qemu"
+	"github.com/kmodctl/packer-plugin-kmod/kmod/modsig/sigtest"
+)
+
+// probeUnit and probeScript are test-only, baked into the image: after the
+// hook's units the script prints what the acceptance checks need on the
+// console.
+const probeUnit = `[Unit]
+Description=kmodctl acceptance probe
+After=kmodctl-firstboot.service kmodctl-lockdown.service systemd-modules-load.service
+[Service]
+Type=oneshot
+ExecStart=/usr/local/bin/kmodctl-probe
+[Install]
+WantedBy=multi-user.target
+`
+
+const probeScript = `#!/bin/sh
+r=$(grep -o '"boot_id": *"[^"]*"' /var/lib/kmodctl/report.json 2>/dev/null | head -1 | grep -o '[0-9a-f-]\{36\}')
+l=$(grep -o '^kmodtest_[a-z]*' /proc/modules | sort | tr '\n' ,)
+echo "KMODPROBE disabled=$(cat /proc/sys/kernel/modules_disabled) boot=$(cat /proc/sys/kernel/random/boot_id) firstboot=$(systemctl is-failed kmodctl-firstboot.service) loaded=$l report=$r" > /dev/console
+`
+
+var probeLine = regexp.MustCompile(`KMODPROBE disabled=(\d) boot=([0-9a-f-]+) firstboot=(\S+) loaded=(\S*) report=([0-9a-f-]*)`)
+
+type probe struct{ disabled, boot, firstboot, loaded, report string }
+
+// TestAccFirstbootHook builds an image with two managed modules and the
+// hook (lockdown, on_drift = "fail"), then boots it with full systemd:
+// first boot, second boot of the same disk, after an identity reset, and
+// with one byte of a module changed.
+func TestAccFirstbootHook(t *testing.T) {
+	t.Parallel()
+	e := packertest.Setup(t)
+	src := fixture.CloudImageDKMSRaw(t)
+	marker := fixture.TestModule(t, "kmodtest_marker")
+	base := fixture.TestModule(t, "kmodtest_base")
+	qemu.Slot(t)
+	key := sigtest.OpenSSLKey(t, "rsa:2048")
+	dir := t.TempDir()
+	out := filepath.Join(dir, "out")
+	unit := filepath.Join(dir, "kmodctl-probe.service")
+	os.WriteFile(unit, []byte(probeUnit), 0o644)
+	script := filepath.Join(dir, "kmodctl-probe")
+	os.WriteFile(script, []byte(probeScript), 0o755)
+	tpl := `
+source "kmod-image" "fb" {
+  source_image     = ` + hcl(src) + `
+  output_directory = ` + hcl(out) + `
+  mount_path       = ` + hcl(filepath.Join(dir, "mnt")) + `
+  output_name      = "fb"
+  output_formats   = ["raw"]
+  boot_check {
+    enabled = false
+  }
+}
+build {
+  sources = ["source.kmod-image.fb"]
+  provisioner "kmod" {
+    signing_cert = ` + hcl(key.CertPath) + `
+    signing_key  = ` + hcl(key.KeyPath) + `
+    module {
+      prebuilt = [` + hcl(base) + `, ` + hcl(marker) + `]
+    }
+    firstboot {
+      on_drift = "fail"
+      lockdown = true
+    }
+  }
+  provisioner "file" {
+    source      = ` + hcl(unit) + `
+    destination = "/etc/systemd/system/kmodctl-probe.service"
+  }
+  provisioner "file" {
+    source      = ` + hcl(script) + `
+    destination = "/usr/local/bin/kmodctl-probe"
+  }
+  provisioner "shell" {
+    inline = ["chmod 0755 /usr/local/bin/kmodctl-probe", "systemctl enable kmodctl-probe.service"]
+  }
+}
+`
+	r := e.Start(t, dir, tpl)
+	output, err := r.Wait(t, 15*time.Minute)
+	if err != nil {
+		t.Fatalf("packer build: %v\n%s", err, output)
+	}
+	raw := filepath.Join(out, "fb.raw")
+	root := packertest.MountOutput(t, raw)
+	kernels, err := bootcheck.FindKernels(root)
+	if err != nil || len(kernels) == 0 {
+		t.Fatalf("kernels: %v %v", kernels, err)
+	}
+	vmlinuz, initrd := copyOut(t, kernels[0].Vmlinuz), copyOut(t, kernels[0].Initrd)
+	rootArg, err := bootcheck.RootArg(root, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	boot := func(name, disk string) probe {
+		t.Helper()
+		res, err := qemu.Boot(context.Background(), qemu.Config{
+			Kernel: vmlinuz, Initrd: initrd,
+			Append:     "root=" + rootArg + " ro console=ttyS0 panic=-1",
+			Disks:      []qemu.Disk{{Path: disk, Format: "qcow2"}},
+			Markers:    append([]qemu.Marker{qemu.SuccessOn("KMODPROBE disabled="), qemu.FailureOn("emergency mode")}, qemu.KernelFailures...),
+			Timeout:    4 * time.Minute,
+			ConsoleLog: filepath.Join(dir, name+".console.log"),
+		})
+		if err != nil || res.Outcome != qemu.Success {
+			t.Fatalf("%s: %v %v\n%s", name, res, err, res.Tail(40))
+		}
+		m := probeLine.FindStringSubmatch(res.Line)
+		if m == nil {
+			t.Fatalf("%s: probe line %q", name, res.Line)
+		}
+		p := probe{m[1], m[2], m[3], m[4], m[5]}
+		t.Logf("%s (%v): %+v", name, res.Elapsed.Round(time.Second), p)
+		if !strings.Contains(res.Console, "kmodctl verify: 2/2 modules verified") {
+			t.Errorf("%s: no verify summary on the console", name)
+		}
+		return p
+	}
+	overlay := func(base string) string {
+		p := filepath.Join(t.TempDir(), "overlay.qcow2")
+		if b, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", base, p).CombinedOutput(); err != nil {
+			t.Fatalf("%v %s", err, b)
+		}
+		return p
+	}
+
+	// Boot 1: the hook loads both modules and reports them; lockdown.
+	disk := overlay(raw)
+	b1 := boot("boot1", disk)
+	if b1.disabled != "1" || b1.report != b1.boot || b1.firstboot == "failed" || b1.loaded != "kmodtest_base,kmodtest_marker," {
+		t.Errorf("boot 1: %+v", b1)
+	}
+	console1, _ := os.ReadFile(filepath.Join(dir, "boot1.console.log"))
+	if !strings.Contains(string(console1), "kmodctl: 2/2 modules verified and loaded") {
+		t.Errorf("boot 1: no first-boot summary line on the console")
+	}
+	// Boot 2, same disk: verification and lockdown again, first boot not.
+	b2 := boot("boot2", disk)
+	if b2.disabled != "1" || b2.report != b1.boot || b2.boot == b1.boot {
+		t.Errorf("boot 2: %+v (boot 1 was %s)", b2, b1.boot)
+	}
+
+	// Identity reset (an empty machine-id, as images are shipped): runs again.
+	reset := filepath.Join(t.TempDir(), "reset.raw")
+	if b, err := exec.Command("qemu-img", "convert", "-O", "raw", disk, reset).CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, b)
+	}
+	editRoot(t, reset, "etc/machine-id", nil)
+	b3 := boot("boot3", overlay(reset))
+	if b3.report != b3.boot || b3.disabled != "1" {
+		t.Errorf("after the identity reset: %+v", b3)
+	}
+
+	// Drift: one byte of kmodtest_base changed offline.
+	drift := filepath.Join(t.TempDir(), "drift.raw")
+	if b, err := exec.Command("cp", "--sparse=always", raw, drift).CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, b)
+	}
+	editRoot(t, drift, "lib/modules/"+kernels[0].Release+"/updates/kmodctl/kmodtest_base.ko", func(b []byte) []byte {
+		b[len(b)/2] ^= 0xff
+		return b
+	})
+	res, err := qemu.Boot(context.Background(), qemu.Config{
+		Kernel: vmlinuz, Initrd: initrd, Append: "root=" + rootArg + " ro console=ttyS0 panic=-1",
+		Disks:      []qemu.Disk{{Path: overlay(drift), Format: "qcow2"}},
+		Markers:    append([]qemu.Marker{qemu.SuccessOn("KMODPROBE disabled="), qemu.FailureOn("emergency mode")}, qemu.KernelFailures...),
+		Timeout:    4 * time.Minute,
+		ConsoleLog: filepath.Join(dir, "drift.console.log"),
+	})
+	if err != nil || res.Outcome != qemu.Success {
+		t.Fatalf("drift boot: %v %v\n%s", res, err, res.Tail(40))
+	}
+	m := probeLine.FindStringSubmatch(res.Line)
+	if m == nil || m[4] != "kmodtest_marker," || m[3] != "failed" {
+		t.Errorf("drift boot: want only kmodtest_marker loaded and the unit failed, got %q", res.Line)
+	}
+	if !strings.Contains(res.Console, "kmodctl verify: 1/2 modules verified") {
+		t.Errorf("drift boot: no 'kmodctl verify: 1/2 modules verified' on the console")
+	}
+}
+
+// editRoot changes (or, with edit nil, empties) a file in a raw image's
+// root filesystem through a loop device.
+func editRoot(t *testing.T, raw, rel string, edit func([]byte) []byte) {
+	t.Helper()
+	f, err := os.Open(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := f.Stat()
+	tbl, err := diskimage.ReadTable(f, st.Size())
+	if err != nil {
+		t.Fatal(err)
+	}
+	probes := map[int]diskimage.FS{}
+	for _, p := range tbl.Partitions {
+		if fs, err := diskimage.ProbePartition(f, p); err == nil {
+			probes[p.Number] = fs
+		}
+	}
+	f.Close()
+	part, _, err := diskimage.ChooseRoot(tbl, diskimage.RootOptions{Probes: probes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &diskimage.Tracker{}
+	defer tr.Release()
+	l, err := tr.AttachPartition(context.Background(), raw, part, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mnt := t.TempDir()
+	if err := tr.Mount(context.Background(), l.Device, mnt, probes[part.Number].Type); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(mnt, rel)
+	var data []byte
+	if edit != nil {
+		if data, err = os.ReadFile(p); err != nil {
+			t.Fatal(err)
+		}
+		data = edit(data)
+	}
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tr.Release(); err != nil {
+		t.Fatal(err)
+	}
+}
