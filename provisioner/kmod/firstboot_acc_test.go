@@ -34,12 +34,13 @@ WantedBy=multi-user.target
 const probeScript = `#!/bin/sh
 r=$(grep -o '"boot_id": *"[^"]*"' /var/lib/kmodctl/report.json 2>/dev/null | head -1 | grep -o '[0-9a-f-]\{36\}')
 l=$(grep -o '^kmodtest_[a-z]*' /proc/modules | sort | tr '\n' ,)
-echo "KMODPROBE disabled=$(cat /proc/sys/kernel/modules_disabled) boot=$(cat /proc/sys/kernel/random/boot_id) firstboot=$(systemctl is-failed kmodctl-firstboot.service) loaded=$l report=$r" > /dev/console
+c=$(systemctl show -p ConditionResult --value kmodctl-firstboot.service)
+echo "KMODPROBE disabled=$(cat /proc/sys/kernel/modules_disabled) boot=$(cat /proc/sys/kernel/random/boot_id) firstboot=$(systemctl is-failed kmodctl-firstboot.service) loaded=$l report=$r condition=$c" > /dev/console
 `
 
-var probeLine = regexp.MustCompile(`KMODPROBE disabled=(\d) boot=([0-9a-f-]+) firstboot=(\S+) loaded=(\S*) report=([0-9a-f-]*)`)
+var probeLine = regexp.MustCompile(`KMODPROBE disabled=(\d) boot=([0-9a-f-]+) firstboot=(\S+) loaded=(\S*) report=([0-9a-f-]*) condition=(\S*)`)
 
-type probe struct{ disabled, boot, firstboot, loaded, report string }
+type probe struct{ disabled, boot, firstboot, loaded, report, condition string }
 
 // TestAccFirstbootHook builds an image with two managed modules and the
 // hook (lockdown, on_drift = "fail"), then boots it with full systemd:
@@ -47,102 +48,11 @@ type probe struct{ disabled, boot, firstboot, loaded, report string }
 // with one byte of a module changed.
 func TestAccFirstbootHook(t *testing.T) {
 	t.Parallel()
-	e := packertest.Setup(t)
-	src := fixture.CloudImageDKMSRaw(t)
-	marker := fixture.TestModule(t, "kmodtest_marker")
-	base := fixture.TestModule(t, "kmodtest_base")
-	qemu.Slot(t)
-	key := sigtest.OpenSSLKey(t, "rsa:2048")
-	dir := t.TempDir()
-	out := filepath.Join(dir, "out")
-	unit := filepath.Join(dir, "kmodctl-probe.service")
-	os.WriteFile(unit, []byte(probeUnit), 0o644)
-	script := filepath.Join(dir, "kmodctl-probe")
-	os.WriteFile(script, []byte(probeScript), 0o755)
-	tpl := `
-source "kmod-image" "fb" {
-  source_image     = ` + hcl(src) + `
-  output_directory = ` + hcl(out) + `
-  mount_path       = ` + hcl(filepath.Join(dir, "mnt")) + `
-  output_name      = "fb"
-  output_formats   = ["raw"]
-  boot_check {
-    enabled = false
-  }
-}
-build {
-  sources = ["source.kmod-image.fb"]
-  provisioner "kmod" {
-    signing_cert = ` + hcl(key.CertPath) + `
-    signing_key  = ` + hcl(key.KeyPath) + `
-    module {
-      prebuilt = [` + hcl(base) + `, ` + hcl(marker) + `]
-    }
-    firstboot {
+	fb := buildFirstbootImage(t, `
       on_drift = "fail"
-      lockdown = true
-    }
-  }
-  provisioner "file" {
-    source      = ` + hcl(unit) + `
-    destination = "/etc/systemd/system/kmodctl-probe.service"
-  }
-  provisioner "file" {
-    source      = ` + hcl(script) + `
-    destination = "/usr/local/bin/kmodctl-probe"
-  }
-  provisioner "shell" {
-    inline = ["chmod 0755 /usr/local/bin/kmodctl-probe", "systemctl enable kmodctl-probe.service"]
-  }
-}
-`
-	r := e.Start(t, dir, tpl)
-	output, err := r.Wait(t, 15*time.Minute)
-	if err != nil {
-		t.Fatalf("packer build: %v\n%s", err, output)
-	}
-	raw := filepath.Join(out, "fb.raw")
-	root := packertest.MountOutput(t, raw)
-	kernels, err := bootcheck.FindKernels(root)
-	if err != nil || len(kernels) == 0 {
-		t.Fatalf("kernels: %v %v", kernels, err)
-	}
-	vmlinuz, initrd := copyOut(t, kernels[0].Vmlinuz), copyOut(t, kernels[0].Initrd)
-	rootArg, err := bootcheck.RootArg(root, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	boot := func(name, disk string) probe {
-		t.Helper()
-		res, err := qemu.Boot(context.Background(), qemu.Config{
-			Kernel: vmlinuz, Initrd: initrd,
-			Append:     "root=" + rootArg + " ro console=ttyS0 panic=-1",
-			Disks:      []qemu.Disk{{Path: disk, Format: "qcow2"}},
-			Markers:    append([]qemu.Marker{qemu.SuccessOn("KMODPROBE disabled="), qemu.FailureOn("emergency mode")}, qemu.KernelFailures...),
-			Timeout:    4 * time.Minute,
-			ConsoleLog: filepath.Join(dir, name+".console.log"),
-		})
-		if err != nil || res.Outcome != qemu.Success {
-			t.Fatalf("%s: %v %v\n%s", name, res, err, res.Tail(40))
-		}
-		m := probeLine.FindStringSubmatch(res.Line)
-		if m == nil {
-			t.Fatalf("%s: probe line %q", name, res.Line)
-		}
-		p := probe{m[1], m[2], m[3], m[4], m[5]}
-		t.Logf("%s (%v): %+v", name, res.Elapsed.Round(time.Second), p)
-		if !strings.Contains(res.Console, "kmodctl verify: 2/2 modules verified") {
-			t.Errorf("%s: no verify summary on the console", name)
-		}
-		return p
-	}
-	overlay := func(base string) string {
-		p := filepath.Join(t.TempDir(), "overlay.qcow2")
-		if b, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", base, p).CombinedOutput(); err != nil {
-			t.Fatalf("%v %s", err, b)
-		}
-		return p
-	}
+      lockdown = true`)
+	raw, dir, vmlinuz, initrd, rootArg, kernels := fb.raw, fb.dir, fb.vmlinuz, fb.initrd, fb.rootArg, fb.kernels
+	boot, overlay := fb.boot, fb.overlay
 
 	// Boot 1: the hook loads both modules and reports them; lockdown.
 	disk := overlay(raw)
@@ -153,6 +63,9 @@ build {
 	console1, _ := os.ReadFile(filepath.Join(dir, "boot1.console.log"))
 	if !strings.Contains(string(console1), "kmodctl: 2/2 modules verified and loaded") {
 		t.Errorf("boot 1: no first-boot summary line on the console")
+	}
+	if b1.condition != "yes" {
+		t.Errorf("boot 1: ConditionResult %q", b1.condition)
 	}
 	// Boot 2, same disk: verification and lockdown again, first boot not.
 	b2 := boot("boot2", disk)
@@ -171,6 +84,11 @@ build {
 		t.Errorf("after the identity reset: %+v", b3)
 	}
 
+	for _, name := range []string{"boot1", "boot2", "boot3"} {
+		if c, _ := os.ReadFile(filepath.Join(dir, name+".console.log")); !strings.Contains(string(c), "kmodctl verify: 2/2 modules verified") {
+			t.Errorf("%s: no 'kmodctl verify: 2/2 modules verified' on the console", name)
+		}
+	}
 	// Drift: one byte of kmodtest_base changed offline.
 	drift := filepath.Join(t.TempDir(), "drift.raw")
 	if b, err := exec.Command("cp", "--sparse=always", raw, drift).CombinedOutput(); err != nil {
@@ -246,5 +164,128 @@ func editRoot(t *testing.T, raw, rel string, edit func([]byte) []byte) {
 	}
 	if _, err := tr.Release(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// firstbootImage is a built image with the hook and the probe, ready to boot.
+type firstbootImage struct {
+	raw, dir, vmlinuz, initrd, rootArg string
+	kernels                           []bootcheck.Kernel
+	boot                              func(name, disk string) probe
+	overlay                           func(base string) string
+}
+
+// buildFirstbootImage builds the DKMS fixture image with two prebuilt
+// managed modules, the first-boot hook configured by firstbootBlock (HCL
+// body lines) and the test probe, and returns it with boot helpers.
+func buildFirstbootImage(t *testing.T, firstbootBlock string) *firstbootImage {
+	t.Helper()
+	e := packertest.Setup(t)
+	src := fixture.CloudImageDKMSRaw(t)
+	marker := fixture.TestModule(t, "kmodtest_marker")
+	base := fixture.TestModule(t, "kmodtest_base")
+	qemu.Slot(t)
+	key := sigtest.OpenSSLKey(t, "rsa:2048")
+	dir := t.TempDir()
+	out := filepath.Join(dir, "out")
+	unit := filepath.Join(dir, "kmodctl-probe.service")
+	os.WriteFile(unit, []byte(probeUnit), 0o644)
+	script := filepath.Join(dir, "kmodctl-probe")
+	os.WriteFile(script, []byte(probeScript), 0o755)
+	tpl := `
+source "kmod-image" "fb" {
+  source_image     = ` + hcl(src) + `
+  output_directory = ` + hcl(out) + `
+  mount_path       = ` + hcl(filepath.Join(dir, "mnt")) + `
+  output_name      = "fb"
+  output_formats   = ["raw"]
+  boot_check {
+    enabled = false
+  }
+}
+build {
+  sources = ["source.kmod-image.fb"]
+  provisioner "kmod" {
+    signing_cert = ` + hcl(key.CertPath) + `
+    signing_key  = ` + hcl(key.KeyPath) + `
+    module {
+      prebuilt = [` + hcl(base) + `, ` + hcl(marker) + `]
+    }
+    firstboot {` + firstbootBlock + `
+    }
+  }
+  provisioner "file" {
+    source      = ` + hcl(unit) + `
+    destination = "/etc/systemd/system/kmodctl-probe.service"
+  }
+  provisioner "file" {
+    source      = ` + hcl(script) + `
+    destination = "/usr/local/bin/kmodctl-probe"
+  }
+  provisioner "shell" {
+    inline = ["chmod 0755 /usr/local/bin/kmodctl-probe", "systemctl enable kmodctl-probe.service"]
+  }
+}
+`
+	r := e.Start(t, dir, tpl)
+	output, err := r.Wait(t, 15*time.Minute)
+	if err != nil {
+		t.Fatalf("packer build: %v\n%s", err, output)
+	}
+	raw := filepath.Join(out, "fb.raw")
+	root := packertest.MountOutput(t, raw)
+	kernels, err := bootcheck.FindKernels(root)
+	if err != nil || len(kernels) == 0 {
+		t.Fatalf("kernels: %v %v", kernels, err)
+	}
+	vmlinuz, initrd := copyOut(t, kernels[0].Vmlinuz), copyOut(t, kernels[0].Initrd)
+	rootArg, err := bootcheck.RootArg(root, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	boot := func(name, disk string) probe {
+		t.Helper()
+		res, err := qemu.Boot(context.Background(), qemu.Config{
+			Kernel: vmlinuz, Initrd: initrd,
+			Append:     "root=" + rootArg + " ro console=ttyS0 panic=-1",
+			Disks:      []qemu.Disk{{Path: disk, Format: "qcow2"}},
+			Markers:    append([]qemu.Marker{qemu.SuccessOn("KMODPROBE disabled="), qemu.FailureOn("emergency mode")}, qemu.KernelFailures...),
+			Timeout:    4 * time.Minute,
+			ConsoleLog: filepath.Join(dir, name+".console.log"),
+		})
+		if err != nil || res.Outcome != qemu.Success {
+			t.Fatalf("%s: %v %v\n%s", name, res, err, res.Tail(40))
+		}
+		m := probeLine.FindStringSubmatch(res.Line)
+		if m == nil {
+			t.Fatalf("%s: probe line %q", name, res.Line)
+		}
+		p := probe{m[1], m[2], m[3], m[4], m[5], m[6]}
+		t.Logf("%s (%v): %+v", name, res.Elapsed.Round(time.Second), p)
+		return p
+	}
+	overlay := func(base string) string {
+		p := filepath.Join(t.TempDir(), "overlay.qcow2")
+		if b, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", base, p).CombinedOutput(); err != nil {
+			t.Fatalf("%v %s", err, b)
+		}
+		return p
+	}
+
+	return &firstbootImage{raw: raw, dir: dir, vmlinuz: vmlinuz, initrd: initrd, rootArg: rootArg, kernels: kernels, boot: boot, overlay: overlay}
+}
+
+// TestAccFirstbootCondition: under QEMU a hook built with
+// condition_virtualization = "!qemu" is skipped by systemd.
+func TestAccFirstbootCondition(t *testing.T) {
+	t.Parallel()
+	fb := buildFirstbootImage(t, `
+      condition_virtualization = "!qemu"`)
+	p := fb.boot("condition", fb.overlay(fb.raw))
+	if p.condition != "no" || p.report != "" {
+		t.Errorf("the hook ran or was not skipped: %+v", p)
+	}
+	if c, _ := os.ReadFile(filepath.Join(fb.dir, "condition.console.log")); strings.Contains(string(c), "kmodctl verify:") || strings.Contains(string(c), "kmodctl: ") {
+		t.Errorf("a hook unit ran despite the condition")
 	}
 }
