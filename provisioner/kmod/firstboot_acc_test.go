@@ -170,9 +170,9 @@ func editRoot(t *testing.T, raw, rel string, edit func([]byte) []byte) {
 // firstbootImage is a built image with the hook and the probe, ready to boot.
 type firstbootImage struct {
 	raw, dir, vmlinuz, initrd, rootArg string
-	kernels                           []bootcheck.Kernel
-	boot                              func(name, disk string) probe
-	overlay                           func(base string) string
+	kernels                            []bootcheck.Kernel
+	boot                               func(name, disk string) probe
+	overlay                            func(base string) string
 }
 
 // buildFirstbootImage builds the DKMS fixture image with two prebuilt
