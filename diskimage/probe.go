@@ -107,3 +107,19 @@ func cstr(b []byte) string {
 	}
 	return strings.ToValidUTF8(string(b), "\uFFFD")
 }
+
+// ProbeAll probes every partition of t (MBR extended containers excluded)
+// and returns the filesystems found, by partition number; partitions with
+// no known filesystem are left out.
+func ProbeAll(r io.ReaderAt, t *Table) map[int]FS {
+	res := map[int]FS{}
+	for _, p := range t.Partitions {
+		if p.Extended {
+			continue
+		}
+		if fs, err := ProbePartition(r, p); err == nil {
+			res[p.Number] = fs
+		}
+	}
+	return res
+}

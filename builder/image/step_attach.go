@@ -38,15 +38,7 @@ func (s *stepAttach) Run(ctx context.Context, state multistep.StateBag) multiste
 		return halt(state, "%s: %v (kmod-image needs a partitioned disk image)", b.sourceName(), err)
 	}
 	b.table = t
-	b.probes = map[int]diskimage.FS{}
-	for _, p := range t.Partitions {
-		if p.Extended {
-			continue
-		}
-		if fs, err := diskimage.ProbePartition(f, p); err == nil {
-			b.probes[p.Number] = fs
-		}
-	}
+	b.probes = diskimage.ProbeAll(f, t)
 	f.Close()
 	if t.UsedBackupGPT {
 		u.Error(fmt.Sprintf("warning: %s: the primary GPT is damaged (%s); using the backup copy", b.sourceName(), t.PrimaryError))

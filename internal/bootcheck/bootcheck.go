@@ -599,12 +599,7 @@ func injectProbe(ctx context.Context, disk, tmp, nonce string) (err error) {
 	if err != nil {
 		return fmt.Errorf("partition table: %w", err)
 	}
-	probes := map[int]diskimage.FS{}
-	for _, p := range tab.Partitions {
-		if fs, err := diskimage.ProbePartition(f, p); err == nil {
-			probes[p.Number] = fs
-		}
-	}
+	probes := diskimage.ProbeAll(f, tab)
 	var tr diskimage.Tracker
 	defer func() {
 		if _, rerr := tr.Release(); rerr != nil && err == nil {

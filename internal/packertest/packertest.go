@@ -264,9 +264,23 @@ func CheckNoLeftovers(t *testing.T, dirs ...string) {
 	}
 }
 
-// mountOutput mounts a raw image's root (read-only) and its /boot and
+// MountOutput mounts a raw image's root (read-only) and its /boot and
 // returns the root directory; everything is released when the test ends.
 func MountOutput(t *testing.T, raw string) string {
+	t.Helper()
+	dir, release := MountRoot(t, raw, true)
+	t.Cleanup(func() {
+		if err := release(); err != nil {
+			t.Errorf("release %s: %v", raw, err)
+		}
+	})
+	return dir
+}
+
+// MountRoot mounts a raw image's root filesystem (and a partition labelled
+// boot on /boot) on a new directory; release unmounts and detaches (it is
+// idempotent; call it before the image is used elsewhere).
+func MountRoot(t *testing.T, raw string, readOnly bool) (dir string, release func() error) {
 	t.Helper()
 	f, err := os.Open(raw)
 	if err != nil {
@@ -277,43 +291,37 @@ func MountOutput(t *testing.T, raw string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	probes := map[int]diskimage.FS{}
-	for _, p := range tbl.Partitions {
-		if fs, err := diskimage.ProbePartition(f, p); err == nil {
-			probes[p.Number] = fs
-		}
-	}
+	probes := diskimage.ProbeAll(f, tbl)
 	f.Close()
 	rootPart, _, err := diskimage.ChooseRoot(tbl, diskimage.RootOptions{Probes: probes})
 	if err != nil {
 		t.Fatal(err)
 	}
 	tr := &diskimage.Tracker{}
-	t.Cleanup(func() {
-		if _, err := tr.Release(); err != nil {
-			t.Errorf("release %s: %v", raw, err)
+	release = func() error { _, err := tr.Release(); return err }
+	var opts []string
+	if readOnly {
+		opts = []string{"ro"}
+	}
+	mount := func(p diskimage.Partition, at string) {
+		l, err := tr.AttachPartition(context.Background(), raw, p, readOnly)
+		if err != nil {
+			release()
+			t.Fatal(err)
 		}
-	})
-	dir := t.TempDir()
-	l, err := tr.AttachPartition(context.Background(), raw, rootPart, true)
-	if err != nil {
-		t.Fatal(err)
+		if err := tr.Mount(context.Background(), l.Device, at, probes[p.Number].Type, opts...); err != nil {
+			release()
+			t.Fatal(err)
+		}
 	}
-	if err := tr.Mount(context.Background(), l.Device, dir, probes[rootPart.Number].Type, "ro"); err != nil {
-		t.Fatal(err)
-	}
+	dir = t.TempDir()
+	mount(rootPart, dir)
 	for _, p := range tbl.Partitions {
-		if probes[p.Number].Label == "boot" {
-			lb, err := tr.AttachPartition(context.Background(), raw, p, true)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := tr.Mount(context.Background(), lb.Device, filepath.Join(dir, "boot"), probes[p.Number].Type, "ro"); err != nil {
-				t.Fatal(err)
-			}
+		if p.Number != rootPart.Number && probes[p.Number].Label == "boot" {
+			mount(p, filepath.Join(dir, "boot"))
 		}
 	}
-	return dir
+	return dir, release
 }
 
 func HCL(s string) string { return fmt.Sprintf("%q", s) }

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kmodctl/packer-plugin-kmod/diskimage"
 	"github.com/kmodctl/packer-plugin-kmod/internal/bootcheck"
 	"github.com/kmodctl/packer-plugin-kmod/internal/fixture"
 	"github.com/kmodctl/packer-plugin-kmod/internal/packertest"
@@ -121,38 +120,11 @@ func TestAccFirstbootHook(t *testing.T) {
 // root filesystem through a loop device.
 func editRoot(t *testing.T, raw, rel string, edit func([]byte) []byte) {
 	t.Helper()
-	f, err := os.Open(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, _ := f.Stat()
-	tbl, err := diskimage.ReadTable(f, st.Size())
-	if err != nil {
-		t.Fatal(err)
-	}
-	probes := map[int]diskimage.FS{}
-	for _, p := range tbl.Partitions {
-		if fs, err := diskimage.ProbePartition(f, p); err == nil {
-			probes[p.Number] = fs
-		}
-	}
-	f.Close()
-	part, _, err := diskimage.ChooseRoot(tbl, diskimage.RootOptions{Probes: probes})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr := &diskimage.Tracker{}
-	defer tr.Release()
-	l, err := tr.AttachPartition(context.Background(), raw, part, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mnt := t.TempDir()
-	if err := tr.Mount(context.Background(), l.Device, mnt, probes[part.Number].Type); err != nil {
-		t.Fatal(err)
-	}
+	mnt, release := packertest.MountRoot(t, raw, false)
+	defer release()
 	p := filepath.Join(mnt, rel)
 	var data []byte
+	var err error
 	if edit != nil {
 		if data, err = os.ReadFile(p); err != nil {
 			t.Fatal(err)
@@ -162,7 +134,7 @@ func editRoot(t *testing.T, raw, rel string, edit func([]byte) []byte) {
 	if err := os.WriteFile(p, data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tr.Release(); err != nil {
+	if err := release(); err != nil {
 		t.Fatal(err)
 	}
 }
