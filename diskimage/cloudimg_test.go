@@ -81,7 +81,7 @@ func TestCloudImageFixture(t *testing.T) {
 
 	// The fstab in the root filesystem, read with debugfs at the
 	// partition's offset (read-only; nothing is mounted).
-	needTool(t, "debugfs")
+	fixture.NeedTools(t, "debugfs")
 	cmd := exec.Command("debugfs", "-R", "cat /etc/fstab", raw+"?offset="+strconv.FormatInt(root.Start, 10))
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr

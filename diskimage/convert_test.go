@@ -163,7 +163,7 @@ func dirNames(t *testing.T, dir string) []string {
 }
 
 func TestConvertFormats(t *testing.T) {
-	needTool(t, "qemu-img")
+	fixture.NeedTools(t, "qemu-img")
 	ctx := context.Background()
 	src := synthImage(t, t.TempDir(), synthSize)
 	srcSum := sha(t, src)
@@ -200,9 +200,9 @@ func TestConvertFormats(t *testing.T) {
 				t.Errorf("Inspect: %+v, want format %s, size %d", info, qemuFormat[format], synthSize)
 			}
 			if format == "qcow2" || format == "vmdk" {
-				run(t, "qemu-img", "check", "-f", format, dst)
+				fixture.Run(t, "qemu-img", "check", "-f", format, dst)
 			}
-			run(t, "qemu-img", "compare", "-f", "raw", "-F", qemuFormat[format], src, dst)
+			fixture.Run(t, "qemu-img", "compare", "-f", "raw", "-F", qemuFormat[format], src, dst)
 
 			// Back to raw, format detected: the source's bytes.
 			back := filepath.Join(dir, "back.raw")
@@ -270,14 +270,14 @@ func TestConvertFormats(t *testing.T) {
 }
 
 func TestConvertQcow2Compression(t *testing.T) {
-	needTool(t, "qemu-img")
+	fixture.NeedTools(t, "qemu-img")
 	dir := t.TempDir()
 	src := synthImage(t, dir, synthSize)
 	dst := filepath.Join(dir, "c.qcow2")
 	if err := Convert(context.Background(), src, dst, "qcow2", WithCompression(true)); err != nil {
 		t.Fatal(err)
 	}
-	out := run(t, "qemu-img", "check", "--output=json", "-f", "qcow2", dst)
+	out := fixture.Run(t, "qemu-img", "check", "--output=json", "-f", "qcow2", dst)
 	var chk struct {
 		Compressed int64 `json:"compressed-clusters"`
 	}
@@ -287,15 +287,15 @@ func TestConvertQcow2Compression(t *testing.T) {
 	if chk.Compressed == 0 {
 		t.Errorf("no compressed clusters: %s", out)
 	}
-	run(t, "qemu-img", "compare", "-f", "raw", "-F", "qcow2", src, dst)
+	fixture.Run(t, "qemu-img", "compare", "-f", "raw", "-F", "qcow2", src, dst)
 }
 
 func TestConvertVHDXSource(t *testing.T) {
-	needTool(t, "qemu-img")
+	fixture.NeedTools(t, "qemu-img")
 	dir := t.TempDir()
 	src := synthImage(t, dir, synthSize)
 	vhdx := filepath.Join(dir, "src.vhdx")
-	run(t, "qemu-img", "convert", "-f", "raw", "-O", "vhdx", src, vhdx)
+	fixture.Run(t, "qemu-img", "convert", "-f", "raw", "-O", "vhdx", src, vhdx)
 	back := filepath.Join(dir, "back.raw")
 	if err := Convert(context.Background(), vhdx, back, "raw"); err != nil {
 		t.Fatal(err)
@@ -308,7 +308,7 @@ func TestConvertVHDXSource(t *testing.T) {
 // TestConvertCloudImage converts the 2 GiB fixture raw -> qcow2 -> raw and
 // the qcow2 fixture to raw; both raws equal the fixture.
 func TestConvertCloudImage(t *testing.T) {
-	needTool(t, "qemu-img")
+	fixture.NeedTools(t, "qemu-img")
 	raw := fixture.CloudImageRaw(t)
 	qcow := fixture.CloudImageQcow2(t)
 	rawSt, _ := os.Stat(raw)
@@ -327,13 +327,13 @@ func TestConvertCloudImage(t *testing.T) {
 	}
 	q := filepath.Join(dir, "rt.qcow2")
 	step(raw, q, "qcow2")
-	run(t, "qemu-img", "check", "-f", "qcow2", q)
+	fixture.Run(t, "qemu-img", "check", "-f", "qcow2", q)
 	rt := filepath.Join(dir, "rt.raw")
 	step(q, rt, "raw")
-	run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", raw, rt)
+	fixture.Run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", raw, rt)
 	fromFixture := filepath.Join(dir, "fromqcow2.raw")
 	step(qcow, fromFixture, "raw")
-	run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", raw, fromFixture)
+	fixture.Run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", raw, fromFixture)
 	for _, p := range []string{rt, fromFixture} {
 		if st, err := os.Stat(p); err != nil || st.Size() != 2<<30 {
 			t.Errorf("%s: size %v (%v), want 2 GiB", p, st.Size(), err)
@@ -351,7 +351,7 @@ func TestConvertCloudImage(t *testing.T) {
 }
 
 func TestConvertCancel(t *testing.T) {
-	needTool(t, "qemu-img")
+	fixture.NeedTools(t, "qemu-img")
 	srcDir := t.TempDir()
 	src := filepath.Join(srcDir, "random.raw")
 	randomImage(t, src, synthSize)
@@ -404,7 +404,7 @@ func TestConvertCancel(t *testing.T) {
 }
 
 func TestConvertErrors(t *testing.T) {
-	needTool(t, "qemu-img")
+	fixture.NeedTools(t, "qemu-img")
 	ctx := context.Background()
 	dir := t.TempDir()
 	src := synthImage(t, dir, synthSize)
@@ -442,25 +442,25 @@ func TestConvertErrors(t *testing.T) {
 	wantErr("destination is the source", Convert(ctx, src, src, "raw"), "is the source")
 
 	odd := filepath.Join(dir, "odd.raw")
-	run(t, "qemu-img", "create", "-q", "-f", "raw", odd, "65M")
+	fixture.Run(t, "qemu-img", "create", "-q", "-f", "raw", odd, "65M")
 	if err := os.Truncate(odd, 65<<20+512); err != nil {
 		t.Fatal(err)
 	}
 	wantErr("vhd of a size not a whole MiB", Convert(ctx, odd, dst, "vhd"), "MiB", "68157952", "69206016")
 
 	qed := filepath.Join(dir, "x.qed")
-	run(t, "qemu-img", "create", "-q", "-f", "qed", qed, "1M")
+	fixture.Run(t, "qemu-img", "create", "-q", "-f", "qed", qed, "1M")
 	wantErr("qed source", Convert(ctx, qed, dst, "raw"), `"qed"`)
 
 	// Images reading other files: Inspect names the file, Convert refuses.
 	base := filepath.Join(dir, "base.qcow2")
-	run(t, "qemu-img", "create", "-q", "-f", "qcow2", base, "1M")
+	fixture.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", base, "1M")
 	overlay := filepath.Join(dir, "overlay.qcow2")
-	run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", overlay)
+	fixture.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", overlay)
 	dataFile := filepath.Join(dir, "data.qcow2")
-	run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "data_file="+filepath.Join(dir, "data.bin"), dataFile, "1M")
+	fixture.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "data_file="+filepath.Join(dir, "data.bin"), dataFile, "1M")
 	flat := filepath.Join(dir, "flat.vmdk")
-	run(t, "qemu-img", "create", "-q", "-f", "vmdk", "-o", "subformat=monolithicFlat", flat, "1M")
+	fixture.Run(t, "qemu-img", "create", "-q", "-f", "vmdk", "-o", "subformat=monolithicFlat", flat, "1M")
 	for img, other := range map[string]string{overlay: base, dataFile: "data.bin", flat: "flat-flat.vmdk"} {
 		info, err := Inspect(ctx, img)
 		if err != nil {
@@ -473,7 +473,7 @@ func TestConvertErrors(t *testing.T) {
 	}
 	// A monolithic sparse vmdk names itself as its extent: no backing file.
 	sparse := filepath.Join(dir, "sparse.vmdk")
-	run(t, "qemu-img", "create", "-q", "-f", "vmdk", sparse, "1M")
+	fixture.Run(t, "qemu-img", "create", "-q", "-f", "vmdk", sparse, "1M")
 	if info, err := Inspect(ctx, sparse); err != nil || info.BackingFile != "" || info.Format != "vmdk" {
 		t.Errorf("Inspect sparse vmdk: %+v, %v", info, err)
 	}
@@ -520,7 +520,7 @@ func TestSHA256FileAndChecksums(t *testing.T) {
 		t.Errorf("progress ended at %d after %d calls", last, calls)
 	}
 	if _, err := lookPath("sha256sum"); err == nil {
-		if want := strings.Fields(run(t, "sha256sum", src))[0]; sum != want {
+		if want := strings.Fields(fixture.Run(t, "sha256sum", src))[0]; sum != want {
 			t.Errorf("SHA256File %s, sha256sum %s", sum, want)
 		}
 	}

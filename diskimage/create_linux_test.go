@@ -399,11 +399,11 @@ func createCheckImage(t *testing.T, img string, ret *Table, w createWant) (Parti
 	if p2.Number != 2 || p2.Start != 2<<20 || p2.Size != w.size-3<<20 || p2.Type != RootGPTTypes[w.arch] || p2.Name != "root" {
 		t.Errorf("partition 2: %+v, want %s root at 2 MiB, %d bytes", p2, w.arch, w.size-3<<20)
 	}
-	if out := run(t, "sfdisk", "--verify", img); !strings.Contains(out, "No errors detected") {
+	if out := fixture.Run(t, "sfdisk", "--verify", img); !strings.Contains(out, "No errors detected") {
 		t.Errorf("sfdisk --verify:\n%s", out)
 	}
 	if _, err := lookPath("sgdisk"); err == nil {
-		if out := run(t, "sgdisk", "-v", img); !strings.Contains(out, "No problems found") || strings.Contains(out, "Warning") {
+		if out := fixture.Run(t, "sgdisk", "-v", img); !strings.Contains(out, "No problems found") || strings.Contains(out, "Warning") {
 			t.Errorf("sgdisk -v:\n%s", out)
 		}
 	}
@@ -425,8 +425,8 @@ func createCheckImage(t *testing.T, img string, ret *Table, w createWant) (Parti
 	}
 	switch w.fs {
 	case "ext4":
-		needTool(t, "e2fsck")
-		run(t, "e2fsck", "-fn", img+"?offset="+strconv.FormatInt(p2.Start, 10))
+		fixture.NeedTools(t, "e2fsck")
+		fixture.Run(t, "e2fsck", "-fn", img+"?offset="+strconv.FormatInt(p2.Start, 10))
 	case "xfs":
 		if _, err := lookPath("xfs_repair"); err == nil {
 			tr := &Tracker{}
@@ -492,7 +492,7 @@ func createOnlyEntries(t *testing.T, dir string, names ...string) {
 // command line.
 func createNothingLeft(t *testing.T, dir, tmpdir string) {
 	t.Helper()
-	out := run(t, "losetup", "--list", "--json", "-O", "NAME,BACK-FILE")
+	out := fixture.Run(t, "losetup", "--list", "--json", "-O", "NAME,BACK-FILE")
 	var j struct {
 		Loops []struct {
 			Name     string `json:"name"`
@@ -543,16 +543,16 @@ func (l *createLog) log(s string) {
 
 func createNeed(t *testing.T, fsType string) {
 	t.Helper()
-	needRoot(t)
-	needTool(t, "sfdisk", "tar", "losetup", "blkid")
+	fixture.NeedRoot(t)
+	fixture.NeedTools(t, "sfdisk", "tar", "losetup", "blkid")
 	if fsType == "xfs" {
-		needTool(t, "mkfs.xfs")
+		fixture.NeedTools(t, "mkfs.xfs")
 		b, _ := os.ReadFile("/proc/filesystems")
 		if !bytes.Contains(b, []byte("\txfs\n")) {
 			t.Skip("the kernel has no xfs")
 		}
 	} else {
-		needTool(t, "mkfs.ext4", "debugfs")
+		fixture.NeedTools(t, "mkfs.ext4", "debugfs")
 	}
 }
 
@@ -634,14 +634,14 @@ func TestCreateFromRootfsTarballs(t *testing.T) {
 				createNeed(t, "xfs")
 			}
 			if strings.HasSuffix(c.name, ".zst") {
-				needTool(t, "zstd")
+				fixture.NeedTools(t, "zstd")
 			}
 			if strings.HasSuffix(c.name, ".xz") {
-				needTool(t, "xz")
+				fixture.NeedTools(t, "xz")
 			}
 			arch := filepath.Join(dir, c.name)
 			if _, err := os.Stat(arch); err != nil {
-				run(t, "tar", append([]string{"-C", src, "-caf", arch}, append(createTarMeta, ".")...)...)
+				fixture.Run(t, "tar", append([]string{"-C", src, "-caf", arch}, append(createTarMeta, ".")...)...)
 			}
 			archBefore := createSnapshot(t, dir)
 			out := t.TempDir()
@@ -836,13 +836,13 @@ func TestCreateFromRootfsErrors(t *testing.T) {
 // when tar runs out of space, with the mount and loop released).
 func TestCreateFromRootfsTooSmallXFS(t *testing.T) {
 	createNeed(t, "xfs")
-	needTool(t, "zstd")
+	fixture.NeedTools(t, "zstd")
 	ctx := context.Background()
 	tree := filepath.Join(t.TempDir(), "tree")
 	os.MkdirAll(filepath.Join(tree, "etc"), 0o755)
 	createFallocate(t, filepath.Join(tree, "blob"), 260<<20)
 	arch := filepath.Join(t.TempDir(), "big.tar.zst")
-	run(t, "tar", "-C", tree, "-caf", arch, ".")
+	fixture.Run(t, "tar", "-C", tree, "-caf", arch, ".")
 	out := t.TempDir()
 	t.Setenv("TMPDIR", t.TempDir())
 	o := CreateOptions{Size: 303 << 20, Filesystem: "xfs"}

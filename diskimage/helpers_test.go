@@ -12,31 +12,6 @@ import (
 	"unicode/utf16"
 )
 
-func needTool(t testing.TB, tools ...string) {
-	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed (scripts/deps.sh installs it)", tool)
-		}
-	}
-}
-
-func needRoot(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (loop devices and mounts); run the tests as root")
-	}
-}
-
-func run(t testing.TB, name string, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
-
 func tempImage(t testing.TB, size int64) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "disk.img")

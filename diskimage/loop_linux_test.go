@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/kmodctl/packer-plugin-kmod/internal/fixture"
 )
 
 const (
@@ -23,9 +25,9 @@ const (
 // type) and root (ext4, x86-64 root type) filled from a folder with
 // mkfs.ext4 -d, each filesystem made in its own file and copied in.
 func buildGPTDisk(t *testing.T) (string, *Table) {
-	needTool(t, "sgdisk", "mkfs.ext4", "mkfs.vfat", "dd", "blkid")
+	fixture.NeedTools(t, "sgdisk", "mkfs.ext4", "mkfs.vfat", "dd", "blkid")
 	img := tempImage(t, 64<<20)
-	run(t, "sgdisk", "-n1:2048:+8M", "-t1:ef00", "-c1:ESP", "-n2:0:+16M", "-t2:ea00", "-c2:boot",
+	fixture.Run(t, "sgdisk", "-n1:2048:+8M", "-t1:ef00", "-c1:ESP", "-n2:0:+16M", "-t2:ea00", "-c2:boot",
 		"-n3:0:0", "-t3:8304", "-c3:root", img)
 	tab := readTableFile(t, img)
 	dir := t.TempDir()
@@ -38,8 +40,8 @@ func buildGPTDisk(t *testing.T) (string, *Table) {
 		fh, _ := os.Create(f)
 		fh.Truncate(p.Size)
 		fh.Close()
-		run(t, tool, append(args, f)...)
-		run(t, "dd", "if="+f, "of="+img, "bs=1M", "oflag=seek_bytes", "seek="+strconv.FormatInt(p.Start, 10), "conv=notrunc,sparse", "status=none")
+		fixture.Run(t, tool, append(args, f)...)
+		fixture.Run(t, "dd", "if="+f, "of="+img, "bs=1M", "oflag=seek_bytes", "seek="+strconv.FormatInt(p.Start, 10), "conv=notrunc,sparse", "status=none")
 		os.Remove(f)
 	}
 	mkfs(tab.Partitions[0], "mkfs.vfat", "-n", "ESP", "-i", "C0FFEE11")
@@ -83,7 +85,7 @@ func TestGPTDiskProbeAndRoot(t *testing.T) {
 
 func noLoopsLeft(t *testing.T, img string) {
 	t.Helper()
-	if out := run(t, "losetup", "-j", img); strings.TrimSpace(out) != "" {
+	if out := fixture.Run(t, "losetup", "-j", img); strings.TrimSpace(out) != "" {
 		t.Errorf("loop devices left for %s:\n%s", img, out)
 	}
 	if err := CheckNoLeftovers(img); err != nil {
@@ -92,7 +94,7 @@ func noLoopsLeft(t *testing.T, img string) {
 }
 
 func TestAttachMountReadUnmount(t *testing.T) {
-	needRoot(t)
+	fixture.NeedRoot(t)
 	img, tab := buildGPTDisk(t)
 	ctx := context.Background()
 	root := tab.Partitions[2]
@@ -141,7 +143,7 @@ func TestAttachMountReadUnmount(t *testing.T) {
 }
 
 func TestTrackerBusyNestedRelease(t *testing.T) {
-	needRoot(t)
+	fixture.NeedRoot(t)
 	img, tab := buildGPTDisk(t)
 	ctx := context.Background()
 	var tr Tracker

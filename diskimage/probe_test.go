@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/kmodctl/packer-plugin-kmod/internal/fixture"
 )
 
 // blkidExport runs blkid -p -o export on path at offset and parses it.
@@ -15,7 +17,7 @@ func blkidExport(t testing.TB, path string, offset int64) map[string]string {
 	if offset > 0 {
 		args = append(args, "-O", itoa(offset))
 	}
-	out := run(t, "blkid", append(args, path)...)
+	out := fixture.Run(t, "blkid", append(args, path)...)
 	m := map[string]string{}
 	for _, l := range strings.Split(out, "\n") {
 		if k, v, ok := strings.Cut(l, "="); ok {
@@ -52,7 +54,7 @@ func checkAgainstBlkid(t *testing.T, path string, off, size int64) FS {
 }
 
 func TestProbeMatchesBlkid(t *testing.T) {
-	needTool(t, "blkid")
+	fixture.NeedTools(t, "blkid")
 	dir := t.TempDir()
 	mk := func(name string, size int64, tool string, args ...string) string {
 		if _, err := lookPath(tool); err != nil {
@@ -63,7 +65,7 @@ func TestProbeMatchesBlkid(t *testing.T) {
 		f, _ := os.Create(p)
 		f.Truncate(size)
 		f.Close()
-		run(t, tool, append(args, p)...)
+		fixture.Run(t, tool, append(args, p)...)
 		return p
 	}
 	cases := map[string]string{

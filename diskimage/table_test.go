@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/kmodctl/packer-plugin-kmod/internal/fixture"
 )
 
 type sfdiskJSON struct {
@@ -46,7 +48,7 @@ func readTableFile(t testing.TB, path string) *Table {
 func compareSfdisk(t *testing.T, path string, tab *Table) {
 	t.Helper()
 	var sj sfdiskJSON
-	if err := json.Unmarshal([]byte(run(t, "sfdisk", "--json", path)), &sj); err != nil {
+	if err := json.Unmarshal([]byte(fixture.Run(t, "sfdisk", "--json", path)), &sj); err != nil {
 		t.Fatal(err)
 	}
 	wantKind := map[string]string{"gpt": "gpt", "dos": "mbr"}[sj.PT.Label]
@@ -68,9 +70,9 @@ func compareSfdisk(t *testing.T, path string, tab *Table) {
 }
 
 func TestGPTMatchesSfdisk(t *testing.T) {
-	needTool(t, "sgdisk", "sfdisk")
+	fixture.NeedTools(t, "sgdisk", "sfdisk")
 	img := tempImage(t, 64<<20)
-	run(t, "sgdisk", "-n1:2048:+8M", "-t1:ef00", "-c1:ESP", "-n2:0:+16M", "-t2:ea00", "-c2:boot",
+	fixture.Run(t, "sgdisk", "-n1:2048:+8M", "-t1:ef00", "-c1:ESP", "-n2:0:+16M", "-t2:ea00", "-c2:boot",
 		"-n3:0:0", "-t3:8304", "-c3:root fs ✓", "-A3:set:2", img)
 	tab := readTableFile(t, img)
 	compareSfdisk(t, img, tab)
@@ -96,7 +98,7 @@ func TestGPTMatchesSfdisk(t *testing.T) {
 }
 
 func TestMBRMatchesSfdisk(t *testing.T) {
-	needTool(t, "sfdisk")
+	fixture.NeedTools(t, "sfdisk")
 	img := tempImage(t, 64<<20)
 	script := "label: dos\nlabel-id: 0x1234abcd\n" +
 		"start=2048, size=16384, type=ef, bootable\n" +
@@ -121,9 +123,9 @@ func TestMBRMatchesSfdisk(t *testing.T) {
 }
 
 func TestGPTBackupFallback(t *testing.T) {
-	needTool(t, "sgdisk")
+	fixture.NeedTools(t, "sgdisk")
 	img := tempImage(t, 32<<20)
-	run(t, "sgdisk", "-n1:2048:+8M", "-t1:8304", "-n2:0:0", img)
+	fixture.Run(t, "sgdisk", "-n1:2048:+8M", "-t1:8304", "-n2:0:0", img)
 	want := readTableFile(t, img)
 	f, err := os.OpenFile(img, os.O_RDWR, 0)
 	if err != nil {
@@ -143,7 +145,7 @@ func TestGPTBackupFallback(t *testing.T) {
 	}
 	// Also corrupt the entry array only (header intact): backup again.
 	img2 := tempImage(t, 32<<20)
-	run(t, "sgdisk", "-n1:2048:+8M", "-t1:8304", img2)
+	fixture.Run(t, "sgdisk", "-n1:2048:+8M", "-t1:8304", img2)
 	f, _ = os.OpenFile(img2, os.O_RDWR, 0)
 	f.WriteAt([]byte{0x42}, 1024+56)
 	f.Close()

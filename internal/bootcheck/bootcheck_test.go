@@ -223,7 +223,7 @@ func fileSum(t testing.TB, p string) string {
 // is "jmp $": BIOS-bootable, it hangs.
 func synthImage(t testing.TB, files map[string]string, mbr, bootCode bool) string {
 	t.Helper()
-	needTool(t, "sgdisk", "sfdisk", "mkfs.ext4")
+	fixture.NeedTools(t, "sgdisk", "sfdisk", "mkfs.ext4")
 	dir := t.TempDir()
 	tree := filepath.Join(dir, "tree")
 	writeTree(t, tree, files)
@@ -243,7 +243,7 @@ func synthImage(t testing.TB, files map[string]string, mbr, bootCode bool) strin
 		}
 		label = nil
 	} else {
-		run(t, "sgdisk", "-n", "1:2048:0", "-t", "1:8304", "-c", "1:root", img)
+		fixture.Run(t, "sgdisk", "-n", "1:2048:0", "-t", "1:8304", "-c", "1:root", img)
 	}
 	f, err := os.OpenFile(img, os.O_RDWR, 0)
 	if err != nil {
@@ -262,7 +262,7 @@ func synthImage(t testing.TB, files map[string]string, mbr, bootCode bool) strin
 	if err := os.Truncate(fsImg, p.Size); err != nil {
 		t.Fatal(err)
 	}
-	run(t, "mkfs.ext4", append(append([]string{"-q", "-F", "-d", tree}, label...), fsImg)...)
+	fixture.Run(t, "mkfs.ext4", append(append([]string{"-q", "-F", "-d", tree}, label...), fsImg)...)
 	fsData, err := os.ReadFile(fsImg)
 	if err != nil {
 		t.Fatal(err)
@@ -285,8 +285,8 @@ func debugfsCat(t testing.TB, img string, off int64, p string) (string, error) {
 }
 
 func TestInjectProbe(t *testing.T) {
-	needRoot(t)
-	needTool(t, "debugfs")
+	fixture.NeedRoot(t)
+	fixture.NeedTools(t, "debugfs")
 	const nonce = "00112233aabbccdd"
 	for _, c := range []struct {
 		name  string
@@ -390,7 +390,7 @@ func TestRunFirmwareNoBootloader(t *testing.T) {
 	}
 	// qcow2 is converted into the throwaway copy before it can be looked
 	// at: the copy must go too.
-	needTool(t, "qemu-img")
+	fixture.NeedTools(t, "qemu-img")
 	start = time.Now()
 	_, err = Run(context.Background(), Options{Image: fixture.CloudImageQcow2(t), Format: "qcow2", Mode: ModeFirmware})
 	if !errors.Is(err, ErrNoBootloader) {
@@ -404,7 +404,7 @@ func TestRunFirmwareNoBootloader(t *testing.T) {
 // "bootloader" spins (jmp $) and cancels the check once SeaBIOS boots it:
 // QEMU, the copy and its folder must all be gone when Run returns.
 func TestRunFirmwareCancel(t *testing.T) {
-	needRoot(t)
+	fixture.NeedRoot(t)
 	img := synthImage(t, map[string]string{"etc/os-release": "ID=test\n"}, false, true)
 	if ok, why, err := HasBootloader(img); err != nil || !ok {
 		t.Fatalf("HasBootloader = %v, %q, %v", ok, why, err)
@@ -496,7 +496,7 @@ func TestRunFirmwareGRUB(t *testing.T) {
 	if os.Getenv(firmwareEnv) == "" {
 		t.Skipf("set %s=1 to boot a GRUB-installed copy of the fixture (needs grub-pc-bin)", firmwareEnv)
 	}
-	needRoot(t)
+	fixture.NeedRoot(t)
 	wantTool(t, "grub-mkimage")
 	const grubDir = "/usr/lib/grub/i386-pc"
 	bootImg, err := os.ReadFile(filepath.Join(grubDir, "boot.img"))
@@ -516,7 +516,7 @@ func TestRunFirmwareGRUB(t *testing.T) {
 		t.Fatal(err)
 	}
 	core := filepath.Join(dir, "core.img")
-	run(t, "grub-mkimage", "-O", "i386-pc", "-d", grubDir, "-o", core, "-c", cfg, "-p", "(hd0,gpt2)/grub",
+	fixture.Run(t, "grub-mkimage", "-O", "i386-pc", "-d", grubDir, "-o", core, "-c", cfg, "-p", "(hd0,gpt2)/grub",
 		"biosdisk", "part_gpt", "ext2", "linux", "normal")
 	coreImg, err := os.ReadFile(core)
 	if err != nil {

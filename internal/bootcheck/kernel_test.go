@@ -17,15 +17,6 @@ import (
 	"github.com/kmodctl/packer-plugin-kmod/internal/fixture"
 )
 
-func needTool(t testing.TB, tools ...string) {
-	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			fixture.Missing(t, "tool "+tool)
-		}
-	}
-}
-
 // wantTool skips the test without tools that scripts/deps.sh does not
 // install (mtools, grub-pc-bin).
 func wantTool(t testing.TB, tools ...string) {
@@ -35,22 +26,6 @@ func wantTool(t testing.TB, tools ...string) {
 			t.Skipf("%s not installed", tool)
 		}
 	}
-}
-
-func needRoot(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (loop devices and mounts)")
-	}
-}
-
-func run(t testing.TB, name string, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return string(out)
 }
 
 // writeTree creates files (content "x" unless given; a value starting
@@ -305,7 +280,7 @@ func TestRootArg(t *testing.T) {
 // releases both (also at the test's end).
 func mountFixture(t testing.TB) (string, *diskimage.Tracker) {
 	t.Helper()
-	needRoot(t)
+	fixture.NeedRoot(t)
 	raw := fixture.CloudImageRaw(t)
 	f, err := os.Open(raw)
 	if err != nil {
@@ -420,7 +395,7 @@ func TestFixtureKernels(t *testing.T) {
 // machine's kernel has no vfat): files maps paths to contents.
 func espImage(t *testing.T, bits int, files map[string]string) string {
 	t.Helper()
-	needTool(t, "sgdisk", "mkfs.vfat")
+	fixture.NeedTools(t, "sgdisk", "mkfs.vfat")
 	wantTool(t, "mmd", "mcopy") // mtools
 	dir := t.TempDir()
 	img := filepath.Join(dir, "esp.img")
@@ -430,9 +405,9 @@ func espImage(t *testing.T, bits int, files map[string]string) string {
 	if err := os.Truncate(img, 80<<20); err != nil {
 		t.Fatal(err)
 	}
-	run(t, "sgdisk", "-n", "1:2048:+64M", "-t", "1:ef00", img)
+	fixture.Run(t, "sgdisk", "-n", "1:2048:+64M", "-t", "1:ef00", img)
 	spc := map[int]string{12: "64", 16: "4", 32: "1"}[bits] // FAT32 with 1-sector clusters: long chains
-	run(t, "mkfs.vfat", "-F", strconv.Itoa(bits), "-s", spc, "--offset", "2048", img, "65536")
+	fixture.Run(t, "mkfs.vfat", "-F", strconv.Itoa(bits), "-s", spc, "--offset", "2048", img, "65536")
 	at := img + "@@1M"
 	made := map[string]bool{}
 	paths := make([]string, 0, len(files))
@@ -447,7 +422,7 @@ func espImage(t *testing.T, bits int, files map[string]string) string {
 			d := strings.Join(parts[:i], "/")
 			if !made[strings.ToUpper(d)] {
 				made[strings.ToUpper(d)] = true
-				run(t, "mmd", "-i", at, "::/"+d)
+				fixture.Run(t, "mmd", "-i", at, "::/"+d)
 			}
 		}
 		c := files[p]
@@ -460,7 +435,7 @@ func espImage(t *testing.T, bits int, files map[string]string) string {
 		if err := os.WriteFile(src, []byte(c), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		run(t, "mcopy", "-i", at, src, "::/"+p)
+		fixture.Run(t, "mcopy", "-i", at, src, "::/"+p)
 	}
 	return img
 }
@@ -523,7 +498,7 @@ func TestHasBootloader(t *testing.T) {
 	})
 
 	t.Run("garbage ESP", func(t *testing.T) {
-		needTool(t, "sgdisk")
+		fixture.NeedTools(t, "sgdisk")
 		img := filepath.Join(t.TempDir(), "g.img")
 		if err := os.WriteFile(img, nil, 0o644); err != nil {
 			t.Fatal(err)
@@ -531,7 +506,7 @@ func TestHasBootloader(t *testing.T) {
 		if err := os.Truncate(img, 8<<20); err != nil {
 			t.Fatal(err)
 		}
-		run(t, "sgdisk", "-n", "1:2048:+4M", "-t", "1:ef00", img)
+		fixture.Run(t, "sgdisk", "-n", "1:2048:+4M", "-t", "1:ef00", img)
 		ok, why, err := HasBootloader(img)
 		if err != nil || ok || !strings.Contains(why, "EFI System Partition 1: no FAT file system") {
 			t.Errorf("HasBootloader = %v, %q, %v", ok, why, err)
