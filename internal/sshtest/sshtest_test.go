@@ -137,11 +137,7 @@ func TestServe(t *testing.T) {
 
 	// A process left running in the chroot, detached from its session.
 	out := s.Run(t, "setsid sleep 1000 </dev/null >/dev/null 2>&1 & echo $!")
-	var left int
-	fmt.Sscan(out, &left)
-	if left == 0 || procComm(left) != "sleep" {
-		t.Fatalf("background sleep: %q (comm %q)", out, procComm(left))
-	}
+	left := backgroundPID(t, out, "sleep")
 	ns, pid, config := s.MountNamespace(), s.PID(), s.Config()
 	s.Stop()
 
@@ -390,15 +386,7 @@ func TestReapStale(t *testing.T) {
 	root, _ := prepared(t)
 	s := Start(t, root)
 	out := s.Run(t, "setsid sleep 1001 </dev/null >/dev/null 2>&1 & echo $!")
-	var left int
-	fmt.Sscan(out, &left)
-	// $! is printed before the child has exec'd sleep: wait for it.
-	for deadline := time.Now().Add(5 * time.Second); left != 0 && procComm(left) != "sleep" && time.Now().Before(deadline); {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if left == 0 || procComm(left) != "sleep" {
-		t.Fatalf("background sleep: %q (comm %q)", out, procComm(left))
-	}
+	left := backgroundPID(t, out, "sleep")
 	if killed := ReapStale(); killed != "" {
 		t.Fatalf("ReapStale killed %s of a live server", killed)
 	}
@@ -422,4 +410,19 @@ func TestReapStale(t *testing.T) {
 			t.Errorf("%s remains: %v", p, err)
 		}
 	}
+}
+
+// backgroundPID reads the PID a shell printed with `echo $!` and waits until
+// that process runs comm: $! is printed before the child has exec'd it.
+func backgroundPID(t *testing.T, out, comm string) int {
+	t.Helper()
+	var pid int
+	fmt.Sscan(out, &pid)
+	for deadline := time.Now().Add(5 * time.Second); pid != 0 && procComm(pid) != comm && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if pid == 0 || procComm(pid) != comm {
+		t.Fatalf("background %s: %q (comm %q)", comm, out, procComm(pid))
+	}
+	return pid
 }
