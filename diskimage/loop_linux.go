@@ -7,12 +7,16 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Loop is a loop device attached to a byte range of an image file.
@@ -101,7 +105,7 @@ func (l *Loop) Detach() error {
 			break
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("detach %s (%s): still attached 10 s after losetup --detach (something holds it open: fuser -v %s)", l.Device, l.Image, l.Device)
+			return fmt.Errorf("detach %s (%s): still attached 10 s after losetup --detach; held by: %s", l.Device, l.Image, Holders(l.Device))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -223,4 +227,51 @@ func shellQuote(s string) string {
 		return s
 	}
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// Holders says who keeps a block device busy: processes with it open and
+// mount namespaces other than ours that still have it mounted (a namespace
+// created while it was mounted keeps a private copy of that mount).
+func Holders(dev string) string {
+	var st syscall.Stat_t
+	if err := syscall.Stat(dev, &st); err != nil {
+		return fmt.Sprintf("unknown (%v)", err)
+	}
+	majMin := fmt.Sprintf("%d:%d", unix.Major(st.Rdev), unix.Minor(st.Rdev))
+	self, _ := os.Readlink("/proc/self/ns/mnt")
+	seenNS := map[string]bool{self: true}
+	var out []string
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		base := "/proc/" + e.Name()
+		comm, _ := os.ReadFile(base + "/comm")
+		who := fmt.Sprintf("pid %d (%s)", pid, strings.TrimSpace(string(comm)))
+		fds, _ := os.ReadDir(base + "/fd")
+		for _, fd := range fds {
+			if t, err := os.Readlink(base + "/fd/" + fd.Name()); err == nil && t == dev {
+				out = append(out, who+" has it open")
+				break
+			}
+		}
+		ns, err := os.Readlink(base + "/ns/mnt")
+		if err != nil || seenNS[ns] {
+			continue
+		}
+		seenNS[ns] = true
+		mi, _ := os.ReadFile(base + "/mountinfo")
+		for _, line := range strings.Split(string(mi), "\n") {
+			if f := strings.Fields(line); len(f) > 4 && f[2] == majMin {
+				out = append(out, fmt.Sprintf("%s has it mounted at %s in %s", who, unescapeMount(f[4]), ns))
+				break
+			}
+		}
+	}
+	if len(out) == 0 {
+		return "nobody visible (try fuser -v " + dev + ")"
+	}
+	return strings.Join(out, "; ")
 }

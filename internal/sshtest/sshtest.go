@@ -205,10 +205,16 @@ func Start(t testing.TB, root string) *Server {
 var errBind = errors.New("sshd could not bind its port")
 
 // mountScript runs in sshd's new mount namespace (private propagation:
-// nothing reaches the host) and then becomes sshd.
+// nothing reaches the host) and then becomes sshd. The namespace starts as
+// a copy of every host mount; loop-backed ones (other tests' images) are
+// detached first, or sshd would keep those loop devices busy after their
+// owners unmount them on the host.
 const mountScript = `set -e
 root=$1 c=$2
 shift 2
+awk '$1 ~ /^\/dev\/loop/ {print $2}' /proc/self/mounts | sort -r | while read -r m; do
+	umount -l "$(printf '%b' "$m")" 2>/dev/null || true
+done
 mount --bind "$root" "$c"
 mount --bind /proc "$c/proc"
 mount --bind /sys "$c/sys"

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kmodctl/packer-plugin-kmod/diskimage"
 	"github.com/kmodctl/packer-plugin-kmod/internal/fixture"
 	"github.com/kmodctl/packer-plugin-kmod/internal/packertest"
 )
@@ -425,4 +426,41 @@ func backgroundPID(t *testing.T, out, comm string) int {
 		t.Fatalf("background %s: %q (comm %q)", comm, out, procComm(pid))
 	}
 	return pid
+}
+
+// TestHostLoopReleased: a loop-backed filesystem another test has mounted
+// when sshd starts (its namespace begins as a copy of every host mount)
+// must still unmount and detach on the host while sshd runs.
+func TestHostLoopReleased(t *testing.T) {
+	fixture.NeedTools(t, "mkfs.ext4", "losetup")
+	root, _ := prepared(t)
+	dir := t.TempDir()
+	img := filepath.Join(dir, "fs.img")
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", img, "8M").CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v\n%s", err, out)
+	}
+	loop, err := diskimage.AttachRange(context.Background(), img, 0, 8<<20, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { loop.Detach() })
+	mnt := filepath.Join(dir, "mnt")
+	os.Mkdir(mnt, 0o755)
+	if err := diskimage.Mount(context.Background(), loop.Device, mnt, "ext4"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { diskimage.UnmountTree(mnt) })
+
+	s := Start(t, root)
+	for _, mp := range mountPoints(t, fmt.Sprintf("/proc/%d/mounts", s.PID())) {
+		if under(mp, mnt) {
+			t.Errorf("sshd's namespace holds the host's loop mount %s", mp)
+		}
+	}
+	if _, err := diskimage.UnmountTree(mnt); err != nil {
+		t.Fatal(err)
+	}
+	if err := loop.Detach(); err != nil {
+		t.Errorf("with sshd running: %v", err)
+	}
 }
