@@ -17,6 +17,7 @@ import (
 	"github.com/kmodctl/packer-plugin-kmod/initramfs"
 	"github.com/kmodctl/packer-plugin-kmod/initramfs/cpio"
 	"github.com/kmodctl/packer-plugin-kmod/kmod"
+	"github.com/kmodctl/packer-plugin-kmod/kmod/manifest"
 )
 
 // InitramfsPaths are the initramfs images of a kernel release, in the
@@ -46,8 +47,10 @@ func isModuleFile(p string) bool {
 	return false
 }
 
-type initrdCopy struct {
-	path, sum string
+// InitramfsCopy is the copy of a module inside an initramfs image: its
+// path there and, for a regular file, the sha256 of its bytes.
+type InitramfsCopy struct {
+	Path, SHA256 string
 }
 
 // checkInitramfs compares the initramfs copy of every module whose
@@ -87,23 +90,59 @@ func (c *checker) checkInitramfs(ctx context.Context) {
 		fail("initramfs copy: no initramfs for %s (%s)", c.o.Kernel, strings.Join(InitramfsPaths(c.o.Kernel), " or "))
 		return
 	}
-	byPath := map[string]int{} // initrdKey → index in want
-	byName := map[string]int{}
-	for j, i := range want {
-		mod := &c.kern.Modules[i]
-		byPath[initrdKey(mod.Path)] = j
-		byName[modName(mod.Name)] = j
-	}
-	exact := make([]*initrdCopy, len(want))
-	other := make([]*initrdCopy, len(want))
-	moddir := "lib/modules/" + c.o.Kernel + "/"
 	im, err := initramfs.Open(host)
 	if err != nil {
 		fail("initramfs copy: %s: %v", image, err)
 		return
 	}
 	defer im.Close()
-	err = im.Walk(func(_ int, rec *cpio.Record, body io.Reader) error {
+	mods := make([]manifest.Module, len(want))
+	for j, i := range want {
+		mods[j] = c.kern.Modules[i]
+	}
+	copies, err := InitramfsCopies(ctx, im, c.o.Kernel, mods)
+	if err != nil {
+		fail("initramfs copy: %s: %v", image, err)
+		return
+	}
+	for j, i := range want {
+		mod := &c.kern.Modules[i]
+		r := &c.res.Modules[i]
+		chk := &InitramfsCheck{Image: image, ExpectedSHA256: mod.InitramfsSHA256}
+		r.Initramfs = chk
+		cp := copies[j]
+		switch {
+		case cp == nil:
+			r.errorf("initramfs copy: %s holds no %s (%s)", image, mod.Name, mod.Path)
+		case cp.SHA256 == "":
+			chk.Path = cp.Path
+			r.errorf("initramfs copy: %s in %s is not a regular file", cp.Path, image)
+		default:
+			chk.Path, chk.ActualSHA256 = cp.Path, cp.SHA256
+			if cp.SHA256 != mod.InitramfsSHA256 {
+				r.errorf("drift: the initramfs copy %s in %s has sha256 %s, the manifest says %s", cp.Path, image, cp.SHA256, mod.InitramfsSHA256)
+			} else {
+				chk.OK = true
+			}
+		}
+	}
+}
+
+// InitramfsCopies finds each module's copy in an initramfs: the record at
+// the module's path (merged /usr folded) or, failing that, a module file of
+// the same name under lib/modules/KERNEL; nil where there is none. Later
+// records override earlier ones, as the kernel unpacks them.
+func InitramfsCopies(ctx context.Context, im *initramfs.Image, kernel string, mods []manifest.Module) ([]*InitramfsCopy, error) {
+	byPath := map[string]int{} // initrdKey → index in mods
+	byName := map[string]int{}
+	for j, mod := range mods {
+		byPath[initrdKey(mod.Path)] = j
+		byName[modName(mod.Name)] = j
+	}
+	exact := make([]*InitramfsCopy, len(mods))
+	other := make([]*InitramfsCopy, len(mods))
+	moddir := "lib/modules/" + kernel + "/"
+	err := im.Walk(func(_ int, rec *cpio.Record, body io.Reader) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
@@ -118,15 +157,14 @@ func (c *checker) checkInitramfs(ctx context.Context) {
 				return nil
 			}
 		}
-		cp := &initrdCopy{path: "/" + strings.TrimPrefix(path.Clean("/"+rec.Name), "/")}
+		cp := &InitramfsCopy{Path: "/" + strings.TrimPrefix(path.Clean("/"+rec.Name), "/")}
 		if rec.IsRegular() {
 			h := sha256.New()
 			if _, err := io.Copy(h, body); err != nil {
 				return err
 			}
-			cp.sum = hex.EncodeToString(h.Sum(nil))
+			cp.SHA256 = hex.EncodeToString(h.Sum(nil))
 		}
-		// Later records override earlier ones, as the kernel unpacks them.
 		if isExact {
 			exact[j] = cp
 		} else {
@@ -135,31 +173,12 @@ func (c *checker) checkInitramfs(ctx context.Context) {
 		return nil
 	})
 	if err != nil && !errors.Is(err, fs.SkipAll) {
-		fail("initramfs copy: %s: %v", image, err)
-		return
+		return nil, err
 	}
-	for j, i := range want {
-		mod := &c.kern.Modules[i]
-		r := &c.res.Modules[i]
-		chk := &InitramfsCheck{Image: image, ExpectedSHA256: mod.InitramfsSHA256}
-		r.Initramfs = chk
-		cp := exact[j]
-		if cp == nil {
-			cp = other[j]
-		}
-		switch {
-		case cp == nil:
-			r.errorf("initramfs copy: %s holds no %s (%s)", image, mod.Name, mod.Path)
-		case cp.sum == "":
-			chk.Path = cp.path
-			r.errorf("initramfs copy: %s in %s is not a regular file", cp.path, image)
-		default:
-			chk.Path, chk.ActualSHA256 = cp.path, cp.sum
-			if cp.sum != mod.InitramfsSHA256 {
-				r.errorf("drift: the initramfs copy %s in %s has sha256 %s, the manifest says %s", cp.path, image, cp.sum, mod.InitramfsSHA256)
-			} else {
-				chk.OK = true
-			}
+	for j := range mods {
+		if exact[j] == nil {
+			exact[j] = other[j]
 		}
 	}
+	return exact, nil
 }

@@ -7,7 +7,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/rsa"
+	"crypto/sha256"
 	"encoding/base64"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -456,6 +458,30 @@ build {
 	}
 	if !found {
 		t.Errorf("update-initramfs did not put kmodtest_marker.ko in the initramfs")
+	}
+	// The recorded initramfs_sha256 is the copy the image's own
+	// unmkinitramfs finds in the regenerated image.
+	x := "/tmp/unmk-" + filepath.Base(t.TempDir())
+	if out, err := exec.Command("chroot", root, "unmkinitramfs", "/boot/initrd.img-"+rel, x).CombinedOutput(); err != nil {
+		t.Fatalf("unmkinitramfs: %v\n%s", err, out)
+	}
+	var copies []string
+	filepath.Walk(filepath.Join(root, x), func(p string, info os.FileInfo, err error) error {
+		if err == nil && info.Name() == "kmodtest_marker.ko" {
+			b, _ := os.ReadFile(p)
+			copies = append(copies, fmt.Sprintf("%x", sha256.Sum256(b)))
+		}
+		return nil
+	})
+	os.RemoveAll(filepath.Join(root, x))
+	recorded := ""
+	for _, mod := range m.Kernels[0].Modules {
+		if mod.Name == "kmodtest_marker" {
+			recorded = mod.InitramfsSHA256
+		}
+	}
+	if len(copies) != 1 || copies[0] != recorded {
+		t.Errorf("manifest initramfs_sha256 %q, unmkinitramfs finds copies %v", recorded, copies)
 	}
 	der, err := os.ReadFile(filepath.Join(root, "var/lib/kmodctl/mok/kmodctl.der"))
 	if err != nil || !bytes.Equal(der, key.Cert.Raw) {

@@ -11,9 +11,11 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/kmodctl/packer-plugin-kmod/firstboot"
 	"github.com/kmodctl/packer-plugin-kmod/initramfs"
 	"github.com/kmodctl/packer-plugin-kmod/kmod"
 	"github.com/kmodctl/packer-plugin-kmod/kmod/loadconf"
+	"github.com/kmodctl/packer-plugin-kmod/kmod/manifest"
 )
 
 // signAndCheck signs every module file on the build host, verifies the
@@ -321,11 +323,56 @@ func (r *run) regenerate(ctx context.Context, k *targetKernel) error {
 	if err := r.t.runUI(ctx, cmd); err != nil {
 		return fmt.Errorf("kernel %s: initramfs = \"regenerate\": %w", k.Release, err)
 	}
-	for _, m := range r.modules {
-		if m.Kernel == k && m.Early {
-			m.Initrd = m.SHA256 // the distro tool copies the installed file
+	// Record what the distro tool really put in (it may strip, compress or
+	// skip a module): the digest the first-boot hook will compare.
+	img := k.Initrd
+	if img == "" {
+		for _, p := range firstboot.InitramfsPaths(k.Release) {
+			if r.t.exists(ctx, p) {
+				img = p
+				break
+			}
 		}
 	}
+	if img == "" {
+		return fmt.Errorf("kernel %s: initramfs = \"regenerate\": no initramfs after %s (%s)", k.Release, cmd, strings.Join(firstboot.InitramfsPaths(k.Release), " or "))
+	}
+	host := filepath.Join(k.HostDir, "initramfs.regenerated")
+	if err := r.t.download(img, host); err != nil {
+		return fmt.Errorf("kernel %s: %w", k.Release, err)
+	}
+	defer os.Remove(host)
+	im, err := initramfs.Open(host)
+	if err != nil {
+		return fmt.Errorf("kernel %s: read back %s: %w", k.Release, img, err)
+	}
+	defer im.Close()
+	var early []*module
+	var refs []manifest.Module
+	for _, m := range r.modules {
+		if m.Kernel == k && m.Early {
+			early = append(early, m)
+			refs = append(refs, manifest.Module{Name: m.Name, Path: m.Dest})
+		}
+	}
+	copies, err := firstboot.InitramfsCopies(ctx, im, k.Release, refs)
+	if err != nil {
+		return fmt.Errorf("kernel %s: read back %s: %w", k.Release, img, err)
+	}
+	for i, m := range early {
+		switch cp := copies[i]; {
+		case cp == nil:
+			return fmt.Errorf("%s: %s put no copy of it into %s (early = true needs it there)", m.where(), cmd, img)
+		case cp.SHA256 == "":
+			return fmt.Errorf("%s: %s in %s is not a regular file", m.where(), cp.Path, img)
+		default:
+			m.Initrd = cp.SHA256
+			if cp.SHA256 != m.SHA256 {
+				r.ui.Message(fmt.Sprintf("kmod: %s: the initramfs copy %s differs from the installed file (sha256 %s); recorded as it is", m.where(), cp.Path, cp.SHA256))
+			}
+		}
+	}
+	r.ui.Message(fmt.Sprintf("kmod: %s: %d early module(s) read back", img, len(early)))
 	return nil
 }
 
