@@ -20,15 +20,24 @@ import (
 // probeUnit and probeScript are test-only, baked into the image: after the
 // hook's units the script prints what the acceptance checks need on the
 // console.
-const probeUnit = `[Unit]
+// With the cloud-init hook the probe follows cloud-final.service, which is
+// after multi-user.target: it hangs off cloud-init.target instead (wanted
+// by multi-user.target and ordered after it, it would be a cycle).
+func probeUnit(cloudInit bool) string {
+	after, wantedBy := "kmodctl-firstboot.service", "multi-user.target"
+	if cloudInit {
+		after, wantedBy = "cloud-final.service", "cloud-init.target"
+	}
+	return `[Unit]
 Description=kmodctl acceptance probe
-After=kmodctl-firstboot.service kmodctl-lockdown.service systemd-modules-load.service
+After=` + after + ` kmodctl-lockdown.service systemd-modules-load.service
 [Service]
 Type=oneshot
 ExecStart=/usr/local/bin/kmodctl-probe
 [Install]
-WantedBy=multi-user.target
+WantedBy=` + wantedBy + `
 `
+}
 
 const probeScript = `#!/bin/sh
 r=$(grep -o '"boot_id": *"[^"]*"' /var/lib/kmodctl/report.json 2>/dev/null | head -1 | grep -o '[0-9a-f-]\{36\}')
@@ -47,7 +56,7 @@ type probe struct{ disabled, boot, firstboot, loaded, report, condition string }
 // with one byte of a module changed.
 func TestAccFirstbootHook(t *testing.T) {
 	t.Parallel()
-	fb := buildFirstbootImage(t, `
+	fb := buildFirstbootImage(t, "", `
       on_drift = "fail"
       lockdown = true`)
 	raw, dir, vmlinuz, initrd, rootArg, kernels := fb.raw, fb.dir, fb.vmlinuz, fb.initrd, fb.rootArg, fb.kernels
@@ -149,8 +158,9 @@ type firstbootImage struct {
 
 // buildFirstbootImage builds the DKMS fixture image with two prebuilt
 // managed modules, the first-boot hook configured by firstbootBlock (HCL
-// body lines) and the test probe, and returns it with boot helpers.
-func buildFirstbootImage(t *testing.T, firstbootBlock string) *firstbootImage {
+// body lines) and the test probe, and returns it with boot helpers. before
+// is HCL provisioner blocks run before the kmod provisioner.
+func buildFirstbootImage(t *testing.T, before, firstbootBlock string) *firstbootImage {
 	t.Helper()
 	e := packertest.Setup(t)
 	src := fixture.CloudImageDKMSRaw(t)
@@ -161,7 +171,7 @@ func buildFirstbootImage(t *testing.T, firstbootBlock string) *firstbootImage {
 	dir := t.TempDir()
 	out := filepath.Join(dir, "out")
 	unit := filepath.Join(dir, "kmodctl-probe.service")
-	os.WriteFile(unit, []byte(probeUnit), 0o644)
+	os.WriteFile(unit, []byte(probeUnit(strings.Contains(firstbootBlock, `"cloud-init"`))), 0o644)
 	script := filepath.Join(dir, "kmodctl-probe")
 	os.WriteFile(script, []byte(probeScript), 0o755)
 	tpl := `
@@ -177,6 +187,7 @@ source "kmod-image" "fb" {
 }
 build {
   sources = ["source.kmod-image.fb"]
+` + before + `
   provisioner "kmod" {
     signing_cert = ` + hcl(key.CertPath) + `
     signing_key  = ` + hcl(key.KeyPath) + `
@@ -222,7 +233,7 @@ build {
 			Append:     "root=" + rootArg + " ro console=ttyS0 panic=-1",
 			Disks:      []qemu.Disk{{Path: disk, Format: "qcow2"}},
 			Markers:    append([]qemu.Marker{qemu.SuccessOn("KMODPROBE disabled="), qemu.FailureOn("emergency mode")}, qemu.KernelFailures...),
-			Timeout:    4 * time.Minute,
+			Timeout:    6 * time.Minute,
 			ConsoleLog: filepath.Join(dir, name+".console.log"),
 		})
 		if err != nil || res.Outcome != qemu.Success {
@@ -251,7 +262,7 @@ build {
 // condition_virtualization = "!qemu" is skipped by systemd.
 func TestAccFirstbootCondition(t *testing.T) {
 	t.Parallel()
-	fb := buildFirstbootImage(t, `
+	fb := buildFirstbootImage(t, "", `
       condition_virtualization = "!qemu"`)
 	p := fb.boot("condition", fb.overlay(fb.raw))
 	if p.condition != "no" || p.report != "" {
@@ -259,5 +270,61 @@ func TestAccFirstbootCondition(t *testing.T) {
 	}
 	if c, _ := os.ReadFile(filepath.Join(fb.dir, "condition.console.log")); strings.Contains(string(c), "kmodctl verify:") || strings.Contains(string(c), "kmodctl: ") {
 		t.Errorf("a hook unit ran despite the condition")
+	}
+}
+
+// TestAccFirstbootCloudInit: with hook = "cloud-init" the first-boot part
+// runs from cloud-init's per-instance scripts (NoCloud seed in the image):
+// on the first boot, not on the second boot of the same disk, and again
+// once the seed carries a new instance-id.
+func TestAccFirstbootCloudInit(t *testing.T) {
+	t.Parallel()
+	seed := func(id string) string {
+		return "instance-id: " + id + "\nlocal-hostname: kmodctl-test\n"
+	}
+	fb := buildFirstbootImage(t, `
+  provisioner "shell" {
+    inline = [
+      "apt-get update -q",
+      "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends cloud-init",
+      "mkdir -p /var/lib/cloud/seed/nocloud",
+      "printf '`+strings.ReplaceAll(seed("iid-kmodctl-1"), "\n", `\\n`)+`' > /var/lib/cloud/seed/nocloud/meta-data",
+      "printf '#cloud-config\\n{}\\n' > /var/lib/cloud/seed/nocloud/user-data",
+      "printf 'datasource_list: [ NoCloud, None ]\\n' > /etc/cloud/cloud.cfg.d/90-kmodctl-test.cfg",
+    ]
+  }`, `
+      hook     = "cloud-init"
+      lockdown = true`)
+	root := packertest.MountOutput(t, fb.raw)
+	for _, p := range []string{"var/lib/cloud/scripts/per-instance/kmodctl-firstboot", "usr/libexec/kmodctl/kmodctl"} {
+		if _, err := os.Stat(filepath.Join(root, p)); err != nil {
+			t.Errorf("the cloud-init hook: %v", err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(root, "etc/systemd/system/kmodctl-firstboot.service")); err == nil {
+		t.Errorf("hook = cloud-init also installed kmodctl-firstboot.service")
+	}
+
+	disk := fb.overlay(fb.raw)
+	b1 := fb.boot("ci1", disk)
+	if b1.report != b1.boot || b1.loaded != "kmodtest_base,kmodtest_marker," || b1.disabled != "1" {
+		t.Errorf("boot 1: %+v", b1)
+	}
+	if c, _ := os.ReadFile(filepath.Join(fb.dir, "ci1.console.log")); !strings.Contains(string(c), "kmodctl: 2/2 modules verified and loaded") {
+		t.Errorf("boot 1: no first-boot summary line on the console")
+	}
+	b2 := fb.boot("ci2", disk)
+	if b2.report != b1.boot || b2.boot == b1.boot || b2.disabled != "1" {
+		t.Errorf("boot 2 (same instance): %+v (boot 1 was %s)", b2, b1.boot)
+	}
+	// A new instance: cloud-init sees another instance-id.
+	next := filepath.Join(t.TempDir(), "next.raw")
+	if b, err := exec.Command("qemu-img", "convert", "-O", "raw", disk, next).CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, b)
+	}
+	editRoot(t, next, "var/lib/cloud/seed/nocloud/meta-data", func([]byte) []byte { return []byte(seed("iid-kmodctl-2")) })
+	b3 := fb.boot("ci3", fb.overlay(next))
+	if b3.report != b3.boot {
+		t.Errorf("new instance-id: the first-boot part did not run again: %+v", b3)
 	}
 }
