@@ -82,6 +82,8 @@ build_secs=$((SECONDS - build_start))
 timings=$(grep -o 'kmod-image timings: .*' "$BUILDLOG" | tail -1 | sed 's/^kmod-image timings: //')
 bootline=$(grep -o 'Boot check passed in [^;]*; [0-9]* modules loaded' "$BUILDLOG" | tail -1 || true)
 [[ -n $timings ]] || fail "no 'kmod-image timings:' line in $BUILDLOG"
+kmodtimes=$(grep -o 'kmod: done in .*' "$BUILDLOG" | tail -1 | sed 's/^kmod: //')
+[[ -n $kmodtimes ]] || fail "no 'kmod: done in' line in $BUILDLOG"
 [[ -n $bootline ]] || fail "no 'Boot check passed' line in $BUILDLOG"
 
 step "verify the outputs in $OUT"
@@ -224,7 +226,8 @@ packer build   example/debian12.pkr.hcl, kmod-image builder, Packer $("$PACKER" 
                debian12.qcow2 $(size "$OUT/debian12.qcow2"), debian12.raw $(size "$OUT/debian12.raw") ($(alloc "$OUT/debian12.raw") allocated), debian12-boot.log, SHA256SUMS
   verified     sha256sum -c, qemu-img check, qcow2 == raw, probe line, provisioned files in the image,
                manifest, signer + signature of every managed module, no DKMS key in the image
-  timings      $timings
+  timings      builder: $timings
+               kmod provisioner: $kmodtimes
 kmodctl tour   inspect, sign, verify, check, initramfs inject + QEMU boot: ${tour_secs}s
 packer output  $BUILDLOG
 EOF
