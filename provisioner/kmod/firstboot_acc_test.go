@@ -328,3 +328,26 @@ func TestAccFirstbootCloudInit(t *testing.T) {
 		t.Errorf("new instance-id: the first-boot part did not run again: %+v", b3)
 	}
 }
+
+// TestAccFirstbootEveryBoot: mode = "every-boot" runs the first-boot part
+// on every boot of the same disk (periodic verification): each boot's
+// report carries that boot's ID.
+func TestAccFirstbootEveryBoot(t *testing.T) {
+	t.Parallel()
+	fb := buildFirstbootImage(t, "", `
+      mode = "every-boot"`)
+	disk := fb.overlay(fb.raw)
+	b1 := fb.boot("every1", disk)
+	b2 := fb.boot("every2", disk)
+	for i, b := range []probe{b1, b2} {
+		if b.report != b.boot || b.loaded != "kmodtest_base,kmodtest_marker," || b.firstboot == "failed" {
+			t.Errorf("boot %d: %+v", i+1, b)
+		}
+		if b.disabled != "0" {
+			t.Errorf("boot %d: modules_disabled %s without lockdown", i+1, b.disabled)
+		}
+	}
+	if b1.boot == b2.boot {
+		t.Errorf("two boots with one boot ID %s", b1.boot)
+	}
+}
