@@ -139,10 +139,8 @@ func KillUsers(dir string) []int {
 func procUses(pid int, dir string) bool {
 	base := "/proc/" + strconv.Itoa(pid)
 	// A zombie has released root, cwd and files.
-	if st, err := os.ReadFile(base + "/stat"); err == nil {
-		if i := strings.LastIndexByte(string(st), ')'); i > 0 && i+2 < len(st) && st[i+2] == 'Z' {
-			return false
-		}
+	if state, _, err := ProcState(pid); err == nil && state == "Z" {
+		return false
 	}
 	for _, l := range []string{"root", "cwd", "exe"} {
 		if t, err := os.Readlink(base + "/" + l); err == nil && under(t, dir) {
@@ -156,6 +154,27 @@ func procUses(pid int, dir string) bool {
 		}
 	}
 	return false
+}
+
+// ProcState reads a process's state letter (R, S, D, Z, ...) and process
+// group from /proc/PID/stat.
+func ProcState(pid int) (state string, pgrp int, err error) {
+	st, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return "", 0, err
+	}
+	// The command name in parentheses may hold anything; the fields after
+	// its last ')' are: state ppid pgrp ...
+	i := strings.LastIndexByte(string(st), ')')
+	if i < 0 {
+		return "", 0, fmt.Errorf("/proc/%d/stat: no command name", pid)
+	}
+	f := strings.Fields(string(st[i+1:]))
+	if len(f) < 3 {
+		return "", 0, fmt.Errorf("/proc/%d/stat: short", pid)
+	}
+	pgrp, err = strconv.Atoi(f[2])
+	return f[0], pgrp, err
 }
 
 func under(p, dir string) bool {

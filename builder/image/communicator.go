@@ -18,6 +18,7 @@ import (
 
 	"github.com/hashicorp/packer-plugin-sdk/common"
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
+	"github.com/kmodctl/packer-plugin-kmod/diskimage"
 )
 
 // chrootEnv is the whole environment of commands run in the chroot: the
@@ -247,20 +248,11 @@ func waitGroupGone(pgid int, timeout time.Duration) {
 func groupAlive(pgid int) bool {
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
-		if e.Name()[0] < '0' || e.Name()[0] > '9' {
-			continue
-		}
-		st, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
 			continue
 		}
-		// Fields after the command name: state ppid pgrp ...
-		i := bytes.LastIndexByte(st, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(string(st[i+1:]))
-		if len(f) >= 3 && f[0] != "Z" && f[2] == strconv.Itoa(pgid) {
+		if state, g, err := diskimage.ProcState(pid); err == nil && g == pgid && state != "Z" {
 			return true
 		}
 	}

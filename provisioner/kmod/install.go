@@ -311,12 +311,16 @@ func (r *run) initramfs(ctx context.Context) error {
 }
 
 func (r *run) regenerate(ctx context.Context, k *targetKernel) error {
-	cmd := "update-initramfs -u -k " + shQuote(k.Release)
-	if !r.t.exists(ctx, "/usr/sbin/update-initramfs") {
-		img := k.Initrd
-		if img == "" {
-			img = "/boot/initramfs-" + k.Release + ".img"
+	dracut := !r.t.exists(ctx, "/usr/sbin/update-initramfs")
+	img := k.Initrd
+	if img == "" { // the file each tool writes for a kernel without one
+		img = firstboot.InitramfsPaths(k.Release)[0]
+		if dracut {
+			img = firstboot.InitramfsPaths(k.Release)[1]
 		}
+	}
+	cmd := "update-initramfs -u -k " + shQuote(k.Release)
+	if dracut {
 		cmd = "dracut -f --kver " + shQuote(k.Release) + " " + shQuote(img)
 	}
 	r.ui.Say("kmod: " + cmd)
@@ -325,18 +329,6 @@ func (r *run) regenerate(ctx context.Context, k *targetKernel) error {
 	}
 	// Record what the distro tool really put in (it may strip, compress or
 	// skip a module): the digest the first-boot hook will compare.
-	img := k.Initrd
-	if img == "" {
-		for _, p := range firstboot.InitramfsPaths(k.Release) {
-			if r.t.exists(ctx, p) {
-				img = p
-				break
-			}
-		}
-	}
-	if img == "" {
-		return fmt.Errorf("kernel %s: initramfs = \"regenerate\": no initramfs after %s (%s)", k.Release, cmd, strings.Join(firstboot.InitramfsPaths(k.Release), " or "))
-	}
 	host := filepath.Join(k.HostDir, "initramfs.regenerated")
 	if err := r.t.download(img, host); err != nil {
 		return fmt.Errorf("kernel %s: %w", k.Release, err)

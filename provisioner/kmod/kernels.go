@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/kmodctl/packer-plugin-kmod/firstboot"
 	"github.com/kmodctl/packer-plugin-kmod/internal/bootcheck"
 	"github.com/kmodctl/packer-plugin-kmod/kmod"
 )
@@ -116,7 +117,7 @@ done; exit 0`, shQuote(moddir), release, release, release, release, release, rel
 			break
 		}
 	}
-	for _, p := range []string{"/boot/initrd.img-" + release, "/boot/initramfs-" + release + ".img"} {
+	for _, p := range firstboot.InitramfsPaths(release) {
 		if have[p] {
 			k.Initrd = p
 			break
