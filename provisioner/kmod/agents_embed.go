@@ -2,7 +2,10 @@
 
 package kmod
 
-import "embed"
+import (
+	"embed"
+	"strings"
+)
 
 // The first-boot agent (kmodctl) for each architecture, built by
 // scripts/agents.sh (make plugin does it).
@@ -14,4 +17,14 @@ var agentFS embed.FS
 func agentBinary(arch string) ([]byte, bool) {
 	b, err := agentFS.ReadFile("agents/kmodctl-linux-" + arch)
 	return b, err == nil
+}
+
+// agentArches lists the architectures whose agent the plugin carries.
+func agentArches() []string {
+	var arches []string
+	entries, _ := agentFS.ReadDir("agents")
+	for _, e := range entries {
+		arches = append(arches, strings.TrimPrefix(e.Name(), "kmodctl-linux-"))
+	}
+	return arches
 }

@@ -39,7 +39,23 @@ var _ packersdk.Provisioner = (*Provisioner)(nil)
 
 func (p *Provisioner) ConfigSpec() hcldec.ObjectSpec { return p.config.FlatMapstructure().HCL2Spec() }
 
-func (p *Provisioner) Prepare(raws ...interface{}) error { return p.config.Prepare(raws...) }
+// Prepare decodes and checks the configuration. A plugin built without the
+// first-boot agents (a plain go build) fails here, before the build starts,
+// unless the hook is off: the hook would otherwise fail at the very end.
+func (p *Provisioner) Prepare(raws ...interface{}) error {
+	if err := p.config.Prepare(raws...); err != nil {
+		return err
+	}
+	if p.config.Firstboot.Hook != hookNone && len(agentArches()) == 0 {
+		return errors.New(noAgentMessage("any"))
+	}
+	return nil
+}
+
+// noAgentMessage is the error for a plugin without the agent for arch.
+func noAgentMessage(arch string) string {
+	return fmt.Sprintf("firstboot: this build of the plugin carries no first-boot agent for %s images (build the plugin with `make plugin`), or set firstboot { hook = \"none\" }", arch)
+}
 
 // Provision runs one provisioning. Every failure names the module, the
 // kernel and the reason.
@@ -464,7 +480,7 @@ func (r *run) installHook(ctx context.Context) error {
 	}
 	agent, ok := agentBinary(r.goarch)
 	if !ok {
-		return fmt.Errorf("firstboot: this build of the plugin carries no first-boot agent for %s images (build the plugin with `make plugin`), or set firstboot { hook = \"none\" }", r.goarch)
+		return errors.New(noAgentMessage(r.goarch))
 	}
 	net := false
 	for _, m := range r.modules {

@@ -45,7 +45,7 @@ func main() {
 	fmt.Printf("bench: %d cores, kernel %s, %d modules in the fixture tree\n\n", runtime.NumCPU(), kver, len(mods))
 	want := func(n string) bool { return *only == "" || strings.Contains(","+*only+",", ","+n+",") }
 	if want("sign") {
-		benchSign(abs, kver, mods, *signN)
+		benchSign(abs, *fixtures, kver, mods, *signN)
 	}
 	if want("inspect") {
 		benchInspect(abs, mods)

@@ -9,11 +9,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/kmodctl/packer-plugin-kmod/internal/atomicfile"
+	"github.com/kmodctl/packer-plugin-kmod/internal/fixture"
 	"github.com/kmodctl/packer-plugin-kmod/kmod/modsig"
 )
 
@@ -23,11 +23,11 @@ import (
 // physical limit — Go's bare private-key operation (with the hash) for every
 // module spread over the cores, plus one durable rewrite per file (temp file,
 // fsync, rename; the folder fsynced once at the end, as kmodctl does).
-func benchSign(kmodctl, kver string, all []string, n int) {
-	series := strings.Join(strings.SplitN(kver, ".", 3)[:2], ".")
-	signFile := "/usr/lib/linux-kbuild-" + series + "/scripts/sign-file"
+func benchSign(kmodctl, fixtures, kver string, all []string, n int) {
+	// The fixture kernel's own linux-kbuild, in the rootfs-dkms fixture.
+	signFile := filepath.Join(fixtures, "rootfs-dkms/usr/lib", "linux-kbuild-"+fixture.KernelSeries(kver), "scripts/sign-file")
 	if _, err := os.Stat(signFile); err != nil {
-		must(fmt.Errorf("sign-file not found at %s (make fixtures installs it)", signFile))
+		must(fmt.Errorf("sign-file not found at %s (make fixtures builds it)", signFile))
 	}
 	work, err := os.MkdirTemp("", "kmodctl-bench-sign-")
 	must(err)
