@@ -5,12 +5,16 @@
 # of 127.0.0.1 with its own config; an sshd the package may start on port 22
 # (Debian does under systemd; containers' policy-rc.d usually forbids it) is
 # not used by anything here.
+# docker-registry: Debian's distribution 2.8.2, which the bundle tests start
+# on 127.0.0.1 with their own config. The package's own service (port 5000,
+# all interfaces) is disabled and stopped right after the install: nothing
+# here listens beyond loopback.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(kmod openssl xz-utils zstd gzip make gcc libc6-dev dpkg-dev ca-certificates time
 	mmdebstrap cpio lz4 bzip2 qemu-system-x86 qemu-utils
 	fdisk gdisk e2fsprogs util-linux dosfstools xfsprogs btrfs-progs mtools
-	openssh-server openssh-client qemu-user-static)
+	openssh-server openssh-client qemu-user-static docker-registry curl)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -19,4 +23,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 	echo "deps: apt-get install ${missing[*]}" >&2
 	apt-get update -q >/dev/null
 	apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+	if [[ " ${missing[*]} " == *" docker-registry "* ]]; then
+		systemctl disable docker-registry.service >/dev/null 2>&1 || true
+		systemctl stop docker-registry.service >/dev/null 2>&1 || true
+		invoke-rc.d docker-registry stop >/dev/null 2>&1 || true
+	fi
 fi

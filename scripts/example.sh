@@ -42,7 +42,7 @@ fail() {
 if [[ $(id -u) != 0 ]]; then
 	fail "run as root (the kmod-image builder attaches loop devices): sudo -E make example"
 fi
-for f in "$K" "$PACKER" "$BIN/packer-plugin-kmod" "$SRC"; do
+for f in "$K" "$PACKER" "$BIN/packer-plugin-kmod" "$BIN/oras" "$SRC"; do
 	[[ -e $f ]] || fail "$f is missing (make example builds it)"
 done
 mkdir -p "$BIN"
@@ -53,7 +53,39 @@ if ! flock -n 8; then
 	flock 8
 fi
 W=$(mktemp -d)
-trap 'rm -rf "$W"' EXIT
+REGPID=
+trap 'stop_registry; rm -rf "$W"' EXIT
+
+# start_registry runs Debian's docker-registry on a free port of 127.0.0.1
+# (plain HTTP, no auth, storage in $W) and waits until it answers;
+# stop_registry kills it. Nothing listens beyond loopback.
+start_registry() {
+	local p
+	for p in $(shuf -i 20000-60000 -n 20); do
+		(: </dev/tcp/127.0.0.1/"$p") 2>/dev/null && continue
+		REGPORT=$p
+		break
+	done
+	mkdir -p "$W/registry"
+	printf 'version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' \
+		"$W/registry/data" "$REGPORT" >"$W/registry/config.yml"
+	/usr/bin/docker-registry serve "$W/registry/config.yml" >"$W/registry/log" 2>&1 &
+	REGPID=$!
+	local i
+	for i in $(seq 100); do
+		curl -fsS -o /dev/null "http://127.0.0.1:$REGPORT/v2/" 2>/dev/null && return 0
+		sleep 0.1
+	done
+	cat "$W/registry/log" >&2
+	fail "docker-registry did not start on 127.0.0.1:$REGPORT"
+}
+stop_registry() {
+	if [[ -n $REGPID ]]; then
+		kill "$REGPID" 2>/dev/null || true
+		wait "$REGPID" 2>/dev/null || true
+		REGPID=
+	fi
+}
 
 # ---------------------------------------------------------------------------
 step "install the plugin (bin/packer-plugin-kmod) into PACKER_PLUGIN_PATH=$PACKER_PLUGIN_PATH"
@@ -145,6 +177,26 @@ for p in $(grep -o '"path": "[^"]*"' "$W/manifest.json" | cut -d'"' -f4); do
 	"$K" module verify --cert "$W/signing-cert.pem" "$W/mod.ko" >/dev/null || fail "$p does not verify"
 	echo "$p: signed by '$signer', verifies"
 done
+
+step "publish the build's modules as an OCI bundle to a local registry (docker-registry on 127.0.0.1)"
+# The modules as the image holds them, under a copy of their image paths.
+for p in $(grep -o '"path": "[^"]*"' "$W/manifest.json" | cut -d'"' -f4); do
+	mkdir -p "$W/root$(dirname "$p")"
+	debugfs -R "dump $p $W/root$p" "$img" 2>/dev/null
+done
+start_registry
+ref="127.0.0.1:$REGPORT/kmodctl/example:build"
+"$K" bundle create --plain-http --replace --manifest "$W/manifest.json" --root "$W/root" --name kmodctl-example "$ref"
+"$K" bundle ls --plain-http "$ref"
+"$K" bundle verify --plain-http --trusted-cert "$W/signing-cert.pem" "$ref"
+mkdir -p "$W/oras"
+"$BIN/oras" pull --plain-http -o "$W/oras" "127.0.0.1:$REGPORT/kmodctl/example:$KVER" >/dev/null
+for p in $(grep -o '"path": "[^"]*"' "$W/manifest.json" | cut -d'"' -f4); do
+	cmp -s "$W/root$p" "$W/oras/$(basename "$p")" || fail "oras pull: $(basename "$p") differs from the image's $p"
+done
+echo "oras pull $KVER: every module file byte-identical to the image's"
+stop_registry
+
 if debugfs -R 'stat /var/lib/dkms/mok.key' "$img" 2>/dev/null | grep -q Inode; then
 	fail "/var/lib/dkms/mok.key exists in the image"
 fi
@@ -228,6 +280,8 @@ packer build   example/debian12.pkr.hcl, kmod-image builder, Packer $("$PACKER" 
                manifest, signer + signature of every managed module, no DKMS key in the image
   timings      builder: $timings
                kmod provisioner: $kmodtimes
+bundle         the build's modules published to a local registry (kmodctl bundle create --manifest),
+               verified (kmodctl bundle verify) and pulled back byte for byte by oras
 kmodctl tour   inspect, sign, verify, check, initramfs inject + QEMU boot: ${tour_secs}s
 packer output  $BUILDLOG
 EOF

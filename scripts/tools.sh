@@ -2,8 +2,10 @@
 # tools.sh builds the pinned project tools from the Go module proxy:
 #   bin/packer      Packer, pinned in tools/packer/go.mod
 #   bin/packer-sdc  packer-sdc, pinned (packer-plugin-sdk) in tools/sdc/go.mod
+#   bin/oras        the oras CLI, pinned in tools/oras/go.mod (the independent
+#                   OCI client of the bundle tests)
 #
-# Usage: scripts/tools.sh [packer|packer-sdc|all]   (default: all)
+# Usage: scripts/tools.sh [packer|packer-sdc|oras|all]   (default: all)
 # Prints the absolute path of each requested binary on stdout; progress goes
 # to stderr. A binary is rebuilt only when it is missing or its stamp (pinned
 # version, hash of the tools go.mod/go.sum, Go version) changed, so repeated
@@ -70,9 +72,9 @@ exec 9>"$BIN/.tools.lock"
 flock 9
 
 case $what in
-packer | all | packer-sdc) ;;
+packer | all | packer-sdc | oras) ;;
 *)
-	echo "usage: $0 [packer|packer-sdc|all]" >&2
+	echo "usage: $0 [packer|packer-sdc|oras|all]" >&2
 	exit 2
 	;;
 esac
@@ -82,4 +84,7 @@ fi
 if [[ $what == packer-sdc || $what == all ]]; then
 	build packer-sdc sdc github.com/hashicorp/packer-plugin-sdk \
 		github.com/hashicorp/packer-plugin-sdk/cmd/packer-sdc
+fi
+if [[ $what == oras || $what == all ]]; then
+	build oras oras oras.land/oras oras.land/oras/cmd/oras
 fi

@@ -31,6 +31,10 @@ func main() {
 		if !errors.As(err, &quiet) {
 			fmt.Fprintln(os.Stderr, "kmodctl:", err)
 		}
+		var usage errUsage
+		if errors.As(err, &usage) {
+			os.Exit(2)
+		}
 		os.Exit(1)
 	}
 }
@@ -51,6 +55,7 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(newModuleCmd(), newDepmodCmd())
 	root.AddCommand(newInitramfsCmd())
 	root.AddCommand(newFirstbootCmd())
+	root.AddCommand(newBundleCmd())
 	return root
 }
 

@@ -47,23 +47,7 @@ func Cleanup() {
 
 // RepoRoot is the checkout: the nearest folder above the test's working
 // directory holding go.mod.
-func RepoRoot(t testing.TB) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("no go.mod above the working directory")
-		}
-		dir = parent
-	}
-}
+func RepoRoot(t testing.TB) string { return fixture.RepoRoot(t) }
 
 // Setup builds the plugin once per test binary and installs it into a
 // private plugin directory.

@@ -18,6 +18,8 @@ import (
 	"slices"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/kmodctl/packer-plugin-kmod/internal/jsonstrict"
 )
 
 // Path is where the manifest is in an image.
@@ -227,68 +229,16 @@ func NewCertificate(cert *x509.Certificate) Certificate {
 	}
 }
 
-// checkKeys walks the JSON document and refuses duplicate keys in an
-// object, keys that are not lower-case snake_case (encoding/json would
-// match "Version" to "version"), and nesting deeper than maxDepth.
+// checkKeys refuses duplicate keys in an object, keys that are not
+// lower-case snake_case (encoding/json would match "Version" to
+// "version"), and nesting deeper than maxDepth.
 func checkKeys(data []byte) error {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	type frame struct {
-		object bool
-		keys   map[string]bool
-		// wantKey: inside an object, the next string is a key.
-		wantKey bool
-	}
-	var stack []*frame
-	for {
-		tok, err := dec.Token()
-		if err == io.EOF {
-			return nil
+	return jsonstrict.CheckKeys(data, maxDepth, func(key string) error {
+		if !keyRE.MatchString(key) {
+			return fmt.Errorf("field name %q is not lower-case snake_case", key)
 		}
-		if err != nil {
-			return err
-		}
-		var top *frame
-		if len(stack) > 0 {
-			top = stack[len(stack)-1]
-		}
-		if top != nil && top.object && top.wantKey {
-			key, ok := tok.(string)
-			if !ok {
-				// The closing brace.
-				stack = stack[:len(stack)-1]
-				if len(stack) > 0 && stack[len(stack)-1].object {
-					stack[len(stack)-1].wantKey = true
-				}
-				continue
-			}
-			if !keyRE.MatchString(key) {
-				return fmt.Errorf("field name %q is not lower-case snake_case", key)
-			}
-			if top.keys[key] {
-				return fmt.Errorf("duplicate field %q", key)
-			}
-			top.keys[key] = true
-			top.wantKey = false
-			continue
-		}
-		switch t := tok.(type) {
-		case json.Delim:
-			switch t {
-			case '{', '[':
-				if len(stack) >= maxDepth {
-					return fmt.Errorf("nested deeper than %d levels", maxDepth)
-				}
-				stack = append(stack, &frame{object: t == '{', keys: map[string]bool{}, wantKey: t == '{'})
-				continue
-			case ']':
-				stack = stack[:len(stack)-1]
-			}
-		}
-		// A value ended: in an object, a key comes next.
-		if len(stack) > 0 && stack[len(stack)-1].object {
-			stack[len(stack)-1].wantKey = true
-		}
-	}
+		return nil
+	})
 }
 
 var (

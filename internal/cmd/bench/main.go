@@ -35,7 +35,10 @@ func main() {
 	plugin := flag.String("plugin", "bin/packer-plugin-kmod", "plugin binary (make plugin), for the builder and provisioner benches")
 	builderRuns := flag.Int("builder-runs", 3, "packer builds (and anchor runs) in the builder bench; the median is reported")
 	provisionerRuns := flag.Int("provisioner-runs", 3, "packer builds (and anchor runs) in the provisioner bench; the median is reported")
-	only := flag.String("only", "", "comma list of benchmarks (sign,inspect,depmod,initramfs-ls,inject,builder,provisioner); default all")
+	oras := flag.String("oras", "bin/oras", "oras binary (make oras), for the bundle bench")
+	bundleMods := flag.Int("bundle-modules", 50, "modules in the bundle bench")
+	bundleRuns := flag.Int("bundle-runs", 5, "pushes and pulls in the bundle bench; the median is reported")
+	only := flag.String("only", "", "comma list of benchmarks (sign,inspect,depmod,initramfs-ls,inject,bundle,builder,provisioner); default all")
 	flag.Parse()
 	abs, err := filepath.Abs(*kmodctl)
 	must(err)
@@ -58,6 +61,11 @@ func main() {
 	}
 	if want("inject") {
 		benchInject(abs, filepath.Join(*fixtures, "rootfs"), filepath.Join(*fixtures, "initrd/initramfs-tools-zstd.img"))
+	}
+	if want("bundle") {
+		o, err := filepath.Abs(*oras)
+		must(err)
+		benchBundle(abs, o, mods, *bundleMods, *bundleRuns)
 	}
 	if want("builder") {
 		p, err := filepath.Abs(*packer)
