@@ -68,6 +68,18 @@ func newBundle(t testing.TB, release string, k *sigtest.Key, opts ...CreateOptio
 	return b
 }
 
+// sameFiles fails the test unless got holds every file of want, equal.
+func sameFiles(t *testing.T, want, got *Bundle) {
+	t.Helper()
+	for _, n := range want.FileNames() {
+		x, _ := want.File(n)
+		y, ok := got.File(n)
+		if !ok || !bytes.Equal(x, y) {
+			t.Errorf("%s: %s differs (present %v)", want.Config.Kernel.Release, n, ok)
+		}
+	}
+}
+
 func TestNew(t *testing.T) {
 	k := sigtest.GoKey(t, "rsa:2048")
 	kver := fixture.KVER(t)
@@ -218,13 +230,7 @@ func TestLayoutRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, n := range b.FileNames() {
-			x, _ := b.File(n)
-			y, _ := f.File(n)
-			if !bytes.Equal(x, y) {
-				t.Errorf("%s: %s differs after the round trip", b.Config.Kernel.Release, n)
-			}
-		}
+		sameFiles(t, b, f.Bundle)
 		if f.Index != res.Index {
 			t.Errorf("fetched from index %s, pushed %s", f.Index, res.Index)
 		}

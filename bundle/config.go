@@ -152,14 +152,7 @@ func (c *Config) Marshal() ([]byte, error) {
 	if cc.Load.Order == nil {
 		cc.Load.Order = []string{}
 	}
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	enc.SetIndent("", "  ")
-	if err := enc.Encode(&cc); err != nil {
-		return nil, err
-	}
-	return buf.Bytes(), nil
+	return jsonstrict.Encode(&cc)
 }
 
 // ParseConfig decodes a config blob strictly: the schema version must be
@@ -249,16 +242,8 @@ func IsModuleFile(name string) bool {
 }
 
 func checkString(field, s string) error {
-	if len(s) > maxString {
-		return invalid("%s is longer than %d bytes", field, maxString)
-	}
-	if !utf8.ValidString(s) {
-		return invalid("%s %q is not valid UTF-8", field, s)
-	}
-	for _, r := range s {
-		if r < 0x20 || r == 0x7f {
-			return invalid("%s %q contains control character %U", field, s, r)
-		}
+	if err := jsonstrict.CheckText(s, maxString); err != nil {
+		return invalid("%s %q %v", field, s, err)
 	}
 	return nil
 }

@@ -330,15 +330,7 @@ func Inspect(ctx context.Context, loc Location, release, arch string, opts ...Op
 	if err != nil {
 		return nil, err
 	}
-	r, err := resolve(ctx, loc, o)
-	if err != nil {
-		return nil, err
-	}
-	e, err := r.pick(loc, release, arch)
-	if err != nil {
-		return nil, err
-	}
-	mf, cfg, err := r.configOf(ctx, loc, e, o)
+	r, e, mf, cfg, err := selectBundle(ctx, loc, release, arch, o)
 	if err != nil {
 		return nil, err
 	}
@@ -347,6 +339,24 @@ func Inspect(ctx context.Context, loc Location, release, arch string, opts ...Op
 		in.Index = r.desc.Digest
 	}
 	return in, nil
+}
+
+// selectBundle resolves loc, picks the kernel's entry and reads its
+// manifest and config.
+func selectBundle(ctx context.Context, loc Location, release, arch string, o *options) (*resolved, Entry, *v1.Manifest, *Config, error) {
+	r, err := resolve(ctx, loc, o)
+	if err != nil {
+		return nil, Entry{}, nil, nil, err
+	}
+	e, err := r.pick(loc, release, arch)
+	if err != nil {
+		return nil, Entry{}, nil, nil, err
+	}
+	mf, cfg, err := r.configOf(ctx, loc, e, o)
+	if err != nil {
+		return nil, Entry{}, nil, nil, err
+	}
+	return r, e, mf, cfg, nil
 }
 
 func (r *resolved) configOf(ctx context.Context, loc Location, e Entry, o *options) (*v1.Manifest, *Config, error) {
@@ -394,15 +404,7 @@ func Fetch(ctx context.Context, loc Location, release, arch string, opts ...Opti
 	if release == "" || arch == "" {
 		return nil, fmt.Errorf("%s: fetch needs the kernel release and architecture", loc)
 	}
-	r, err := resolve(ctx, loc, o)
-	if err != nil {
-		return nil, err
-	}
-	e, err := r.pick(loc, release, arch)
-	if err != nil {
-		return nil, err
-	}
-	mf, cfg, err := r.configOf(ctx, loc, e, o)
+	r, e, mf, cfg, err := selectBundle(ctx, loc, release, arch, o)
 	if err != nil {
 		return nil, err
 	}

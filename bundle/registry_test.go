@@ -69,13 +69,7 @@ func TestRegistryTLSAuth(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, n := range b.FileNames() {
-			x, _ := b.File(n)
-			y, _ := f.File(n)
-			if !bytes.Equal(x, y) {
-				t.Errorf("%s: %s differs", b.Config.Kernel.Release, n)
-			}
-		}
+		sameFiles(t, b, f.Bundle)
 		// oras gets the module files by name from the kernel's tag.
 		dir := t.TempDir()
 		oras(t, dir, "pull", "--ca-file", reg.CAFile, "--username", reg.Username, "--password", reg.Password,
@@ -145,13 +139,7 @@ func TestOrasPushed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, n := range b.FileNames() {
-		x, _ := b.File(n)
-		y, _ := f.File(n)
-		if !bytes.Equal(x, y) {
-			t.Errorf("%s differs", n)
-		}
-	}
+	sameFiles(t, b, f.Bundle)
 }
 
 // proxy sits between the client and a plain-HTTP registry: it records
@@ -433,13 +421,7 @@ func TestMergeAndCopy(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, n := range x.FileNames() {
-			p, _ := x.File(n)
-			q, _ := f.File(n)
-			if !bytes.Equal(p, q) {
-				t.Errorf("%s: %s differs", x.Config.Kernel.Release, n)
-			}
-		}
+		sameFiles(t, x, f.Bundle)
 	}
 	// Copy with another key's certificate refuses before writing.
 	other, _ := ParseLocation("oci:"+filepath.Join(t.TempDir(), "other")+":2.0", false)

@@ -103,6 +103,23 @@ func (f *registryFlags) location(s string) (bundle.Location, error) {
 	return l, nil
 }
 
+// setup returns the options of the flags and the locations refs name.
+func (f *registryFlags) setup(cmd *cobra.Command, refs ...string) ([]bundle.Option, []bundle.Location, error) {
+	opts, err := f.options(cmd)
+	if err != nil {
+		return nil, nil, err
+	}
+	var locs []bundle.Location
+	for _, r := range refs {
+		l, err := f.location(r)
+		if err != nil {
+			return nil, nil, err
+		}
+		locs = append(locs, l)
+	}
+	return opts, locs, nil
+}
+
 func newBundleCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "bundle",
@@ -136,14 +153,11 @@ func newBundleCreateCmd() *cobra.Command {
 			"Unix epoch, so the same inputs give the same digests.",
 		Args: usageArgs(cobra.MinimumNArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			opts, err := rf.options(cmd)
+			opts, locs, err := rf.setup(cmd, args[0])
 			if err != nil {
 				return err
 			}
-			target, err := rf.location(args[0])
-			if err != nil {
-				return err
-			}
+			target := locs[0]
 			if !replace {
 				opts = append(opts, bundle.WithMerge())
 			}
@@ -277,14 +291,11 @@ func newBundlePushCmd() *cobra.Command {
 			"registry flags apply to both sides.",
 		Args: usageArgs(cobra.ExactArgs(2)),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			opts, err := src.options(cmd)
+			opts, locs, err := src.setup(cmd, args[0])
 			if err != nil {
 				return err
 			}
-			from, err := src.location(args[0])
-			if err != nil {
-				return err
-			}
+			from := locs[0]
 			to, err := src.location(args[1])
 			if err != nil {
 				return err
@@ -322,14 +333,11 @@ func newBundlePullCmd() *cobra.Command {
 			if kernel == "" {
 				return usagef("give --kernel RELEASE")
 			}
-			opts, err := rf.options(cmd)
+			opts, locs, err := rf.setup(cmd, args[0])
 			if err != nil {
 				return err
 			}
-			loc, err := rf.location(args[0])
-			if err != nil {
-				return err
-			}
+			loc := locs[0]
 			start := time.Now()
 			f, err := bundle.Fetch(cmd.Context(), loc, kernel, arch, opts...)
 			if err != nil {
@@ -358,14 +366,11 @@ func newBundleInspectCmd() *cobra.Command {
 		Short: "Show a kernel's bundle: manifest, annotations and config (nothing verified but digests)",
 		Args:  usageArgs(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			opts, err := rf.options(cmd)
+			opts, locs, err := rf.setup(cmd, args[0])
 			if err != nil {
 				return err
 			}
-			loc, err := rf.location(args[0])
-			if err != nil {
-				return err
-			}
+			loc := locs[0]
 			archSel := arch
 			if !cmd.Flags().Changed("arch") && kernel == "" {
 				archSel = ""
@@ -414,14 +419,11 @@ func newBundleLsCmd() *cobra.Command {
 		Short: "List the kernels and architectures of a bundle",
 		Args:  usageArgs(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			opts, err := rf.options(cmd)
+			opts, locs, err := rf.setup(cmd, args[0])
 			if err != nil {
 				return err
 			}
-			loc, err := rf.location(args[0])
-			if err != nil {
-				return err
-			}
+			loc := locs[0]
 			es, err := bundle.List(cmd.Context(), loc, opts...)
 			if err != nil {
 				return err
@@ -468,14 +470,11 @@ func newBundleVerifyCmd() *cobra.Command {
 			if len(rf.trusted) == 0 {
 				return usagef("give --trusted-cert: a bundle's own certificate never makes it trusted")
 			}
-			opts, err := rf.options(cmd)
+			opts, locs, err := rf.setup(cmd, args[0])
 			if err != nil {
 				return err
 			}
-			loc, err := rf.location(args[0])
-			if err != nil {
-				return err
-			}
+			loc := locs[0]
 			es, err := bundle.List(cmd.Context(), loc, opts...)
 			if err != nil {
 				return err

@@ -10,7 +10,6 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -21,23 +20,6 @@ import (
 	"github.com/kmodctl/packer-plugin-kmod/kmod/manifest"
 	"github.com/kmodctl/packer-plugin-kmod/kmod/modsig/sigtest"
 )
-
-// kmodctlIn runs kmodctl with stdin.
-func kmodctlIn(t *testing.T, stdin string, args ...string) (string, string, int) {
-	t.Helper()
-	cmd := exec.Command(kmodctlBin, args...)
-	cmd.Stdin = strings.NewReader(stdin)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	return stdout.String(), stderr.String(), code
-}
 
 // signedModules writes the fixture's test modules signed with k into dir.
 func signedModules(t *testing.T, k *sigtest.Key, dir string, names ...string) []string {

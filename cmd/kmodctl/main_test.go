@@ -33,7 +33,14 @@ func TestMain(m *testing.M) {
 // kmodctl runs the built binary and returns stdout, stderr and the exit code.
 func kmodctl(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
+	return kmodctlIn(t, "", args...)
+}
+
+// kmodctlIn is kmodctl with stdin.
+func kmodctlIn(t *testing.T, stdin string, args ...string) (string, string, int) {
+	t.Helper()
 	cmd := exec.Command(kmodctlBin, args...)
+	cmd.Stdin = strings.NewReader(stdin)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()

@@ -6,9 +6,41 @@ package jsonstrict
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"unicode/utf8"
 )
+
+// CheckText bounds a string field to max bytes of valid UTF-8 without
+// control characters (a value that is printed or written into a file).
+func CheckText(s string, max int) error {
+	if len(s) > max {
+		return fmt.Errorf("is longer than %d bytes", max)
+	}
+	if !utf8.ValidString(s) {
+		return errors.New("is not valid UTF-8")
+	}
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f {
+			return fmt.Errorf("contains control character %U", r)
+		}
+	}
+	return nil
+}
+
+// Encode encodes v indented by two spaces with a trailing newline and
+// without HTML escaping: equal values give equal bytes.
+func Encode(v any) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
 
 // CheckKeys walks the JSON document and refuses a key that appears twice
 // in one object, nesting deeper than maxDepth, and, when key is not nil, a
@@ -25,6 +57,9 @@ func CheckKeys(data []byte, maxDepth int, key func(string) error) error {
 	for {
 		tok, err := dec.Token()
 		if err == io.EOF {
+			if len(stack) > 0 {
+				return io.ErrUnexpectedEOF
+			}
 			return nil
 		}
 		if err != nil {

@@ -150,14 +150,7 @@ func (m *Manifest) Marshal() ([]byte, error) {
 	if err := c.validate(); err != nil {
 		return nil, err
 	}
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	enc.SetIndent("", "  ")
-	if err := enc.Encode(&c); err != nil {
-		return nil, err
-	}
-	return buf.Bytes(), nil
+	return jsonstrict.Encode(&c)
 }
 
 // Unmarshal decodes a manifest strictly: the version must be Version
@@ -255,16 +248,8 @@ func invalid(format string, args ...any) error {
 
 // checkString bounds a string field and keeps control characters out.
 func checkString(field, s string) error {
-	if len(s) > MaxString {
-		return invalid("%s is longer than %d bytes", field, MaxString)
-	}
-	if !utf8.ValidString(s) {
-		return invalid("%s %q is not valid UTF-8", field, s)
-	}
-	for _, r := range s {
-		if r < 0x20 || r == 0x7f {
-			return invalid("%s %q contains control character %U", field, s, r)
-		}
+	if err := jsonstrict.CheckText(s, MaxString); err != nil {
+		return invalid("%s %q %v", field, s, err)
 	}
 	return nil
 }
