@@ -486,3 +486,62 @@ func fetchLayers(ctx context.Context, st store, mf *v1.Manifest, o *options) (ma
 	}
 	return files, nil
 }
+
+// Pull fetches and verifies the bundle of kernel release for arch (see
+// Fetch) and writes its files into dir at once (see WriteDir). On any
+// failure dir is as it was.
+func Pull(ctx context.Context, loc Location, release, arch, dir string, opts ...Option) (*Fetched, error) {
+	f, err := Fetch(ctx, loc, release, arch, opts...)
+	if err != nil {
+		return nil, err
+	}
+	if err := f.WriteDir(dir, 0o644); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// Verified is one kernel's result of Verify.
+type Verified struct {
+	Entry
+	Reference string `json:"reference"`
+	// Modules is how many modules verified; Err why the bundle did not.
+	Modules int   `json:"modules"`
+	Err     error `json:"-"`
+}
+
+// Verify fetches and verifies, as Fetch does, every kernel's bundle under
+// loc (or only release and arch where given), writing nothing. The error
+// is about the location itself; each kernel's outcome is in its result.
+func Verify(ctx context.Context, loc Location, release, arch string, opts ...Option) ([]Verified, error) {
+	es, err := List(ctx, loc, opts...)
+	if err != nil {
+		return nil, err
+	}
+	var out []Verified
+	for _, e := range es {
+		if release != "" && e.Release != release || arch != "" && e.Arch != arch {
+			continue
+		}
+		v := Verified{Entry: e, Reference: loc.WithDigest(e.Digest).String()}
+		f, err := Fetch(ctx, loc, e.Release, e.Arch, opts...)
+		if err != nil {
+			v.Err = err
+		} else {
+			v.Modules = len(f.Config.Modules)
+		}
+		out = append(out, v)
+	}
+	if len(out) == 0 {
+		var have []string
+		for _, e := range es {
+			have = append(have, e.String())
+		}
+		want := release
+		if arch != "" {
+			want += "/" + arch
+		}
+		return nil, &NoKernelError{Location: loc.String(), Want: want, Have: have}
+	}
+	return out, nil
+}

@@ -194,16 +194,25 @@ type dkmsTrees struct {
 // trees reads dkms_tree, source_tree and install_tree from the framework
 // configuration (without running it), falling back to dkms's defaults.
 func (d *Driver) trees(ctx context.Context) dkmsTrees {
-	t := dkmsTrees{"/var/lib/dkms", "/usr/src", "/lib/modules"}
 	out, _, st, err := d.run(ctx, "cat "+frameworkConf+" "+frameworkConfDir+"/*.conf 2>/dev/null; true")
-	if err != nil || st != 0 || strings.TrimSpace(out) == "" {
+	if err != nil || st != 0 {
+		return treesFromFramework("", d.logf)
+	}
+	return treesFromFramework(out, d.logf)
+}
+
+// treesFromFramework reads the trees from the framework configuration's
+// text (framework.conf and framework.conf.d/*.conf concatenated).
+func treesFromFramework(text string, logf func(string, ...any)) dkmsTrees {
+	t := dkmsTrees{"/var/lib/dkms", "/usr/src", "/lib/modules"}
+	if strings.TrimSpace(text) == "" {
 		return t
 	}
 	// the files are sourced one after the other: their concatenation
 	// assigns the same values
-	c, err := Parse(strings.NewReader(out+"\n"), "framework.conf")
+	c, err := Parse(strings.NewReader(text+"\n"), "framework.conf")
 	if err != nil {
-		d.logf("dkms: cannot read the framework configuration (%v): using dkms's default trees", err)
+		logf("dkms: cannot read the framework configuration (%v): using dkms's default trees", err)
 		return t
 	}
 	for name, dst := range map[string]*string{"dkms_tree": &t.dkmsTree, "source_tree": &t.sourceTree, "install_tree": &t.installTree} {
@@ -211,7 +220,7 @@ func (d *Driver) trees(ctx context.Context) dkmsTrees {
 			if e, ok := v.elems[0]; ok && e.known && strings.HasPrefix(e.val, "/") && !v.unknown {
 				*dst = path.Clean(e.val)
 			} else {
-				d.logf("dkms: %s in the framework configuration is known only when dkms runs: using %s", name, *dst)
+				logf("dkms: %s in the framework configuration is known only when dkms runs: using %s", name, *dst)
 			}
 		}
 	}

@@ -3,9 +3,10 @@
 # with the kmod-image builder; the kmod provisioner rebuilds two out-of-tree
 # modules with the image's DKMS for the image's kernel, signs them here with a
 # key that never enters the image, checks and installs them (one early, in the
-# initramfs; one through modules-load.d), and the boot check proves the result
-# boots with them loaded. Debian's v4l2loopback-dkms comes from the image's
-# apt sources (deb.debian.org).
+# initramfs; one through modules-load.d), publishes them as OCI bundles when
+# publish_repository is set, and the boot check proves the result boots with
+# them loaded. Debian's v4l2loopback-dkms comes from the image's apt sources
+# (deb.debian.org).
 #
 #   make example                      # everything, from a fresh checkout
 #   bin/packer build -force \
@@ -40,6 +41,12 @@ variable "signing_key" {
   type        = string
   description = "Its private key (PEM). Read on the build host only."
   sensitive   = true
+}
+
+variable "publish_repository" {
+  type        = string
+  description = "A registry repository (host/repo) to publish the modules to as OCI bundles, plain HTTP; empty: no publish. make example starts a registry on 127.0.0.1 for it."
+  default     = ""
 }
 
 variable "output_directory" {
@@ -101,6 +108,17 @@ build {
     }
     options = {
       v4l2loopback = "devices=2"
+    }
+
+    # Publish the signed modules as OCI bundles (one per image kernel, and
+    # an index tagged "example"), recorded in the image's manifest.
+    dynamic "publish" {
+      for_each = var.publish_repository == "" ? [] : [var.publish_repository]
+      content {
+        repository = publish.value
+        tag        = "example"
+        plain_http = true
+      }
     }
   }
 }

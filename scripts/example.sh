@@ -105,7 +105,12 @@ vars=(-var "source_image=$SRC" -var "output_directory=$OUT" "${keyvars[@]}")
 # outputs of the previous run stay until the build replaces them).
 "$PACKER" validate -var "source_image=$SRC" -var "output_directory=$W/validate-output" "${keyvars[@]}" "$TEMPLATE"
 
-step "packer build -force: kmod-image on $(basename "$SRC") (provision, boot check, qcow2 + raw)"
+step "a local OCI registry for the published bundles (Debian's docker-registry on 127.0.0.1, plain HTTP)"
+start_registry
+echo "registry: 127.0.0.1:$REGPORT"
+vars+=(-var "publish_repository=127.0.0.1:$REGPORT/kmodctl/example")
+
+step "packer build -force: kmod-image on $(basename "$SRC") (provision, publish, boot check, qcow2 + raw)"
 build_start=$SECONDS
 if ! "$PACKER" build -force "${vars[@]}" "$TEMPLATE" 2>&1 | tee "$BUILDLOG"; then
 	fail "packer build failed; its output is in $BUILDLOG"
@@ -178,21 +183,17 @@ for p in $(grep -o '"path": "[^"]*"' "$W/manifest.json" | cut -d'"' -f4); do
 	echo "$p: signed by '$signer', verifies"
 done
 
-step "publish the build's modules as an OCI bundle to a local registry (docker-registry on 127.0.0.1)"
-# The modules as the image holds them, under a copy of their image paths.
-for p in $(grep -o '"path": "[^"]*"' "$W/manifest.json" | cut -d'"' -f4); do
-	mkdir -p "$W/root$(dirname "$p")"
-	debugfs -R "dump $p $W/root$p" "$img" 2>/dev/null
-done
-start_registry
-ref="127.0.0.1:$REGPORT/kmodctl/example:build"
-"$K" bundle create --plain-http --replace --manifest "$W/manifest.json" --root "$W/root" --name kmodctl-example "$ref"
+step "the bundles the kmod provisioner published to the local registry"
+grep -o '"reference": "[^"]*"' "$W/manifest.json" | cut -d'"' -f4 | sed 's/^/manifest bundles: /'
+grep -q '"bundles"' "$W/manifest.json" || fail "the image's manifest records no published bundle"
+ref="127.0.0.1:$REGPORT/kmodctl/example:example"
 "$K" bundle ls --plain-http "$ref"
 "$K" bundle verify --plain-http --trusted-cert "$W/signing-cert.pem" "$ref"
 mkdir -p "$W/oras"
 "$BIN/oras" pull --plain-http -o "$W/oras" "127.0.0.1:$REGPORT/kmodctl/example:$KVER" >/dev/null
 for p in $(grep -o '"path": "[^"]*"' "$W/manifest.json" | cut -d'"' -f4); do
-	cmp -s "$W/root$p" "$W/oras/$(basename "$p")" || fail "oras pull: $(basename "$p") differs from the image's $p"
+	debugfs -R "dump $p $W/mod.ko" "$img" 2>/dev/null
+	cmp -s "$W/mod.ko" "$W/oras/$(basename "$p")" || fail "oras pull: $(basename "$p") differs from the image's $p"
 done
 echo "oras pull $KVER: every module file byte-identical to the image's"
 stop_registry
@@ -280,7 +281,7 @@ packer build   example/debian12.pkr.hcl, kmod-image builder, Packer $("$PACKER" 
                manifest, signer + signature of every managed module, no DKMS key in the image
   timings      builder: $timings
                kmod provisioner: $kmodtimes
-bundle         the build's modules published to a local registry (kmodctl bundle create --manifest),
+bundle         the build's modules published by the kmod provisioner to a local registry (publish block),
                verified (kmodctl bundle verify) and pulled back byte for byte by oras
 kmodctl tour   inspect, sign, verify, check, initramfs inject + QEMU boot: ${tour_secs}s
 packer output  $BUILDLOG

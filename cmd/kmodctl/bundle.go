@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 
 	"github.com/kmodctl/packer-plugin-kmod/bundle"
 	"github.com/kmodctl/packer-plugin-kmod/kmod"
@@ -186,7 +187,7 @@ func newBundleCreateCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			res, err := bundle.Push(cmd.Context(), target, bundles, opts...)
+			res, err := bundle.Push(cmd.Context(), target, bundles, append(opts, progressOption(cmd))...)
 			if err != nil {
 				return err
 			}
@@ -301,7 +302,7 @@ func newBundlePushCmd() *cobra.Command {
 				return err
 			}
 			start := time.Now()
-			res, err := bundle.Copy(cmd.Context(), from, to, opts...)
+			res, err := bundle.Copy(cmd.Context(), from, to, append(opts, progressOption(cmd))...)
 			if err != nil {
 				return err
 			}
@@ -339,11 +340,8 @@ func newBundlePullCmd() *cobra.Command {
 			}
 			loc := locs[0]
 			start := time.Now()
-			f, err := bundle.Fetch(cmd.Context(), loc, kernel, arch, opts...)
+			f, err := bundle.Pull(cmd.Context(), loc, kernel, arch, args[1], append(opts, progressOption(cmd))...)
 			if err != nil {
-				return err
-			}
-			if err := f.WriteDir(args[1], 0o644); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s/%s: %s: %d modules verified, written to %s (%v)\n", kernel, arch, f.Reference,
@@ -475,28 +473,23 @@ func newBundleVerifyCmd() *cobra.Command {
 				return err
 			}
 			loc := locs[0]
-			es, err := bundle.List(cmd.Context(), loc, opts...)
+			archSel := ""
+			if cmd.Flags().Changed("arch") {
+				archSel = arch
+			}
+			vs, err := bundle.Verify(cmd.Context(), loc, kernel, archSel, opts...)
 			if err != nil {
 				return err
 			}
 			var reports []verifyReport
 			failed := 0
-			for _, e := range es {
-				if kernel != "" && e.Release != kernel || cmd.Flags().Changed("arch") && e.Arch != arch {
-					continue
-				}
-				r := verifyReport{Release: e.Release, Arch: e.Arch, Reference: loc.WithDigest(e.Digest).String()}
-				f, err := bundle.Fetch(cmd.Context(), loc, e.Release, e.Arch, opts...)
-				if err != nil {
-					r.Error = err.Error()
+			for _, v := range vs {
+				r := verifyReport{Release: v.Release, Arch: v.Arch, Reference: v.Reference, OK: v.Err == nil, Modules: v.Modules}
+				if v.Err != nil {
+					r.Error = v.Err.Error()
 					failed++
-				} else {
-					r.OK, r.Modules = true, len(f.Config.Modules)
 				}
 				reports = append(reports, r)
-			}
-			if len(reports) == 0 {
-				return fmt.Errorf("%s: no bundle for kernel %q arch %q", loc, kernel, arch)
 			}
 			w := cmd.OutOrStdout()
 			if asJSON {
@@ -530,4 +523,25 @@ func writeJSON(w io.Writer, v any) error {
 	enc.SetIndent("", "  ")
 	enc.SetEscapeHTML(false)
 	return enc.Encode(v)
+}
+
+// progressOption reports transferred bytes on stderr when it is a
+// terminal (a line rewritten in place, at most ten times a second), and
+// nothing otherwise.
+func progressOption(cmd *cobra.Command) bundle.Option {
+	f, ok := cmd.ErrOrStderr().(*os.File)
+	if !ok || !term.IsTerminal(int(f.Fd())) {
+		return bundle.WithProgress(nil)
+	}
+	var last time.Time
+	return bundle.WithProgress(func(p bundle.Progress) {
+		if time.Since(last) < 100*time.Millisecond && p.Done < p.Total {
+			return
+		}
+		last = time.Now()
+		fmt.Fprintf(f, "\rkmodctl: %.1f of %.1f MB", float64(p.Done)/1e6, float64(p.Total)/1e6)
+		if p.Done >= p.Total {
+			fmt.Fprintln(f)
+		}
+	})
 }

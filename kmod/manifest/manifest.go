@@ -52,6 +52,20 @@ type Manifest struct {
 	Certificates []Certificate `json:"certificates"`
 	// Kernels are sorted by release (kernel version order) by Marshal.
 	Kernels []Kernel `json:"kernels"`
+	// Bundles are the OCI bundles the build published (optional; an
+	// addition to version 1 that readers of version 1 without it ignore
+	// by its absence).
+	Bundles []Bundle `json:"bundles,omitempty"`
+}
+
+// Bundle is one kernel's bundle as published: the manifest that holds the
+// kernel's signed modules in a registry.
+type Bundle struct {
+	Release string `json:"release"`
+	Arch    string `json:"arch"`
+	// Reference names the manifest by digest (registry/repo@sha256:...).
+	Reference string `json:"reference"`
+	Digest    string `json:"digest"`
 }
 
 // Certificate is an X.509 certificate modules are signed with.
@@ -240,6 +254,7 @@ var (
 	nameRE    = regexp.MustCompile(`^[A-Za-z0-9_-]{1,55}$`)
 	releaseRE = regexp.MustCompile(`^[A-Za-z0-9._+~-]+$`)
 	digestRE  = regexp.MustCompile(`^[a-z0-9]+:[0-9a-f]+$`)
+	archRE    = regexp.MustCompile(`^[a-z0-9]{1,16}$`)
 )
 
 func invalid(format string, args ...any) error {
@@ -286,6 +301,24 @@ func (m *Manifest) validate() error {
 	}
 	if len(m.Kernels) > MaxKernels {
 		return invalid("%d kernels, the limit is %d", len(m.Kernels), MaxKernels)
+	}
+	if len(m.Bundles) > MaxKernels {
+		return invalid("%d bundles, the limit is %d", len(m.Bundles), MaxKernels)
+	}
+	for i, b := range m.Bundles {
+		field := fmt.Sprintf("bundles[%d]", i)
+		if len(b.Release) > 256 || !releaseRE.MatchString(b.Release) {
+			return invalid("%s: invalid release %q", field, b.Release)
+		}
+		if !archRE.MatchString(b.Arch) {
+			return invalid("%s: invalid arch %q", field, b.Arch)
+		}
+		if !digestRE.MatchString(b.Digest) || !strings.HasSuffix(b.Reference, "@"+b.Digest) {
+			return invalid("%s: reference %q does not name digest %q", field, b.Reference, b.Digest)
+		}
+		if err := checkString(field+".reference", b.Reference); err != nil {
+			return err
+		}
 	}
 	releases := map[string]bool{}
 	for i, k := range m.Kernels {

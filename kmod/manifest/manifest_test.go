@@ -569,3 +569,37 @@ func TestCheckStaysInRoot(t *testing.T) {
 		t.Errorf("relative link inside the image: %v", got)
 	}
 }
+
+// The published bundles are an optional part of version 1: a manifest
+// without them reads as before, one with them round-trips, and a
+// reference that does not name its digest is refused.
+func TestBundles(t *testing.T) {
+	m := sample(t)
+	data, err := m.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(data, []byte(`"bundles"`)) {
+		t.Error("a manifest without bundles writes the key")
+	}
+	d := "sha256:" + strings.Repeat("ab", 32)
+	m.Bundles = []Bundle{{Release: "6.12.118+deb12-amd64", Arch: "amd64", Reference: "registry.example/kmod/x@" + d, Digest: d}}
+	data, err = m.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := Unmarshal(data)
+	if err != nil || len(back.Bundles) != 1 || back.Bundles[0] != m.Bundles[0] {
+		t.Fatalf("round trip: %+v, %v", back, err)
+	}
+	for name, b := range map[string]Bundle{
+		"other digest": {Release: "6.1.0-1-amd64", Arch: "amd64", Reference: "r/x@sha256:" + strings.Repeat("cd", 32), Digest: d},
+		"bad arch":     {Release: "6.1.0-1-amd64", Arch: "AMD 64", Reference: "r/x@" + d, Digest: d},
+		"bad release":  {Release: "6.1 0", Arch: "amd64", Reference: "r/x@" + d, Digest: d},
+	} {
+		m.Bundles = []Bundle{b}
+		if _, err := m.Marshal(); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: Marshal = %v", name, err)
+		}
+	}
+}

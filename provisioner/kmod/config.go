@@ -1,4 +1,4 @@
-//go:generate packer-sdc mapstructure-to-hcl2 -type Config,ModuleConfig,UdevRuleConfig,FirstbootConfig
+//go:generate packer-sdc mapstructure-to-hcl2 -type Config,ModuleConfig,UdevRuleConfig,FirstbootConfig,RegistryConfig,PublishConfig,CacheConfig
 
 package kmod
 
@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/packer-plugin-sdk/template/config"
 	"github.com/hashicorp/packer-plugin-sdk/template/interpolate"
 
+	"github.com/kmodctl/packer-plugin-kmod/bundle"
 	"github.com/kmodctl/packer-plugin-kmod/firstboot"
 	"github.com/kmodctl/packer-plugin-kmod/kmod/loadconf"
 )
@@ -26,7 +27,8 @@ type Config struct {
 	common.PackerConfig `mapstructure:",squash"`
 
 	// The modules to build, sign, check and install, in load order. Each
-	// `module` block has exactly one of `source`, `package` and `prebuilt`.
+	// `module` block has exactly one of `source`, `package`, `prebuilt` and
+	// `bundle`.
 	Modules []ModuleConfig `mapstructure:"module" required:"true"`
 	// The kernels to build for: `["installed"]` (default) means every
 	// kernel of the image (a `/lib/modules/<release>` with a
@@ -59,6 +61,25 @@ type Config struct {
 	// Owner Key with `mokutil --import` on first boot or by the image
 	// pipeline.
 	MOKEnroll bool `mapstructure:"mok_enroll"`
+
+	// More certificates (PEM or DER files) module signatures may verify
+	// against, besides `signing_cert`: the keys that signed the bundles of
+	// `module { bundle = ... }` blocks. A bundle's own certificates are
+	// never trusted for being in the bundle. Each must be one the target
+	// kernel trusts.
+	TrustedCerts []string `mapstructure:"trusted_certs"`
+	// How to reach the registry of `module { bundle = ... }` sources
+	// (credentials default to the Docker config and its credential
+	// helpers).
+	Registry RegistryConfig `mapstructure:"registry"`
+	// Push the installed modules as OCI bundles (one per image kernel, and
+	// an index) once the image is complete; see the documentation. A push
+	// failure fails the build.
+	Publish PublishConfig `mapstructure:"publish"`
+	// A content-addressed build cache in a registry: a module built by DKMS
+	// for a kernel is pushed under a key of all its build inputs, and a
+	// later build with the same key takes it instead of building.
+	Cache CacheConfig `mapstructure:"cache"`
 
 	// Allowed sha256 digests of the final (signed) module files; when set
 	// (here or in `allowed_sha256_file`), any other module fails the build.
@@ -105,8 +126,9 @@ type Config struct {
 	// A path on the build host that receives a copy of the manifest
 	// (`/usr/lib/kmodctl/manifest.json` in the image).
 	ManifestOutput string `mapstructure:"manifest_output"`
-	// Settings of the first-boot hook (installed by a later release; the
-	// block is accepted now so templates need no change then).
+	// Settings of the first-boot hook: the agent and the units that verify
+	// the managed modules on every boot and load and report them once per
+	// instance.
 	Firstboot FirstbootConfig `mapstructure:"firstboot"`
 
 	ctx interpolate.Context
@@ -125,12 +147,60 @@ type ModuleConfig struct {
 	// Ready-made `.ko` files (optionally compressed) for the target
 	// kernel(s); they are signed and checked like built ones.
 	Prebuilt []string `mapstructure:"prebuilt"`
+	// An OCI bundle (`registry/repo[:tag|@digest]`, or `oci:DIR[:TAG]`):
+	// for each image kernel, the bundle for that kernel and the image's
+	// architecture is pulled and every module verified against
+	// `signing_cert` and `trusted_certs` (they are not re-signed), then
+	// checked and installed like the other sources. No DKMS, compiler or
+	// headers are needed in the image. A kernel the bundle lacks fails the
+	// build.
+	Bundle string `mapstructure:"bundle"`
 	// Load the module(s) from the initramfs, before the root filesystem is
 	// mounted (storage and network drivers the boot needs).
 	Early bool `mapstructure:"early"`
 	// List the module(s) in `/etc/modules-load.d/kmodctl.conf` so
-	// systemd-modules-load loads them at boot. Defaults to true.
+	// systemd-modules-load loads them at boot. Defaults to true (for a
+	// bundle: to what the bundle says for each module).
 	Load *bool `mapstructure:"load"`
+
+	loadSet bool
+}
+
+// RegistryConfig says how to reach a registry. Without credentials they
+// come from the Docker config ($DOCKER_CONFIG/config.json,
+// ~/.docker/config.json) and its credential helpers. Credentials are never
+// logged.
+type RegistryConfig struct {
+	// The registry user (with `password`).
+	Username string `mapstructure:"username"`
+	// The password (with `username`); kept out of Packer's output.
+	Password string `mapstructure:"password"`
+	// A registry token, sent as a bearer token (instead of a username and
+	// password); kept out of Packer's output.
+	Token string `mapstructure:"token"`
+	// PEM CA certificates the registry's TLS certificate may chain to,
+	// besides the system's.
+	CAFile string `mapstructure:"ca_file"`
+	// Allow plain HTTP (never used otherwise, not even for localhost).
+	PlainHTTP bool `mapstructure:"plain_http"`
+}
+
+// PublishConfig is the `publish` block.
+type PublishConfig struct {
+	// Where to push: `registry/repo` (or `oci:DIR` for an image layout).
+	Repository string `mapstructure:"repository" required:"true"`
+	// The index's tag (default `latest`). Each kernel's manifest is also
+	// tagged with its kernel release (see the bundle format).
+	Tag            string `mapstructure:"tag"`
+	RegistryConfig `mapstructure:",squash"`
+}
+
+// CacheConfig is the `cache` block.
+type CacheConfig struct {
+	// Where the cache entries live: `registry/repo` (or `oci:DIR`), tagged
+	// `cache-<key>`.
+	Repository     string `mapstructure:"repository" required:"true"`
+	RegistryConfig `mapstructure:",squash"`
 }
 
 // UdevRuleConfig is one `udev_rule` block: a rules file in
@@ -213,9 +283,16 @@ func (c *Config) Prepare(raws ...interface{}) error {
 				}
 			}
 		}
-		if n != 1 {
-			add("module[%d]: exactly one of source, package and prebuilt is required (got %d)", i, n)
+		if m.Bundle != "" {
+			n++
+			if _, err := bundle.ParseLocation(m.Bundle, c.Registry.PlainHTTP); err != nil {
+				add("module[%d].bundle: %v", i, err)
+			}
 		}
+		if n != 1 {
+			add("module[%d]: exactly one of source, package, prebuilt and bundle is required (got %d)", i, n)
+		}
+		m.loadSet = m.Load != nil
 		if m.Load == nil {
 			t := true
 			m.Load = &t
@@ -271,6 +348,48 @@ func (c *Config) Prepare(raws ...interface{}) error {
 			add("allowed_sha256_file: %v", err)
 		}
 	}
+	for _, p := range c.TrustedCerts {
+		if _, err := readCertFile(p); err != nil {
+			add("trusted_certs: %v", err)
+		}
+	}
+	c.Registry.validate("registry", add)
+	if c.Publish.Repository != "" || c.Publish.Tag != "" || c.Publish.RegistryConfig != (RegistryConfig{}) {
+		c.Publish.validate("publish", add)
+		if c.Publish.Tag == "" {
+			c.Publish.Tag = bundle.DefaultTag
+		}
+		loc, err := bundle.ParseLocation(c.Publish.Repository, c.Publish.PlainHTTP)
+		switch {
+		case c.Publish.Repository == "":
+			add("publish.repository is required")
+		case err != nil:
+			add("publish.repository: %v", err)
+		case loc.Digest != "" || !loc.IsLayout() && strings.Contains(strings.TrimPrefix(c.Publish.Repository, loc.Repo.RegistryStr()), ":"):
+			add("publish.repository: %q: give the repository without a tag or digest (tag = \"...\" sets the tag)", c.Publish.Repository)
+		}
+		if !bundle.ValidTag(c.Publish.Tag) {
+			add("publish.tag: %q is not a valid tag", c.Publish.Tag)
+		}
+	}
+	if c.Cache.Repository != "" || c.Cache.RegistryConfig != (RegistryConfig{}) {
+		c.Cache.validate("cache", add)
+		loc, err := bundle.ParseLocation(c.Cache.Repository, c.Cache.PlainHTTP)
+		switch {
+		case c.Cache.Repository == "":
+			add("cache.repository is required")
+		case err != nil:
+			add("cache.repository: %v", err)
+		case loc.Digest != "" || !loc.IsLayout() && strings.Contains(strings.TrimPrefix(c.Cache.Repository, loc.Repo.RegistryStr()), ":"):
+			add("cache.repository: %q: give the repository without a tag or digest", c.Cache.Repository)
+		}
+	}
+	// Credentials never reach Packer's output or log.
+	for _, secret := range []string{c.SigningKeyPEM, c.Registry.Password, c.Registry.Token, c.Publish.Password, c.Publish.Token, c.Cache.Password, c.Cache.Token} {
+		if secret != "" {
+			packersdk.LogSecretFilter.Set(secret)
+		}
+	}
 	switch c.Initramfs {
 	case "":
 		c.Initramfs = initramfsInject
@@ -323,6 +442,41 @@ func (c *Config) loadOptions(load []string, arch string) loadconf.Options {
 		o.UdevRules = append(o.UdevRules, loadconf.UdevRule{Name: r.Name, Rules: r.Rules})
 	}
 	return o
+}
+
+// validate checks a registry block's settings.
+func (r *RegistryConfig) validate(block string, add func(string, ...interface{})) {
+	switch {
+	case r.Token != "" && (r.Username != "" || r.Password != ""):
+		add("%s: token and username/password are mutually exclusive", block)
+	case r.Username != "" && r.Password == "":
+		add("%s: username needs password", block)
+	case r.Password != "" && r.Username == "":
+		add("%s: password needs username", block)
+	}
+	if r.CAFile != "" {
+		if _, err := os.Stat(r.CAFile); err != nil {
+			add("%s.ca_file: %v", block, err)
+		}
+	}
+}
+
+// options turns a registry block into bundle options.
+func (r *RegistryConfig) options() []bundle.Option {
+	var o []bundle.Option
+	switch {
+	case r.Token != "":
+		o = append(o, bundle.WithToken(r.Token))
+	case r.Username != "":
+		o = append(o, bundle.WithBasicAuth(r.Username, r.Password))
+	}
+	if r.CAFile != "" {
+		o = append(o, bundle.WithCAFile(r.CAFile))
+	}
+	if r.PlainHTTP {
+		o = append(o, bundle.WithPlainHTTP())
+	}
+	return append(o, bundle.WithUserAgent("packer-plugin-kmod"))
 }
 
 func isSHA256(s string) bool {

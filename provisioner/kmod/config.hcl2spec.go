@@ -7,6 +7,39 @@ import (
 	"github.com/zclconf/go-cty/cty"
 )
 
+// FlatCacheConfig is an auto-generated flat version of CacheConfig.
+// Where the contents of a field with a `mapstructure:,squash` tag are bubbled up.
+type FlatCacheConfig struct {
+	Repository *string `mapstructure:"repository" required:"true" cty:"repository" hcl:"repository"`
+	Username   *string `mapstructure:"username" cty:"username" hcl:"username"`
+	Password   *string `mapstructure:"password" cty:"password" hcl:"password"`
+	Token      *string `mapstructure:"token" cty:"token" hcl:"token"`
+	CAFile     *string `mapstructure:"ca_file" cty:"ca_file" hcl:"ca_file"`
+	PlainHTTP  *bool   `mapstructure:"plain_http" cty:"plain_http" hcl:"plain_http"`
+}
+
+// FlatMapstructure returns a new FlatCacheConfig.
+// FlatCacheConfig is an auto-generated flat version of CacheConfig.
+// Where the contents a fields with a `mapstructure:,squash` tag are bubbled up.
+func (*CacheConfig) FlatMapstructure() interface{ HCL2Spec() map[string]hcldec.Spec } {
+	return new(FlatCacheConfig)
+}
+
+// HCL2Spec returns the hcl spec of a CacheConfig.
+// This spec is used by HCL to read the fields of CacheConfig.
+// The decoded values from this spec will then be applied to a FlatCacheConfig.
+func (*FlatCacheConfig) HCL2Spec() map[string]hcldec.Spec {
+	s := map[string]hcldec.Spec{
+		"repository": &hcldec.AttrSpec{Name: "repository", Type: cty.String, Required: false},
+		"username":   &hcldec.AttrSpec{Name: "username", Type: cty.String, Required: false},
+		"password":   &hcldec.AttrSpec{Name: "password", Type: cty.String, Required: false},
+		"token":      &hcldec.AttrSpec{Name: "token", Type: cty.String, Required: false},
+		"ca_file":    &hcldec.AttrSpec{Name: "ca_file", Type: cty.String, Required: false},
+		"plain_http": &hcldec.AttrSpec{Name: "plain_http", Type: cty.Bool, Required: false},
+	}
+	return s
+}
+
 // FlatConfig is an auto-generated flat version of Config.
 // Where the contents of a field with a `mapstructure:,squash` tag are bubbled up.
 type FlatConfig struct {
@@ -27,6 +60,10 @@ type FlatConfig struct {
 	SigningKeyPEM           *string              `mapstructure:"signing_key_pem" cty:"signing_key_pem" hcl:"signing_key_pem"`
 	SigningHash             *string              `mapstructure:"signing_hash" cty:"signing_hash" hcl:"signing_hash"`
 	MOKEnroll               *bool                `mapstructure:"mok_enroll" cty:"mok_enroll" hcl:"mok_enroll"`
+	TrustedCerts            []string             `mapstructure:"trusted_certs" cty:"trusted_certs" hcl:"trusted_certs"`
+	Registry                *FlatRegistryConfig  `mapstructure:"registry" cty:"registry" hcl:"registry"`
+	Publish                 *FlatPublishConfig   `mapstructure:"publish" cty:"publish" hcl:"publish"`
+	Cache                   *FlatCacheConfig     `mapstructure:"cache" cty:"cache" hcl:"cache"`
 	AllowedSHA256           []string             `mapstructure:"allowed_sha256" cty:"allowed_sha256" hcl:"allowed_sha256"`
 	AllowedSHA256File       *string              `mapstructure:"allowed_sha256_file" cty:"allowed_sha256_file" hcl:"allowed_sha256_file"`
 	ReplaceInTree           *bool                `mapstructure:"replace_in_tree" cty:"replace_in_tree" hcl:"replace_in_tree"`
@@ -72,6 +109,10 @@ func (*FlatConfig) HCL2Spec() map[string]hcldec.Spec {
 		"signing_key_pem":            &hcldec.AttrSpec{Name: "signing_key_pem", Type: cty.String, Required: false},
 		"signing_hash":               &hcldec.AttrSpec{Name: "signing_hash", Type: cty.String, Required: false},
 		"mok_enroll":                 &hcldec.AttrSpec{Name: "mok_enroll", Type: cty.Bool, Required: false},
+		"trusted_certs":              &hcldec.AttrSpec{Name: "trusted_certs", Type: cty.List(cty.String), Required: false},
+		"registry":                   &hcldec.BlockSpec{TypeName: "registry", Nested: hcldec.ObjectSpec((*FlatRegistryConfig)(nil).HCL2Spec())},
+		"publish":                    &hcldec.BlockSpec{TypeName: "publish", Nested: hcldec.ObjectSpec((*FlatPublishConfig)(nil).HCL2Spec())},
+		"cache":                      &hcldec.BlockSpec{TypeName: "cache", Nested: hcldec.ObjectSpec((*FlatCacheConfig)(nil).HCL2Spec())},
 		"allowed_sha256":             &hcldec.AttrSpec{Name: "allowed_sha256", Type: cty.List(cty.String), Required: false},
 		"allowed_sha256_file":        &hcldec.AttrSpec{Name: "allowed_sha256_file", Type: cty.String, Required: false},
 		"replace_in_tree":            &hcldec.AttrSpec{Name: "replace_in_tree", Type: cty.Bool, Required: false},
@@ -129,6 +170,7 @@ type FlatModuleConfig struct {
 	Source   *string  `mapstructure:"source" cty:"source" hcl:"source"`
 	Package  *string  `mapstructure:"package" cty:"package" hcl:"package"`
 	Prebuilt []string `mapstructure:"prebuilt" cty:"prebuilt" hcl:"prebuilt"`
+	Bundle   *string  `mapstructure:"bundle" cty:"bundle" hcl:"bundle"`
 	Early    *bool    `mapstructure:"early" cty:"early" hcl:"early"`
 	Load     *bool    `mapstructure:"load" cty:"load" hcl:"load"`
 }
@@ -148,8 +190,75 @@ func (*FlatModuleConfig) HCL2Spec() map[string]hcldec.Spec {
 		"source":   &hcldec.AttrSpec{Name: "source", Type: cty.String, Required: false},
 		"package":  &hcldec.AttrSpec{Name: "package", Type: cty.String, Required: false},
 		"prebuilt": &hcldec.AttrSpec{Name: "prebuilt", Type: cty.List(cty.String), Required: false},
+		"bundle":   &hcldec.AttrSpec{Name: "bundle", Type: cty.String, Required: false},
 		"early":    &hcldec.AttrSpec{Name: "early", Type: cty.Bool, Required: false},
 		"load":     &hcldec.AttrSpec{Name: "load", Type: cty.Bool, Required: false},
+	}
+	return s
+}
+
+// FlatPublishConfig is an auto-generated flat version of PublishConfig.
+// Where the contents of a field with a `mapstructure:,squash` tag are bubbled up.
+type FlatPublishConfig struct {
+	Repository *string `mapstructure:"repository" required:"true" cty:"repository" hcl:"repository"`
+	Tag        *string `mapstructure:"tag" cty:"tag" hcl:"tag"`
+	Username   *string `mapstructure:"username" cty:"username" hcl:"username"`
+	Password   *string `mapstructure:"password" cty:"password" hcl:"password"`
+	Token      *string `mapstructure:"token" cty:"token" hcl:"token"`
+	CAFile     *string `mapstructure:"ca_file" cty:"ca_file" hcl:"ca_file"`
+	PlainHTTP  *bool   `mapstructure:"plain_http" cty:"plain_http" hcl:"plain_http"`
+}
+
+// FlatMapstructure returns a new FlatPublishConfig.
+// FlatPublishConfig is an auto-generated flat version of PublishConfig.
+// Where the contents a fields with a `mapstructure:,squash` tag are bubbled up.
+func (*PublishConfig) FlatMapstructure() interface{ HCL2Spec() map[string]hcldec.Spec } {
+	return new(FlatPublishConfig)
+}
+
+// HCL2Spec returns the hcl spec of a PublishConfig.
+// This spec is used by HCL to read the fields of PublishConfig.
+// The decoded values from this spec will then be applied to a FlatPublishConfig.
+func (*FlatPublishConfig) HCL2Spec() map[string]hcldec.Spec {
+	s := map[string]hcldec.Spec{
+		"repository": &hcldec.AttrSpec{Name: "repository", Type: cty.String, Required: false},
+		"tag":        &hcldec.AttrSpec{Name: "tag", Type: cty.String, Required: false},
+		"username":   &hcldec.AttrSpec{Name: "username", Type: cty.String, Required: false},
+		"password":   &hcldec.AttrSpec{Name: "password", Type: cty.String, Required: false},
+		"token":      &hcldec.AttrSpec{Name: "token", Type: cty.String, Required: false},
+		"ca_file":    &hcldec.AttrSpec{Name: "ca_file", Type: cty.String, Required: false},
+		"plain_http": &hcldec.AttrSpec{Name: "plain_http", Type: cty.Bool, Required: false},
+	}
+	return s
+}
+
+// FlatRegistryConfig is an auto-generated flat version of RegistryConfig.
+// Where the contents of a field with a `mapstructure:,squash` tag are bubbled up.
+type FlatRegistryConfig struct {
+	Username  *string `mapstructure:"username" cty:"username" hcl:"username"`
+	Password  *string `mapstructure:"password" cty:"password" hcl:"password"`
+	Token     *string `mapstructure:"token" cty:"token" hcl:"token"`
+	CAFile    *string `mapstructure:"ca_file" cty:"ca_file" hcl:"ca_file"`
+	PlainHTTP *bool   `mapstructure:"plain_http" cty:"plain_http" hcl:"plain_http"`
+}
+
+// FlatMapstructure returns a new FlatRegistryConfig.
+// FlatRegistryConfig is an auto-generated flat version of RegistryConfig.
+// Where the contents a fields with a `mapstructure:,squash` tag are bubbled up.
+func (*RegistryConfig) FlatMapstructure() interface{ HCL2Spec() map[string]hcldec.Spec } {
+	return new(FlatRegistryConfig)
+}
+
+// HCL2Spec returns the hcl spec of a RegistryConfig.
+// This spec is used by HCL to read the fields of RegistryConfig.
+// The decoded values from this spec will then be applied to a FlatRegistryConfig.
+func (*FlatRegistryConfig) HCL2Spec() map[string]hcldec.Spec {
+	s := map[string]hcldec.Spec{
+		"username":   &hcldec.AttrSpec{Name: "username", Type: cty.String, Required: false},
+		"password":   &hcldec.AttrSpec{Name: "password", Type: cty.String, Required: false},
+		"token":      &hcldec.AttrSpec{Name: "token", Type: cty.String, Required: false},
+		"ca_file":    &hcldec.AttrSpec{Name: "ca_file", Type: cty.String, Required: false},
+		"plain_http": &hcldec.AttrSpec{Name: "plain_http", Type: cty.Bool, Required: false},
 	}
 	return s
 }

@@ -25,17 +25,25 @@ func (r *run) signAndCheck() error {
 	var problems []string
 	byKernel := map[*targetKernel][]*kmod.Module{}
 	for _, m := range r.modules {
-		res, err := r.signer.SignFileResult(m.Host)
-		if err != nil {
-			problems = append(problems, fmt.Sprintf("%s: sign %s: %v", m.where(), filepath.Base(m.Host), err))
-			continue
+		// Modules from bundles and the cache are signed already (the
+		// cache: by signing_cert; a bundle: by signing_cert or one of
+		// trusted_certs); the others are signed here.
+		certs, against := []*x509.Certificate{r.cert}, "signing_cert"
+		if m.Presigned {
+			certs, against = r.trusted, "signing_cert or trusted_certs"
+		} else {
+			res, err := r.signer.SignFileResult(m.Host)
+			if err != nil {
+				problems = append(problems, fmt.Sprintf("%s: sign %s: %v", m.where(), filepath.Base(m.Host), err))
+				continue
+			}
+			if res.Replaced > 0 {
+				r.ui.Message(fmt.Sprintf("kmod: %s: replaced %d existing signature(s) (by %s)", m.where(), res.Replaced, res.PreviousSigner))
+			}
 		}
-		if res.Replaced > 0 {
-			r.ui.Message(fmt.Sprintf("kmod: %s: replaced %d existing signature(s) (by %s)", m.where(), res.Replaced, res.PreviousSigner))
-		}
-		vr, err := kmod.VerifyFile(m.Host, []*x509.Certificate{r.cert})
+		vr, err := kmod.VerifyFile(m.Host, certs)
 		if err != nil {
-			problems = append(problems, fmt.Sprintf("%s: signature does not verify against signing_cert: %v", m.where(), err))
+			problems = append(problems, fmt.Sprintf("%s: signature does not verify against %s: %v", m.where(), against, err))
 			continue
 		}
 		m.Verify = vr
@@ -138,6 +146,11 @@ func (r *run) conflicts(m *module) []string {
 
 // install puts the signed files in place and runs depmod for each kernel.
 func (r *run) install(ctx context.Context) error {
+	for _, nv := range r.toAdd {
+		if err := r.driver.Add(ctx, nv.Name, nv.Version); err != nil {
+			return fmt.Errorf("module %s %s: dkms add: %w", nv.Name, nv.Version, err)
+		}
+	}
 	for _, m := range r.modules {
 		if m.DKMS != nil {
 			// Into dkms's tree, then `dkms install` so dkms's bookkeeping
@@ -497,6 +510,11 @@ func isNetDriver(m *kmod.Module) bool {
 // loadOptions is the load configuration of this provisioning.
 func (r *run) loadOptions() loadconf.Options {
 	opts := r.cfg.loadOptions(r.loadOrder(), r.goarch)
+	// The load configuration the bundles carry, for what the template
+	// does not configure itself.
+	if mc := r.bundleModprobe(); mc != nil {
+		opts.Modprobe = append(opts.Modprobe, *mc)
+	}
 	for _, m := range r.modules {
 		if isNetDriver(m.Parsed) {
 			for _, p := range r.cfg.Profiles {

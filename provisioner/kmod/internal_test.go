@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
+
 	"github.com/kmodctl/packer-plugin-kmod/internal/fixture"
 )
 
@@ -28,7 +30,7 @@ func TestPrepareErrors(t *testing.T) {
 		{"no modules", func(m map[string]interface{}) { delete(m, "module") }, "at least one module block"},
 		{"two kinds", func(m map[string]interface{}) {
 			m["module"] = []map[string]interface{}{{"prebuilt": []string{ko}, "package": "x-dkms"}}
-		}, "module[0]: exactly one of source, package and prebuilt"},
+		}, "module[0]: exactly one of source, package, prebuilt and bundle"},
 		{"missing source", func(m map[string]interface{}) {
 			m["module"] = []map[string]interface{}{{"source": "/nonexistent/src"}}
 		}, "module[0].source"},
@@ -45,6 +47,31 @@ func TestPrepareErrors(t *testing.T) {
 		{"kernel name", func(m map[string]interface{}) { m["kernels"] = []string{"6.1 amd64"} }, "is not a kernel release"},
 		{"remove deps", func(m map[string]interface{}) { m["remove_build_dependencies"] = true }, "needs install_dependencies"},
 		{"profile", func(m map[string]interface{}) { m["profiles"] = []string{"aws", "oracle"} }, "oracle"},
+		{"bundle and prebuilt", func(m map[string]interface{}) {
+			m["module"] = []map[string]interface{}{{"prebuilt": []string{ko}, "bundle": "registry.example/kmod/x:1"}}
+		}, "exactly one of source, package, prebuilt and bundle"},
+		{"bundle reference", func(m map[string]interface{}) {
+			m["module"] = []map[string]interface{}{{"bundle": "Registry/UPPER case"}}
+		}, "module[0].bundle"},
+		{"trusted certs", func(m map[string]interface{}) { m["trusted_certs"] = []string{"/nonexistent/cert.pem"} }, "trusted_certs"},
+		{"publish repository", func(m map[string]interface{}) { m["publish"] = map[string]interface{}{"tag": "v1"} }, "publish.repository is required"},
+		{"publish with a tag", func(m map[string]interface{}) {
+			m["publish"] = map[string]interface{}{"repository": "registry.example:5000/kmod/x:v1"}
+		}, "without a tag or digest"},
+		{"publish tag", func(m map[string]interface{}) {
+			m["publish"] = map[string]interface{}{"repository": "registry.example/kmod/x", "tag": "a+b"}
+		}, "publish.tag"},
+		{"publish token and user", func(m map[string]interface{}) {
+			m["publish"] = map[string]interface{}{"repository": "registry.example/kmod/x", "token": "t", "username": "u", "password": "p"}
+		}, "publish: token and username/password are mutually exclusive"},
+		{"publish user alone", func(m map[string]interface{}) {
+			m["publish"] = map[string]interface{}{"repository": "registry.example/kmod/x", "username": "u"}
+		}, "publish: username needs password"},
+		{"publish ca file", func(m map[string]interface{}) {
+			m["publish"] = map[string]interface{}{"repository": "registry.example/kmod/x", "ca_file": "/nonexistent/ca.pem"}
+		}, "publish.ca_file"},
+		{"cache repository", func(m map[string]interface{}) { m["cache"] = map[string]interface{}{"plain_http": true} }, "cache.repository is required"},
+		{"registry password alone", func(m map[string]interface{}) { m["registry"] = map[string]interface{}{"password": "p"} }, "registry: password needs username"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -63,6 +90,15 @@ func TestPrepareErrors(t *testing.T) {
 	}
 	if cfg.Initramfs != "inject" || cfg.SigningHash != "sha256" || cfg.Kernels[0] != "installed" || !*cfg.Modules[0].Load {
 		t.Errorf("defaults: %+v", cfg)
+	}
+	raw := base()
+	raw["publish"] = map[string]interface{}{"repository": "oci:" + dir + "/layout", "password": "s3cret-value", "username": "u"}
+	var pc Config
+	if err := pc.Prepare(raw); err != nil || pc.Publish.Tag != "latest" {
+		t.Errorf("publish defaults: %v, tag %q", err, pc.Publish.Tag)
+	}
+	if got := packersdk.LogSecretFilter.FilterString("password is s3cret-value"); strings.Contains(got, "s3cret-value") {
+		t.Errorf("the registry password is not filtered from the log: %q", got)
 	}
 }
 

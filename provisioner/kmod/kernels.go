@@ -62,8 +62,11 @@ done`)
 }
 
 // loadKernel downloads what the checks need for release into hostRoot and
-// builds the kernel model.
-func loadKernel(ctx context.Context, t *target, release, hostRoot string) (*targetKernel, error) {
+// builds the kernel model. Without the kernel's headers (Module.symvers) or
+// a real System.map, vmlinux's exports are unknown: that is an error when
+// needExports, else the model has none (VmlinuxKnown false) and the checks
+// note what they could not check.
+func loadKernel(ctx context.Context, t *target, release, hostRoot string, needExports bool) (*targetKernel, error) {
 	k := &targetKernel{Release: release, HostDir: hostRoot, InTree: map[string]string{}, Aliases: map[string][]string{}}
 	moddir := "/lib/modules/" + release
 	// One round trip to learn which files exist.
@@ -166,10 +169,18 @@ done; exit 0`, shQuote(moddir), release, release, release, release, release, rel
 	if k.SystemMap != "" {
 		opts = append(opts, kmod.WithSystemMap(k.SystemMap))
 	}
-	if k.Symvers == "" && k.SystemMap == "" {
+	if k.Symvers == "" && k.SystemMap == "" && needExports {
 		return nil, fmt.Errorf("kernel %s: the image has neither its headers (Module.symvers) nor /boot/System.map-%s, so modules cannot be checked against it (install_dependencies installs the headers)", release, release)
 	}
 	if k.Model, err = kmod.LoadKernel(opts...); err != nil {
+		if k.Symvers == "" && k.SystemMap != "" && !needExports {
+			// Debian's placeholder System.map (the option given last):
+			// no exports at all.
+			k.SystemMap = ""
+			k.Model, err = kmod.LoadKernel(opts[:len(opts)-1]...)
+		}
+	}
+	if err != nil {
 		if k.Symvers == "" {
 			return nil, fmt.Errorf("kernel %s: %w (without the kernel's headers there is no Module.symvers to check modules against; install_dependencies installs them)", release, err)
 		}

@@ -28,6 +28,8 @@ func (r *run) obtain(ctx context.Context, i int) error {
 		return r.obtainSource(ctx, i, mc)
 	case mc.Package != "":
 		return r.obtainPackage(ctx, i, mc)
+	case mc.Bundle != "":
+		return r.obtainBundle(ctx, i, mc)
 	default:
 		return r.obtainPrebuilt(i, mc)
 	}
@@ -84,13 +86,39 @@ func (r *run) obtainPackage(ctx context.Context, i int, mc ModuleConfig) error {
 	return nil
 }
 
-// buildAll runs dkms add/build for every kernel and downloads the results.
+// buildAll runs dkms add/build for every kernel and downloads the results,
+// or takes them from the cache.
 func (r *run) buildAll(ctx context.Context, i int, mc ModuleConfig, nv dkms.NameVersion, src manifest.Source) error {
-	if err := r.driver.Add(ctx, nv.Name, nv.Version); err != nil {
-		return fmt.Errorf("module %s %s: dkms add: %w", nv.Name, nv.Version, err)
+	// dkms add before the first build; when every kernel hits the cache,
+	// at install (dkms install needs the module added, no build does).
+	added := false
+	add := func() error {
+		if added {
+			return nil
+		}
+		added = true
+		if err := r.driver.Add(ctx, nv.Name, nv.Version); err != nil {
+			return fmt.Errorf("module %s %s: dkms add: %w", nv.Name, nv.Version, err)
+		}
+		return nil
 	}
 	built := 0
 	for _, k := range r.kernels {
+		if r.cache != nil {
+			key, bi, why := r.cacheKey(ctx, k, nv, src)
+			switch {
+			case key == "":
+				r.ui.Message(fmt.Sprintf("kmod: cache: %s/%s for kernel %s is built and not cached: %s", nv.Name, nv.Version, k.Release, why))
+			case r.fromCache(ctx, i, mc, nv, src, k, key, bi):
+				built++
+				continue
+			default:
+				r.cache.pending = append(r.cache.pending, cacheEntry{key: key, nv: nv, kernel: k})
+			}
+		}
+		if err := add(); err != nil {
+			return err
+		}
 		r.ui.Say(fmt.Sprintf("kmod: dkms build %s/%s for kernel %s", nv.Name, nv.Version, k.Release))
 		res, err := r.driver.Build(ctx, nv.Name, nv.Version, k.Release, r.arch)
 		if err != nil {
@@ -119,6 +147,9 @@ func (r *run) buildAll(ctx context.Context, i int, mc ModuleConfig, nv dkms.Name
 	}
 	if built == 0 {
 		return fmt.Errorf("module %s %s: built for none of the kernels (%s)", nv.Name, nv.Version, r.kernelList())
+	}
+	if !added {
+		r.toAdd = append(r.toAdd, nv)
 	}
 	return nil
 }

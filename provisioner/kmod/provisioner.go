@@ -22,6 +22,7 @@ import (
 	"github.com/hashicorp/hcl/v2/hcldec"
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
 
+	"github.com/kmodctl/packer-plugin-kmod/bundle"
 	"github.com/kmodctl/packer-plugin-kmod/dkms"
 	"github.com/kmodctl/packer-plugin-kmod/firstboot"
 	"github.com/kmodctl/packer-plugin-kmod/internal/atomicfile"
@@ -92,8 +93,11 @@ type run struct {
 	cleanups []func() error
 	phases   []phase
 
-	signer   *kmod.Signer
-	cert     *x509.Certificate
+	signer *kmod.Signer
+	cert   *x509.Certificate
+	// trusted: signing_cert and trusted_certs, what module signatures
+	// (ours and bundles') must verify against.
+	trusted  []*x509.Certificate
 	keyAlgo  string
 	kernels  []*targetKernel
 	arch     string // dkms arch (uname -m form)
@@ -103,6 +107,14 @@ type run struct {
 	modules  []*module // every (kernel, module) to install, in load order
 	allow    map[string]bool
 	addedPkg []string
+	cache    *cache
+	// toAdd: modules taken from the cache for every kernel, added to dkms
+	// at install.
+	toAdd []dkms.NameVersion
+	// bundleLoad: the load configurations of the bundles modules came
+	// from.
+	bundleLoad []bundle.Load
+	manifest   *manifest.Manifest
 }
 
 type phase struct {
@@ -138,6 +150,9 @@ type module struct {
 	SHA256 string
 	Initrd string // sha256 of the copy in the initramfs
 	Verify *kmod.VerifyResult
+	// Presigned: from a bundle or the cache, signed already (verified,
+	// not signed again).
+	Presigned bool
 }
 
 func (m *module) where() string {
@@ -154,6 +169,9 @@ func (r *run) provision(ctx context.Context) error {
 		return err
 	}
 	r.allow = allow
+	if err := r.setupCache(); err != nil {
+		return err
+	}
 	if err := r.detectTarget(ctx); err != nil {
 		return err
 	}
@@ -185,6 +203,7 @@ func (r *run) provision(ctx context.Context) error {
 	if err := r.signAndCheck(); err != nil {
 		return err
 	}
+	r.pushCache(ctx)
 	r.timed("sign_check", t0)
 
 	t0 = time.Now()
@@ -213,20 +232,49 @@ func (r *run) provision(ctx context.Context) error {
 		return err
 	}
 	r.timed("finish", t0)
+
+	// Last: the image is complete; a failure here fails the build.
+	if r.cfg.Publish.Repository != "" {
+		t0 = time.Now()
+		if err := r.publish(ctx); err != nil {
+			return err
+		}
+		r.timed("publish", t0)
+	}
 	return nil
 }
 
-// setupSigning reads the key and certificate on the build host.
+// readCertFile reads the certificates of a PEM or DER file.
+func readCertFile(path string) ([]*x509.Certificate, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	certs, err := modsig.ParseCertificates(data)
+	if err == nil && len(certs) == 0 {
+		err = errors.New("no certificate in it")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return certs, nil
+}
+
+// setupSigning reads the key and certificates on the build host.
 func (r *run) setupSigning() error {
-	certData, err := os.ReadFile(r.cfg.SigningCert)
+	certs, err := readCertFile(r.cfg.SigningCert)
 	if err != nil {
 		return fmt.Errorf("signing_cert: %w", err)
 	}
-	certs, err := modsig.ParseCertificates(certData)
-	if err != nil || len(certs) == 0 {
-		return fmt.Errorf("signing_cert %s: %v", r.cfg.SigningCert, err)
-	}
 	r.cert = certs[0]
+	r.trusted = []*x509.Certificate{r.cert}
+	for _, p := range r.cfg.TrustedCerts {
+		cs, err := readCertFile(p)
+		if err != nil {
+			return fmt.Errorf("trusted_certs: %w", err)
+		}
+		r.trusted = append(r.trusted, cs...)
+	}
 	keyData := []byte(r.cfg.SigningKeyPEM)
 	what := "signing_key_pem"
 	if r.cfg.SigningKey != "" {
@@ -313,6 +361,16 @@ func archNames(a string) (goarch, machine string) {
 	return a, a
 }
 
+// onlyBundles: every module block is a bundle.
+func (r *run) onlyBundles() bool {
+	for _, m := range r.cfg.Modules {
+		if m.Bundle == "" {
+			return false
+		}
+	}
+	return true
+}
+
 func (r *run) needsDKMS() bool {
 	for _, m := range r.cfg.Modules {
 		if m.Source != "" || m.Package != "" {
@@ -392,11 +450,17 @@ func (r *run) prepareDKMS(ctx context.Context) error {
 }
 
 func (r *run) loadKernelData(ctx context.Context, k *targetKernel) error {
-	full, err := loadKernel(ctx, r.t, k.Release, k.HostDir)
+	// Modules from bundles only: the image needs no headers; without
+	// them, vmlinux's exports are not known here (the bundle's build
+	// checked the symbols and CRCs, and the kernel checks CRCs at load).
+	full, err := loadKernel(ctx, r.t, k.Release, k.HostDir, !r.onlyBundles())
 	if err != nil {
 		return err
 	}
 	*k = *full
+	if !k.Model.VmlinuxKnown {
+		r.ui.Message(fmt.Sprintf("kmod: kernel %s: no Module.symvers in the image: symbols and CRCs against vmlinux are not checked here (the bundles' builds checked them; the kernel checks CRCs when it loads a module)", k.Release))
+	}
 	if ok, why := kernelSupportsKey(k, r.keyAlgo, r.cfg.SigningHash); !ok {
 		return fmt.Errorf("signing key: %s", why)
 	}
@@ -437,22 +501,42 @@ const mokPath = "/var/lib/kmodctl/mok/kmodctl.der"
 // writeManifest records every installed module, per kernel, in load order.
 func (r *run) writeManifest(ctx context.Context) error {
 	m := &manifest.Manifest{Version: manifest.Version, Generator: "packer-plugin-kmod", Certificates: []manifest.Certificate{manifest.NewCertificate(r.cert)}}
+	listed := map[string]bool{m.Certificates[0].SHA256: true}
 	for _, k := range r.kernels {
 		mk := manifest.Kernel{Release: k.Release}
 		for _, mod := range r.modules {
 			if mod.Kernel != k {
 				continue
 			}
-			entry, err := manifest.ModuleFromFile(mod.Host, mod.Dest, []*x509.Certificate{r.cert})
+			entry, err := manifest.ModuleFromFile(mod.Host, mod.Dest, r.trusted)
 			if err != nil {
 				return fmt.Errorf("manifest: %s: %w", mod.where(), err)
+			}
+			// A bundle's module signed by one of trusted_certs: that
+			// certificate verifies it on the instance too.
+			if mod.Verify != nil && mod.Verify.Certificate != nil {
+				c := manifest.NewCertificate(mod.Verify.Certificate)
+				if !listed[c.SHA256] {
+					listed[c.SHA256] = true
+					m.Certificates = append(m.Certificates, c)
+				}
 			}
 			entry.Early, entry.Load, entry.Source, entry.InitramfsSHA256 = mod.Early, mod.Load, mod.Source, mod.Initrd
 			mk.Modules = append(mk.Modules, entry)
 		}
 		m.Kernels = append(m.Kernels, mk)
 	}
-	data, err := m.Marshal()
+	r.manifest = m
+	if err := r.saveManifest(ctx); err != nil {
+		return err
+	}
+	r.ui.Say(fmt.Sprintf("kmod: manifest %s: %d module files for %d kernels", manifest.Path, len(r.modules), len(r.kernels)))
+	return nil
+}
+
+// saveManifest writes r.manifest into the image and to manifest_output.
+func (r *run) saveManifest(ctx context.Context) error {
+	data, err := r.manifest.Marshal()
 	if err != nil {
 		return err
 	}
@@ -464,7 +548,6 @@ func (r *run) writeManifest(ctx context.Context) error {
 			return fmt.Errorf("manifest_output: %w", err)
 		}
 	}
-	r.ui.Say(fmt.Sprintf("kmod: manifest %s: %d module files for %d kernels", manifest.Path, len(r.modules), len(r.kernels)))
 	return nil
 }
 

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/kmodctl/packer-plugin-kmod/dkms"
+	"github.com/kmodctl/packer-plugin-kmod/internal/registrytest"
 )
 
 // benchProvisioner: a real `packer build` (bin/packer, the plugin from make
@@ -124,7 +125,7 @@ AUTOINSTALL="yes"
 	var early time.Duration
 	for i := 0; i < runs; i++ {
 		run("sync")
-		r, out, err := provisionerBuild(packer, env, work, raw, marker, base, key, cert, i)
+		r, out, err := provisionerBuild(packer, env, work, raw, marker, base, key, cert, "", i)
 		if err != nil || interrupted() {
 			keep = true
 			tail := out
@@ -161,10 +162,41 @@ AUTOINSTALL="yes"
 		fmt.Println()
 	}
 
+	// The warm case: the same build with the DKMS build cache in a local
+	// docker-registry, filled by one build first, then hit.
+	reg, err := registrytest.New(filepath.Join(work, "registry"), registrytest.Options{})
+	if reg != nil {
+		defer reg.Stop()
+	}
+	must(err)
+	cacheBlock := fmt.Sprintf("    cache {\n      repository = %q\n      plain_http = true\n    }\n", reg.Ref("bench/cache"))
+	if _, out, err := provisionerBuild(packer, env, work, raw, marker, base, key, cert, cacheBlock, runs); err != nil || !strings.Contains(out, "cache: stored") {
+		keep = true
+		must(fmt.Errorf("cache fill build: %v\n%s", err, lastN(out, 4000)))
+	}
+	var warm []provRun
+	for i := 0; i < runs; i++ {
+		run("sync")
+		r, out, err := provisionerBuild(packer, env, work, raw, marker, base, key, cert, cacheBlock, runs+1+i)
+		if err != nil || strings.Count(out, "cache hit for") != 2*r.kernels || interrupted() {
+			keep = true
+			must(fmt.Errorf("warm build (want 2 cache hits per kernel): %v\n%s", err, lastN(out, 4000)))
+		}
+		warm = append(warm, r)
+		fmt.Printf("  provisioner warm run %d: packer build %.2fs, kmod %.2fs, build phase %.2fs\n", i+1, r.wall.Seconds(), r.total.Seconds(), r.phases["build"].Seconds())
+	}
+
 	nk := ours[0].kernels
 	pr := func(f func(provRun) time.Duration) time.Duration {
 		var ds []time.Duration
 		for _, r := range ours {
+			ds = append(ds, f(r))
+		}
+		return median(ds)
+	}
+	prw := func(f func(provRun) time.Duration) time.Duration {
+		var ds []time.Duration
+		for _, r := range warm {
 			ds = append(ds, f(r))
 		}
 		return median(ds)
@@ -197,6 +229,7 @@ AUTOINSTALL="yes"
 		"dependencies": "dkms signing off for the build (none to install here)",
 		"kernel_data":  "each kernel's config, Module.symvers, modules.builtin and the like, downloaded",
 		"build":        "upload of the sources, dkms add + build per kernel, download of the .ko files",
+		"publish":      "bundles pushed to the registry (publish block)",
 		"sign_check":   "signing on the build host, vermagic/symbol/CRC/signature checks",
 		"install":      "upload, dkms install --force per module, depmod -a, load configuration",
 		"initramfs":    "the early module injected into each kernel's initramfs",
@@ -212,6 +245,14 @@ AUTOINSTALL="yes"
 			runs, aBuild.Seconds(), aInstall.Seconds()))
 	report("provisioner anchor + update-initramfs -u (early)", secs(anchor+early),
 		fmt.Sprintf("once: update-initramfs -u took %.2f s (the plugin injects instead)", early.Seconds()))
+	wTotal := prw(func(r provRun) time.Duration { return r.total })
+	wBuild := prw(func(r provRun) time.Duration { return r.phases["build"] })
+	report("provisioner warm (cache hit): kmod total", secs(wTotal), fmt.Sprintf("median of %d; build phase %.2f s (build inputs read, cache lookup and pull; dkms add moves to install)", runs, wBuild.Seconds()))
+	speedup := build.Seconds() / wBuild.Seconds()
+	report("provisioner build phase cold / warm", fmt.Sprintf("%.1fx", speedup), "goal >= 10x: "+passMiss(speedup >= 10))
+	limit := total - build + 2*time.Second*time.Duration(nk)
+	report("provisioner warm total vs cold total - cold build + 2 s/kernel", fmt.Sprintf("%.2f s", wTotal.Seconds()),
+		fmt.Sprintf("limit %.2f s: %s", limit.Seconds(), passMiss(wTotal <= limit)))
 	report("provisioner kmod total / anchor", fmt.Sprintf("%.2fx", total.Seconds()/anchor.Seconds()),
 		fmt.Sprintf("build phase / anchor add+build: %.2fx; overhead / anchor install: %.2fx; total / anchor with update-initramfs: %.2fx",
 			build.Seconds()/aBuild.Seconds(), overhead.Seconds()/aInstall.Seconds(), total.Seconds()/(anchor+early).Seconds()))
@@ -234,7 +275,8 @@ var (
 
 // provisionerBuild runs one build into a fresh output folder under work and
 // returns the provisioner's timings. The folder is removed after a success.
-func provisionerBuild(packer string, env []string, work, source, marker, base, key, cert string, i int) (provRun, string, error) {
+// cacheBlock, when not empty, is the provisioner's cache block.
+func provisionerBuild(packer string, env []string, work, source, marker, base, key, cert, cacheBlock string, i int) (provRun, string, error) {
 	dir := filepath.Join(work, fmt.Sprintf("run%d", i))
 	must(os.MkdirAll(dir, 0o755))
 	tpl := filepath.Join(dir, "bench.pkr.hcl")
@@ -260,9 +302,9 @@ build {
     module {
       source = %q
     }
-  }
+%s  }
 }
-`, source, filepath.Join(dir, "out"), filepath.Join(dir, "mnt"), cert, key, marker, base)), 0o644))
+`, source, filepath.Join(dir, "out"), filepath.Join(dir, "mnt"), cert, key, marker, base, cacheBlock)), 0o644))
 	cmd := exec.Command(packer, "build", tpl)
 	cmd.Dir = dir
 	cmd.Env = env
@@ -429,4 +471,12 @@ func dkmsAnchorRun(work, rootfs, kver, marker, base, key, cert string, nvs []str
 		ns[i] = time.Duration(v)
 	}
 	return dkmsAnchor{add: ns[0], build: ns[1], install: ns[2], initramfs: ns[3]}, nil
+}
+
+// lastN is the end of s, at most n bytes.
+func lastN(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
 }
