@@ -19,6 +19,20 @@ import (
 // when it exists, must be a directory that holds only regular files (a
 // bundle's directory, not a tree).
 func (b *Bundle) WriteDir(dir string, mode os.FileMode) error {
+	return b.writeDir(dir, mode, b.FileNames())
+}
+
+// WriteModules is WriteDir with the module files only (no certificates):
+// for a directory of a kernel's module tree.
+func (b *Bundle) WriteModules(dir string, mode os.FileMode) error {
+	var names []string
+	for _, m := range b.Config.Modules {
+		names = append(names, m.File)
+	}
+	return b.writeDir(dir, mode, names)
+}
+
+func (b *Bundle) writeDir(dir string, mode os.FileMode, names []string) error {
 	dir = filepath.Clean(dir)
 	parent := filepath.Dir(dir)
 	old, err := os.Lstat(dir)
@@ -45,7 +59,7 @@ func (b *Bundle) WriteDir(dir string, mode os.FileMode) error {
 	if err := os.Chmod(tmp, 0o755); err != nil {
 		return fmt.Errorf("write %s: %w", dir, err)
 	}
-	for _, name := range b.FileNames() {
+	for _, name := range names {
 		if err := writeSynced(filepath.Join(tmp, name), b.files[name], mode); err != nil {
 			return fmt.Errorf("write %s: %w", filepath.Join(dir, name), err)
 		}

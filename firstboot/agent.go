@@ -209,6 +209,24 @@ func check(ctx context.Context, o Options) *checker {
 	}
 	k, ok := m.Kernel(o.Kernel)
 	if !ok {
+		// A kernel the image does not cover may have been pulled
+		// (PulledPath): its modules are checked like the image's,
+		// against the image manifest's certificates.
+		st, err := readPulled(o.Root)
+		if err != nil {
+			c.res.Errors = append(c.res.Errors, fmt.Sprintf("%s: %v", PulledPath, err))
+		} else if st != nil {
+			if k, ok = st.Kernel(o.Kernel); ok {
+				c.res.Pulled = true
+				for _, b := range st.Bundles {
+					if b.Release == o.Kernel {
+						c.res.PulledFrom = b.Reference
+					}
+				}
+			}
+		}
+	}
+	if !ok {
 		c.writeBlocked()
 		return c
 	}

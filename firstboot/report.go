@@ -133,9 +133,12 @@ type VerifyResult struct {
 	InstanceIDSource string `json:"instance_id_source"`
 	BootID           string `json:"boot_id"`
 	Kernel           string `json:"kernel"`
-	// Covered: the manifest lists the kernel.
-	Covered bool           `json:"covered"`
-	Modules []ModuleReport `json:"modules"`
+	// Covered: the manifest lists the kernel, or its modules were pulled
+	// (Pulled; PulledFrom names the bundle manifest).
+	Covered    bool           `json:"covered"`
+	Pulled     bool           `json:"pulled,omitempty"`
+	PulledFrom string         `json:"pulled_from,omitempty"`
+	Modules    []ModuleReport `json:"modules"`
 	// GeneratedAt is when the result was made (Options.Now).
 	GeneratedAt time.Time `json:"generated_at"`
 	// Manifest is the manifest's path in the image; ManifestError why it
@@ -174,6 +177,9 @@ type Report struct {
 	// Lockdown is the lockdown's outcome, when Options.Lockdown asked for
 	// it.
 	Lockdown *LockdownResult `json:"lockdown,omitempty"`
+	// Pull is the last pull's outcome for the running kernel (the pull
+	// unit writes it; Run keeps it).
+	Pull *PullResult `json:"pull,omitempty"`
 }
 
 // LockdownResult is the outcome of setting kernel.modules_disabled.
@@ -208,6 +214,9 @@ func (v *VerifyResult) Summary() string {
 		fmt.Fprintf(&b, "uncovered kernel %s: the manifest has no modules for it", v.Kernel)
 	default:
 		fmt.Fprintf(&b, "%d/%d modules verified", v.Verified, v.Total)
+		if v.Pulled {
+			b.WriteString(" (pulled)")
+		}
 		if len(v.Blocked) > 0 {
 			fmt.Fprintf(&b, "; blocked: %s", strings.Join(v.Blocked, ", "))
 		} else if len(v.Drifted) > 0 {
@@ -304,4 +313,35 @@ func writeJSON(path string, v any) error {
 		return err
 	}
 	return atomicfile.WriteFile(path, data, 0o644)
+}
+
+// WritePull records a pull's outcome in the report at path: the report's
+// Pull field is set (the rest kept), or a report holding only the kernel
+// and the pull is written when there is none yet.
+func WritePull(path string, p *PullResult) error {
+	r := &Report{}
+	if data, err := os.ReadFile(path); err == nil {
+		if json.Unmarshal(data, r) != nil {
+			r = &Report{}
+		}
+	}
+	if r.Kernel == "" {
+		r.Kernel = p.Kernel
+		r.GeneratedAt = time.Now().UTC()
+	}
+	r.Pull = p
+	return writeJSON(path, r)
+}
+
+// KeepPull copies into r the pull recorded for r's kernel in the report at
+// path (Run's report replaces the file; the pull's outcome stays).
+func KeepPull(path string, r *Report) {
+	old := &Report{}
+	data, err := os.ReadFile(path)
+	if err != nil || json.Unmarshal(data, old) != nil {
+		return
+	}
+	if old.Pull != nil && old.Pull.Kernel == r.Kernel && r.Pull == nil {
+		r.Pull = old.Pull
+	}
 }

@@ -46,6 +46,11 @@ type HookSettings struct {
 	// DefaultAgentPath): an absolute, clean path of letters, digits and
 	// "._+-" only, so it needs no quoting in a unit or a shell script.
 	AgentPath string
+	// Pull installs kmodctl-pull.service, which pulls the modules of a
+	// running kernel the image does not cover from the bundle of
+	// PullConfigPath once the network is online, and the kernel hook
+	// KernelHookPath, which does the same when a kernel is installed.
+	Pull bool
 }
 
 // File is a file RenderHook renders: its absolute path in the image, its
@@ -83,6 +88,7 @@ const (
 	VerifyUnit       = "kmodctl-verify.service"
 	FirstbootUnit    = "kmodctl-firstboot.service"
 	LockdownUnit     = "kmodctl-lockdown.service"
+	PullUnit         = "kmodctl-pull.service"
 	CloudInitOnceDir = "/var/lib/cloud/scripts/per-instance"
 	CloudInitBootDir = "/var/lib/cloud/scripts/per-boot"
 	CloudInitScript  = "kmodctl-firstboot"
@@ -246,7 +252,13 @@ func RenderHook(s HookSettings) ([]File, []Link, error) {
 		links = append(links, Link{Path: hookUnitDir + "/" + wantedBy + ".wants/" + name, Target: p})
 	}
 
-	unit(VerifyUnit, "sysinit.target", hookRenderVerify(s, policy))
+	verifyPolicy := policy
+	if s.Pull {
+		// Verify runs before the network: an uncovered kernel may still be
+		// pulled, and the pull and first-boot units carry the policy.
+		verifyPolicy = fmt.Sprintf("--on-drift=%s --on-uncovered=%s", s.OnDrift, PolicyWarn)
+	}
+	unit(VerifyUnit, "sysinit.target", hookRenderVerify(s, verifyPolicy))
 	if s.Hook == HookSystemd {
 		unit(FirstbootUnit, "multi-user.target", hookRenderFirstboot(s, run))
 	} else {
@@ -259,7 +271,68 @@ func RenderHook(s HookSettings) ([]File, []Link, error) {
 	if s.Lockdown {
 		unit(LockdownUnit, "multi-user.target", hookRenderLockdown(s))
 	}
+	if s.Pull {
+		unit(PullUnit, "multi-user.target", hookRenderPull(s))
+		files = append(files, File{Path: KernelHookPath, Content: []byte(hookRenderKernelHook(s)), Mode: 0o755})
+	}
 	return files, links, nil
+}
+
+func hookRenderPull(s HookSettings) string {
+	before := ""
+	if s.Hook == HookSystemd && !s.NetworkDriver {
+		// The first-boot part then finds the pulled modules (with a
+		// network driver it runs before the network: it cannot wait).
+		before = "Before=" + FirstbootUnit + "\n"
+	}
+	return hookHeader("pulls the signed modules of a kernel the image does not cover") + `#
+# When the running kernel is not one the image's manifest covers (a newer
+# kernel installed since the image was built), the kmodctl agent pulls
+# its signed modules from the bundle ` + PullConfigPath + ` names, once the
+# network is online: every module is verified against the image manifest's
+# certificates (the trust anchor is the image, never the registry),
+# installed under /lib/modules/KVER/` + PulledDir + `, depmod'ed and loaded;
+# ` + PulledPath + ` records them, and kmodctl-verify.service checks
+# them on every later boot like the image's own. Nothing happens for a
+# covered kernel or one pulled before. The outcome is in ` + ReportPath + `
+# (pull) and the journal; a failed pull fails this unit only when the
+# settings' on_failure is fail.
+[Unit]
+Description=kmodctl: pull the signed modules of a kernel the image does not cover
+Wants=network-online.target
+After=network-online.target systemd-modules-load.service ` + VerifyUnit + `
+` + before + `ConditionVirtualization=` + s.ConditionVirtualization + `
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=` + s.AgentPath + ` firstboot pull
+StandardOutput=journal+console
+TimeoutStartSec=10min
+
+[Install]
+WantedBy=multi-user.target
+`
+}
+
+func hookRenderKernelHook(s HookSettings) string {
+	return "#!/bin/sh\n" + hookHeader("pulls the signed modules of a newly installed kernel") + `#
+# run-parts calls it with the new kernel's release when a kernel package is
+# installed. For a kernel the image does not cover, the kmodctl agent pulls
+# its signed modules from the bundle ` + PullConfigPath + ` names,
+# verifies them against the image manifest's certificates, installs and
+# depmod's them, and puts the early ones into the kernel's initramfs (the
+# initramfs-tools and dracut hooks, which sort before this one, have
+# generated it; a later regeneration keeps them, as their tools' module
+# lists name them). The first boot of that kernel then has its modules.
+# Offline, or without a bundle for the kernel, it logs and leaves the
+# kernel install alone: it never fails.
+version="$1"
+[ -n "$version" ] || exit 0
+[ -x ` + s.AgentPath + ` ] || exit 0
+` + s.AgentPath + ` firstboot pull --kernel "$version" --no-load --hook >&2 || true
+exit 0
+`
 }
 
 // hookHeader is the comment every file starts with (after the script's
@@ -367,7 +440,11 @@ Before=network-pre.target shutdown.target
 Conflicts=shutdown.target
 `)
 	} else {
-		b.WriteString(`After=local-fs.target systemd-modules-load.service ` + VerifyUnit + `
+		after := "local-fs.target systemd-modules-load.service " + VerifyUnit
+		if s.Pull {
+			after += " " + PullUnit
+		}
+		b.WriteString(`After=` + after + `
 `)
 	}
 	b.WriteString(`ConditionVirtualization=` + s.ConditionVirtualization + `

@@ -659,6 +659,9 @@ func TestRenderHookSystemdAnalyze(t *testing.T) {
 		}
 		settings = append(settings, HookSettings{Hook: hook, Mode: "every-boot", OnDrift: "fail", OnUncovered: "fail",
 			Lockdown: true, NetworkDriver: true, ConditionVirtualization: "!container", AgentPath: "/opt/kmodctl/bin/kmodctl"})
+		for _, net := range []bool{false, true} {
+			settings = append(settings, HookSettings{Hook: hook, Pull: true, Lockdown: true, NetworkDriver: net})
+		}
 	}
 	check := func(phase string) {
 		for _, s := range settings {
@@ -669,7 +672,7 @@ func TestRenderHookSystemdAnalyze(t *testing.T) {
 					units = append(units, filepath.Base(f.Path))
 				}
 			}
-			name := fmt.Sprintf("%s/%s/mode=%s/lockdown=%v/net=%v", phase, s.Hook, s.Mode, s.Lockdown, s.NetworkDriver)
+			name := fmt.Sprintf("%s/%s/mode=%s/lockdown=%v/net=%v/pull=%v", phase, s.Hook, s.Mode, s.Lockdown, s.NetworkDriver, s.Pull)
 			t.Run(name, func(t *testing.T) {
 				h.t = t
 				defer func() { h.t = parent }()
@@ -777,4 +780,42 @@ func sortedLinks(l []Link) []Link {
 	l = slices.Clone(l)
 	slices.SortFunc(l, func(a, b Link) int { return strings.Compare(a.Path, b.Path) })
 	return l
+}
+
+// With pull: the pull unit and the kernel hook are there; verify, which runs
+// before the network, only warns on an uncovered kernel (it may still be
+// pulled); the pull and first-boot units carry the policy.
+func TestRenderHookPull(t *testing.T) {
+	files, links, err := RenderHook(HookSettings{Hook: HookSystemd, OnUncovered: "fail", Pull: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, f := range files {
+		got[f.Path] = string(f.Content)
+	}
+	verify, first, pull := got[hookUnitDir+"/"+VerifyUnit], got[hookUnitDir+"/"+FirstbootUnit], got[hookUnitDir+"/"+PullUnit]
+	if !strings.Contains(verify, "--on-uncovered=warn") || !strings.Contains(first, "--on-uncovered=fail") {
+		t.Errorf("policies:\nverify: %s\nfirstboot: %s", verify, first)
+	}
+	if !strings.Contains(pull, "After=network-online.target") || !strings.Contains(pull, "Before="+FirstbootUnit) || !strings.Contains(first, PullUnit) {
+		t.Errorf("ordering:\n%s\n%s", pull, first)
+	}
+	if hook, ok := got[KernelHookPath]; !ok || !strings.Contains(hook, "|| true") {
+		t.Errorf("kernel hook: %q", hook)
+	}
+	found := false
+	for _, l := range links {
+		found = found || l.Path == hookUnitDir+"/multi-user.target.wants/"+PullUnit
+	}
+	if !found {
+		t.Errorf("the pull unit is not enabled: %+v", links)
+	}
+	// Without pull, none of it.
+	files, _, _ = RenderHook(HookSettings{Hook: HookSystemd})
+	for _, f := range files {
+		if f.Path == KernelHookPath || strings.HasSuffix(f.Path, PullUnit) {
+			t.Errorf("%s rendered without pull", f.Path)
+		}
+	}
 }

@@ -102,7 +102,7 @@ func newFirstbootCmd() *cobra.Command {
 			"(" + firstboot.BlockedPath + ") and never loaded.\n\n" +
 			"Exit status: 0 when everything passed or the policies (--on-drift, --on-uncovered) say warn; 1 otherwise.",
 	}
-	cmd.AddCommand(newFirstbootVerifyCmd(), newFirstbootRunCmd(), newFirstbootLockdownCmd())
+	cmd.AddCommand(newFirstbootVerifyCmd(), newFirstbootRunCmd(), newFirstbootLockdownCmd(), newFirstbootPullCmd())
 	return cmd
 }
 
@@ -169,6 +169,9 @@ func newFirstbootRunCmd() *cobra.Command {
 				return err
 			}
 			path := f.reportPath(firstboot.ReportPath)
+			if path != "-" {
+				firstboot.KeepPull(path, r)
+			}
 			ferr := f.finish(cmd, path, r, func(p string) error { return firstboot.WriteReport(p, r) },
 				r.SummaryLine, r.Status, r.Modules, append(r.Errors, r.Warnings...))
 			if once && cmd.Context().Err() == nil {
@@ -222,5 +225,65 @@ func newFirstbootLockdownCmd() *cobra.Command {
 		},
 	}
 	f.add(cmd, firstboot.LockdownReportPath, false)
+	return cmd
+}
+
+func newFirstbootPullCmd() *cobra.Command {
+	var root, kernel, config, report, manifestPath string
+	var noLoad, hook, verbose bool
+	cmd := &cobra.Command{
+		Use:   "pull",
+		Short: "Pull the signed modules of a kernel the image does not cover from its bundle (" + firstboot.PullConfigPath + ")",
+		Long: "For a kernel the image's manifest does not cover (default: the running one), pulls the bundle " +
+			firstboot.PullConfigPath + " names for that kernel and the image's architecture, verifies every module " +
+			"against the image manifest's certificates and the bundle's sha256s, installs them under " +
+			"/lib/modules/KVER/" + firstboot.PulledDir + ", runs depmod, puts the early ones into the kernel's " +
+			"initramfs, writes the bundle's modprobe settings (" + firstboot.PulledModprobePath + ") and records " +
+			"everything in " + firstboot.PulledPath + "; then loads them (not with --no-load) and records the " +
+			"outcome in the report. A module that fails verification is never installed. Exit status: 0, or 1 " +
+			"when the pull failed and the settings' on_failure is fail (--hook: always 0, for a kernel's " +
+			"postinst hook, which must never fail a package install).",
+		Args: usageArgs(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o := firstboot.PullOptions{Options: firstboot.Options{Root: root, Kernel: kernel, Manifest: manifestPath}, Config: config, Load: !noLoad}
+			p, err := firstboot.Pull(cmd.Context(), o)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), p.SummaryLine)
+			if verbose || p.Status != firstboot.StatusOK {
+				for _, w := range p.Warnings {
+					fmt.Fprintf(cmd.ErrOrStderr(), "kmodctl: %s\n", w)
+				}
+				for _, m := range p.Modules {
+					if m.Error != "" {
+						fmt.Fprintf(cmd.ErrOrStderr(), "kmodctl: %s: %s\n", m.Name, m.Error)
+					}
+				}
+			}
+			rp := report
+			if rp == "" {
+				rp = filepath.Join(root, firstboot.ReportPath)
+			}
+			if p.Outcome != firstboot.PullCovered {
+				if err := firstboot.WritePull(rp, p); err != nil {
+					fmt.Fprintf(cmd.ErrOrStderr(), "kmodctl: write the report: %v\n", err)
+				}
+			}
+			if p.Status == firstboot.StatusFail && !hook {
+				return errQuiet{"failed"}
+			}
+			return nil
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&root, "root", "/", "the system's root: every path is taken under it (a directory tree, for tests)")
+	fl.StringVar(&kernel, "kernel", "", "the kernel release (default: uname -r)")
+	fl.StringVar(&manifestPath, "manifest", "", "the manifest's path under --root (default "+manifestDefault+")")
+	fl.StringVar(&config, "config", "", "the pull settings' path under --root (default "+firstboot.PullConfigPath+")")
+	fl.StringVar(&report, "report", "", "the report to record the pull in (default --root joined with "+firstboot.ReportPath+")")
+	fl.BoolVar(&noLoad, "no-load", false, "install only: do not load the modules (the kernel is not the running one)")
+	fl.BoolVar(&hook, "hook", false, "exit 0 whatever happened (for /etc/kernel/postinst.d)")
+	fl.BoolVarP(&verbose, "verbose", "v", false, "print the warnings")
 	return cmd
 }

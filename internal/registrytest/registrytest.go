@@ -42,6 +42,9 @@ type Options struct {
 	TLS bool
 	// Auth requires htpasswd basic authentication (Username, Password).
 	Auth bool
+	// IPs are more addresses the TLS certificate is for (a QEMU guest
+	// reaches the registry through a guestfwd address).
+	IPs []net.IP
 }
 
 // Registry is a running registry.
@@ -290,7 +293,7 @@ func (r *Registry) makeTLS() error {
 		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
 		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, DNSNames: []string{"localhost"},
+		IPAddresses: append([]net.IP{net.IPv4(127, 0, 0, 1)}, r.opts.IPs...), DNSNames: []string{"localhost"},
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, r.CA, &key.PublicKey, caKey)
 	if err != nil {

@@ -191,7 +191,12 @@ type PublishConfig struct {
 	Repository string `mapstructure:"repository" required:"true"`
 	// The index's tag (default `latest`). Each kernel's manifest is also
 	// tagged with its kernel release (see the bundle format).
-	Tag            string `mapstructure:"tag"`
+	Tag string `mapstructure:"tag"`
+	// Keep the kernels of the index already at `tag` that this build does
+	// not replace (same release and arch), so one tag grows as builds
+	// cover new kernels: the tag instances pull from
+	// (`firstboot { on_uncovered = "pull" }`).
+	Merge          bool `mapstructure:"merge"`
 	RegistryConfig `mapstructure:",squash"`
 }
 
@@ -226,8 +231,29 @@ type FirstbootConfig struct {
 	Mode string `mapstructure:"mode"`
 	// `warn` or `fail` when a module's content differs from the manifest.
 	OnDrift string `mapstructure:"on_drift"`
-	// `warn` or `fail` when the running kernel is not in the manifest.
+	// `warn` or `fail` when the running kernel is not in the manifest;
+	// `pull`: pull the signed modules of such a kernel from `bundle`
+	// (kmodctl-pull.service once the network is online, and a kernel
+	// postinst hook when a kernel is installed), then `on_uncovered_failure`
+	// applies when that fails.
 	OnUncovered string `mapstructure:"on_uncovered"`
+	// With `on_uncovered = "pull"`: the bundle reference
+	// (`registry/repo[:tag|@digest]`), typically what `publish` pushes.
+	// Kernels are selected by their exact release.
+	Bundle string `mapstructure:"bundle"`
+	// With `pull`: a Docker-style auth file on the instance (written there
+	// by cloud-init user data, for example); the build bakes no
+	// credentials in. Without it the instance pulls anonymously.
+	RegistryAuthFile string `mapstructure:"registry_auth_file"`
+	// With `pull`: a PEM CA file on the build host for the registry's TLS,
+	// copied into the image (/etc/kmodctl/registry-ca.pem).
+	CAFile string `mapstructure:"ca_file"`
+	// With `pull`: allow plain HTTP to the registry.
+	PlainHTTP bool `mapstructure:"plain_http"`
+	// With `pull`: `warn` (default) or `fail` when the pull fails (the
+	// registry unreachable, no bundle for the kernel, a module that does
+	// not verify: it is never installed).
+	OnUncoveredFailure string `mapstructure:"on_uncovered_failure"`
 	// Set kernel.modules_disabled=1 once the managed modules are loaded.
 	Lockdown bool `mapstructure:"lockdown"`
 	// systemd's ConditionVirtualization= for the units (default `vm`).
@@ -403,11 +429,8 @@ func (c *Config) Prepare(raws ...interface{}) error {
 		}
 	}
 	if c.Firstboot.Hook != hookNone {
-		if _, _, err := firstboot.RenderHook(firstboot.HookSettings{
-			Hook: c.Firstboot.Hook, Mode: c.Firstboot.Mode, OnDrift: c.Firstboot.OnDrift,
-			OnUncovered: c.Firstboot.OnUncovered, Lockdown: c.Firstboot.Lockdown,
-			ConditionVirtualization: c.Firstboot.ConditionVirtualization,
-		}); err != nil {
+		c.Firstboot.validatePull(add)
+		if _, _, err := firstboot.RenderHook(c.Firstboot.hookSettings(false)); err != nil {
 			add("firstboot: %v", err)
 		}
 	}
@@ -421,6 +444,65 @@ func (c *Config) Prepare(raws ...interface{}) error {
 		return errs
 	}
 	return nil
+}
+
+// pulls says whether the hook pulls the modules of uncovered kernels.
+func (f *FirstbootConfig) pulls() bool { return f.OnUncovered == "pull" }
+
+// hookSettings are the first-boot hook's settings.
+func (f *FirstbootConfig) hookSettings(netDriver bool) firstboot.HookSettings {
+	s := firstboot.HookSettings{Hook: f.Hook, Mode: f.Mode, OnDrift: f.OnDrift, OnUncovered: f.OnUncovered,
+		Lockdown: f.Lockdown, ConditionVirtualization: f.ConditionVirtualization, NetworkDriver: netDriver}
+	if f.pulls() {
+		// After a failed pull the kernel is uncovered: on_uncovered_failure.
+		s.Pull, s.OnUncovered = true, f.OnUncoveredFailure
+	}
+	return s
+}
+
+// pullConfig is what the image's pull settings file holds.
+func (f *FirstbootConfig) pullConfig() *firstboot.PullConfig {
+	c := &firstboot.PullConfig{Bundle: f.Bundle, AuthFile: f.RegistryAuthFile, PlainHTTP: f.PlainHTTP, OnFailure: firstboot.Policy(f.OnUncoveredFailure)}
+	if f.CAFile != "" {
+		c.CAFile = pullCAPath
+	}
+	return c
+}
+
+// pullCAPath is where the registry's CA goes in the image.
+const pullCAPath = "/etc/kmodctl/registry-ca.pem"
+
+// validatePull checks the pull settings.
+func (f *FirstbootConfig) validatePull(add func(string, ...interface{})) {
+	pullOnly := map[string]bool{"bundle": f.Bundle != "", "registry_auth_file": f.RegistryAuthFile != "", "ca_file": f.CAFile != "",
+		"plain_http": f.PlainHTTP, "on_uncovered_failure": f.OnUncoveredFailure != ""}
+	if !f.pulls() {
+		for _, n := range []string{"bundle", "registry_auth_file", "ca_file", "plain_http", "on_uncovered_failure"} {
+			if pullOnly[n] {
+				add("firstboot.%s needs on_uncovered = \"pull\"", n)
+			}
+		}
+		return
+	}
+	switch f.OnUncoveredFailure {
+	case "":
+		f.OnUncoveredFailure = "warn"
+	case "warn", "fail":
+	default:
+		add("firstboot.on_uncovered_failure %q: want warn or fail", f.OnUncoveredFailure)
+		return
+	}
+	if f.Bundle == "" {
+		add("firstboot: on_uncovered = \"pull\" needs bundle (the registry reference of the published bundles)")
+	}
+	if f.CAFile != "" {
+		if _, err := os.Stat(f.CAFile); err != nil {
+			add("firstboot.ca_file: %v", err)
+		}
+	}
+	if err := f.pullConfig().Validate(); err != nil && f.Bundle != "" {
+		add("firstboot: %v", err)
+	}
 }
 
 // loadOptions is the loadconf input for the given managed modules (in load

@@ -138,6 +138,11 @@ type FlatFirstbootConfig struct {
 	Mode                    *string `mapstructure:"mode" cty:"mode" hcl:"mode"`
 	OnDrift                 *string `mapstructure:"on_drift" cty:"on_drift" hcl:"on_drift"`
 	OnUncovered             *string `mapstructure:"on_uncovered" cty:"on_uncovered" hcl:"on_uncovered"`
+	Bundle                  *string `mapstructure:"bundle" cty:"bundle" hcl:"bundle"`
+	RegistryAuthFile        *string `mapstructure:"registry_auth_file" cty:"registry_auth_file" hcl:"registry_auth_file"`
+	CAFile                  *string `mapstructure:"ca_file" cty:"ca_file" hcl:"ca_file"`
+	PlainHTTP               *bool   `mapstructure:"plain_http" cty:"plain_http" hcl:"plain_http"`
+	OnUncoveredFailure      *string `mapstructure:"on_uncovered_failure" cty:"on_uncovered_failure" hcl:"on_uncovered_failure"`
 	Lockdown                *bool   `mapstructure:"lockdown" cty:"lockdown" hcl:"lockdown"`
 	ConditionVirtualization *string `mapstructure:"condition_virtualization" cty:"condition_virtualization" hcl:"condition_virtualization"`
 }
@@ -158,6 +163,11 @@ func (*FlatFirstbootConfig) HCL2Spec() map[string]hcldec.Spec {
 		"mode":                     &hcldec.AttrSpec{Name: "mode", Type: cty.String, Required: false},
 		"on_drift":                 &hcldec.AttrSpec{Name: "on_drift", Type: cty.String, Required: false},
 		"on_uncovered":             &hcldec.AttrSpec{Name: "on_uncovered", Type: cty.String, Required: false},
+		"bundle":                   &hcldec.AttrSpec{Name: "bundle", Type: cty.String, Required: false},
+		"registry_auth_file":       &hcldec.AttrSpec{Name: "registry_auth_file", Type: cty.String, Required: false},
+		"ca_file":                  &hcldec.AttrSpec{Name: "ca_file", Type: cty.String, Required: false},
+		"plain_http":               &hcldec.AttrSpec{Name: "plain_http", Type: cty.Bool, Required: false},
+		"on_uncovered_failure":     &hcldec.AttrSpec{Name: "on_uncovered_failure", Type: cty.String, Required: false},
 		"lockdown":                 &hcldec.AttrSpec{Name: "lockdown", Type: cty.Bool, Required: false},
 		"condition_virtualization": &hcldec.AttrSpec{Name: "condition_virtualization", Type: cty.String, Required: false},
 	}
@@ -202,6 +212,7 @@ func (*FlatModuleConfig) HCL2Spec() map[string]hcldec.Spec {
 type FlatPublishConfig struct {
 	Repository *string `mapstructure:"repository" required:"true" cty:"repository" hcl:"repository"`
 	Tag        *string `mapstructure:"tag" cty:"tag" hcl:"tag"`
+	Merge      *bool   `mapstructure:"merge" cty:"merge" hcl:"merge"`
 	Username   *string `mapstructure:"username" cty:"username" hcl:"username"`
 	Password   *string `mapstructure:"password" cty:"password" hcl:"password"`
 	Token      *string `mapstructure:"token" cty:"token" hcl:"token"`
@@ -223,6 +234,7 @@ func (*FlatPublishConfig) HCL2Spec() map[string]hcldec.Spec {
 	s := map[string]hcldec.Spec{
 		"repository": &hcldec.AttrSpec{Name: "repository", Type: cty.String, Required: false},
 		"tag":        &hcldec.AttrSpec{Name: "tag", Type: cty.String, Required: false},
+		"merge":      &hcldec.AttrSpec{Name: "merge", Type: cty.Bool, Required: false},
 		"username":   &hcldec.AttrSpec{Name: "username", Type: cty.String, Required: false},
 		"password":   &hcldec.AttrSpec{Name: "password", Type: cty.String, Required: false},
 		"token":      &hcldec.AttrSpec{Name: "token", Type: cty.String, Required: false},

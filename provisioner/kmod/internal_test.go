@@ -72,6 +72,19 @@ func TestPrepareErrors(t *testing.T) {
 		}, "publish.ca_file"},
 		{"cache repository", func(m map[string]interface{}) { m["cache"] = map[string]interface{}{"plain_http": true} }, "cache.repository is required"},
 		{"registry password alone", func(m map[string]interface{}) { m["registry"] = map[string]interface{}{"password": "p"} }, "registry: password needs username"},
+		{"pull without bundle", func(m map[string]interface{}) { m["firstboot"] = map[string]interface{}{"on_uncovered": "pull"} }, `on_uncovered = "pull" needs bundle`},
+		{"bundle without pull", func(m map[string]interface{}) {
+			m["firstboot"] = map[string]interface{}{"bundle": "registry.example/kmod/x:1"}
+		}, `firstboot.bundle needs on_uncovered = "pull"`},
+		{"pull failure policy", func(m map[string]interface{}) {
+			m["firstboot"] = map[string]interface{}{"on_uncovered": "pull", "bundle": "registry.example/kmod/x:1", "on_uncovered_failure": "maybe"}
+		}, `firstboot.on_uncovered_failure "maybe"`},
+		{"pull auth file", func(m map[string]interface{}) {
+			m["firstboot"] = map[string]interface{}{"on_uncovered": "pull", "bundle": "registry.example/kmod/x:1", "registry_auth_file": "relative/auth.json"}
+		}, "registry_auth_file"},
+		{"pull ca file", func(m map[string]interface{}) {
+			m["firstboot"] = map[string]interface{}{"on_uncovered": "pull", "bundle": "registry.example/kmod/x:1", "ca_file": "/nonexistent/ca.pem"}
+		}, "firstboot.ca_file"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

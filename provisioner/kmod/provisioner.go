@@ -569,12 +569,24 @@ func (r *run) installHook(ctx context.Context) error {
 	for _, m := range r.modules {
 		net = net || isNetDriver(m.Parsed)
 	}
-	files, links, err := firstboot.RenderHook(firstboot.HookSettings{
-		Hook: fb.Hook, Mode: fb.Mode, OnDrift: fb.OnDrift, OnUncovered: fb.OnUncovered,
-		Lockdown: fb.Lockdown, ConditionVirtualization: fb.ConditionVirtualization, NetworkDriver: net,
-	})
+	files, links, err := firstboot.RenderHook(fb.hookSettings(net))
 	if err != nil {
 		return fmt.Errorf("firstboot: %w", err)
+	}
+	if fb.pulls() {
+		pc := fb.pullConfig()
+		if fb.CAFile != "" {
+			ca, err := os.ReadFile(fb.CAFile)
+			if err != nil {
+				return fmt.Errorf("firstboot.ca_file: %w", err)
+			}
+			files = append(files, firstboot.File{Path: pullCAPath, Content: ca, Mode: 0o644})
+		}
+		data, err := pc.Marshal()
+		if err != nil {
+			return fmt.Errorf("firstboot: %w", err)
+		}
+		files = append(files, firstboot.File{Path: firstboot.PullConfigPath, Content: data, Mode: 0o644})
 	}
 	if err := r.t.writeFile(ctx, firstboot.DefaultAgentPath, agent, 0o755); err != nil {
 		return fmt.Errorf("firstboot: agent: %w", err)

@@ -260,7 +260,11 @@ func (r *run) publish(ctx context.Context) error {
 		bundles = append(bundles, b)
 	}
 	r.ui.Say(fmt.Sprintf("kmod: publishing %d kernel bundle(s) to %s", len(bundles), loc))
-	res, err := bundle.Push(ctx, loc, bundles, p.options()...)
+	opts := p.options()
+	if p.Merge {
+		opts = append(opts, bundle.WithMerge())
+	}
+	res, err := bundle.Push(ctx, loc, bundles, opts...)
 	if err != nil {
 		return fmt.Errorf("publish to %s: %w", loc, err)
 	}
