@@ -16,6 +16,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+
+	"github.com/kmodctl/packer-plugin-kmod/internal/capool"
 )
 
 // Option configures registry access, verification and limits. Like
@@ -121,16 +123,9 @@ func WithAuthFile(path string) Option {
 // besides the system's.
 func WithCAFile(path string) Option {
 	return func(o *options) error {
-		pem, err := os.ReadFile(path)
+		pool, err := capool.Load(path)
 		if err != nil {
 			return fmt.Errorf("CA file: %w", err)
-		}
-		pool, err := x509.SystemCertPool()
-		if err != nil || pool == nil {
-			pool = x509.NewCertPool()
-		}
-		if !pool.AppendCertsFromPEM(pem) {
-			return fmt.Errorf("CA file %s: no PEM certificate in it", path)
 		}
 		o.rootCAs = pool
 		return nil

@@ -109,3 +109,24 @@ func FuzzVerifyManifest(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseSettings: the pull and catalog settings files (written by the
+// provisioner, but read from a disk anyone with root on the image could
+// edit) parse or fail, never panic, and what parses validates.
+func FuzzParseSettings(f *testing.F) {
+	f.Add([]byte(`{"bundle":"registry.example/kmod/fleet:fleet","registry_auth_file":"/etc/kmodctl/auth.json","on_failure":"warn"}`))
+	f.Add([]byte(`{"url":"https://cat:8443","token_file":"/etc/kmodctl/t","ca_file":"/etc/kmodctl/ca.pem"}`))
+	f.Add([]byte(`{"url":"https://cat:8443","token_file":"t"}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if c, err := ParsePullConfig(data); err == nil {
+			if err := c.Validate(); err != nil {
+				t.Fatalf("parsed pull settings do not validate: %v", err)
+			}
+		}
+		if c, err := ParseReportConfig(data); err == nil {
+			if err := c.Validate(); err != nil {
+				t.Fatalf("parsed catalog settings do not validate: %v", err)
+			}
+		}
+	})
+}

@@ -78,22 +78,31 @@ type PullConfig struct {
 
 // ParsePullConfig decodes PullConfigPath strictly.
 func ParsePullConfig(data []byte) (*PullConfig, error) {
+	var c PullConfig
+	if err := decodeSettings(data, &c); err != nil {
+		return nil, err
+	}
+	return &c, c.Validate()
+}
+
+// decodeSettings decodes a settings file of the agent strictly: at most
+// 64 KiB, no duplicate or unknown keys, nothing after the document.
+func decodeSettings(data []byte, v any) error {
 	if len(data) > 64<<10 {
-		return nil, fmt.Errorf("%d bytes, the limit is 65536", len(data))
+		return fmt.Errorf("%d bytes, the limit is 65536", len(data))
 	}
 	if err := jsonstrict.CheckKeys(data, 4, nil); err != nil {
-		return nil, err
+		return err
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
-	var c PullConfig
-	if err := dec.Decode(&c); err != nil {
-		return nil, err
+	if err := dec.Decode(v); err != nil {
+		return err
 	}
 	if _, err := dec.Token(); err != io.EOF {
-		return nil, errors.New("data after the document")
+		return errors.New("data after the document")
 	}
-	return &c, c.Validate()
+	return nil
 }
 
 // Validate checks the settings.

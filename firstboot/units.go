@@ -51,6 +51,10 @@ type HookSettings struct {
 	// PullConfigPath once the network is online, and the kernel hook
 	// KernelHookPath, which does the same when a kernel is installed.
 	Pull bool
+	// Report installs kmodctl-report.service, which posts every boot's
+	// attestation to the catalog ReportConfigPath names once the network
+	// is online (nothing waits for it).
+	Report bool
 }
 
 // File is a file RenderHook renders: its absolute path in the image, its
@@ -275,7 +279,45 @@ func RenderHook(s HookSettings) ([]File, []Link, error) {
 		unit(PullUnit, "multi-user.target", hookRenderPull(s))
 		files = append(files, File{Path: KernelHookPath, Content: []byte(hookRenderKernelHook(s)), Mode: 0o755})
 	}
+	if s.Report {
+		unit(ReportUnit, "multi-user.target", hookRenderReport(s))
+	}
 	return files, links, nil
+}
+
+func hookRenderReport(s HookSettings) string {
+	after := VerifyUnit
+	if s.Hook == HookSystemd {
+		after += " " + FirstbootUnit
+	}
+	if s.Pull {
+		after += " " + PullUnit
+	}
+	return hookHeader("posts every boot's attestation to the catalog") + `#
+# On every boot, once the network is online and the kmodctl units before it
+# are done, the kmodctl agent posts this boot's result to the catalog that
+# ` + ReportConfigPath + ` names: the first-boot report when it is from
+# this boot, else this boot's verification (` + VerifyPath + `), with the
+# modules' loaded state read at that moment. It authenticates with the
+# instance token in the file the settings name. It retries with backoff
+# for up to 10 minutes; nothing waits for this unit, so it never holds the
+# boot back. A refused or failed post fails this unit (see the journal).
+[Unit]
+Description=kmodctl: post this boot's module attestation to the catalog
+Wants=network-online.target
+After=network-online.target ` + after + `
+ConditionVirtualization=` + s.ConditionVirtualization + `
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=` + s.AgentPath + ` firstboot report
+StandardOutput=journal+console
+TimeoutStartSec=15min
+
+[Install]
+WantedBy=multi-user.target
+`
 }
 
 func hookRenderPull(s HookSettings) string {

@@ -9,12 +9,18 @@
 # on 127.0.0.1 with their own config. The package's own service (port 5000,
 # all interfaces) is disabled and stopped right after the install: nothing
 # here listens beyond loopback.
+# libdqlite-dev, libraft-dev, libsqlite3-dev: cmd/kmod-catalog, the only cgo
+# binary (go-dqlite v1.11.5 against Debian 12's libdqlite 1.11.1).
+# socat: a QEMU guest's guestfwd to the catalog runs it per connection
+# (a tcp: guestfwd is one connection for the VM's life, which the catalog's
+# handshake timeout closes before the guest speaks).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(kmod openssl xz-utils zstd gzip make gcc libc6-dev dpkg-dev ca-certificates time
 	mmdebstrap cpio lz4 bzip2 qemu-system-x86 qemu-utils
 	fdisk gdisk e2fsprogs util-linux dosfstools xfsprogs btrfs-progs mtools
-	openssh-server openssh-client qemu-user-static docker-registry curl)
+	openssh-server openssh-client qemu-user-static docker-registry curl
+	libdqlite-dev libraft-dev libsqlite3-dev socat)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

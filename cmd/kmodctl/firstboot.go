@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -102,7 +103,7 @@ func newFirstbootCmd() *cobra.Command {
 			"(" + firstboot.BlockedPath + ") and never loaded.\n\n" +
 			"Exit status: 0 when everything passed or the policies (--on-drift, --on-uncovered) say warn; 1 otherwise.",
 	}
-	cmd.AddCommand(newFirstbootVerifyCmd(), newFirstbootRunCmd(), newFirstbootLockdownCmd(), newFirstbootPullCmd())
+	cmd.AddCommand(newFirstbootVerifyCmd(), newFirstbootRunCmd(), newFirstbootLockdownCmd(), newFirstbootPullCmd(), newFirstbootReportCmd())
 	return cmd
 }
 
@@ -285,5 +286,35 @@ func newFirstbootPullCmd() *cobra.Command {
 	fl.BoolVar(&noLoad, "no-load", false, "install only: do not load the modules (the kernel is not the running one)")
 	fl.BoolVar(&hook, "hook", false, "exit 0 whatever happened (for /etc/kernel/postinst.d)")
 	fl.BoolVarP(&verbose, "verbose", "v", false, "print the warnings")
+	return cmd
+}
+
+func newFirstbootReportCmd() *cobra.Command {
+	var root, config string
+	var wait time.Duration
+	cmd := &cobra.Command{
+		Use:   "report",
+		Short: "Post this boot's attestation to the catalog (" + firstboot.ReportConfigPath + ")",
+		Long: "Posts this boot's result to the catalog " + firstboot.ReportConfigPath + " names: the first-boot " +
+			"report (" + firstboot.ReportPath + ") when it is from this boot, else this boot's verification (" +
+			firstboot.VerifyPath + "), with the modules' loaded state read now, authenticated with the instance " +
+			"token of the settings' token_file. Retries with backoff for --for. Posting the same result again " +
+			"changes nothing. Exit status 1 when the catalog refused it or could not be reached in time.",
+		Args: usageArgs(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			logf := func(format string, a ...any) { fmt.Fprintf(cmd.ErrOrStderr(), "kmodctl: "+format+"\n", a...) }
+			a, err := firstboot.PostReport(cmd.Context(), firstboot.ReportOptions{Root: root, ConfigPath: config, For: wait, Logf: logf})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "kmodctl report: attestation %s of instance %s (kernel %s, %s, %d modules) recorded\n",
+				a.ID, a.InstanceID, a.Kernel, a.Status, len(a.Modules))
+			return nil
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&root, "root", "/", "the system's root: every path is taken under it (a directory tree, for tests)")
+	fl.StringVar(&config, "config", "", "the catalog settings' path under --root (default "+firstboot.ReportConfigPath+")")
+	fl.DurationVar(&wait, "for", 10*time.Minute, "how long to keep trying")
 	return cmd
 }

@@ -56,6 +56,7 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(newInitramfsCmd())
 	root.AddCommand(newFirstbootCmd())
 	root.AddCommand(newBundleCmd())
+	root.AddCommand(newCatalogCmd())
 	return root
 }
 

@@ -1,4 +1,4 @@
-//go:generate packer-sdc mapstructure-to-hcl2 -type Config,ModuleConfig,UdevRuleConfig,FirstbootConfig,RegistryConfig,PublishConfig,CacheConfig
+//go:generate packer-sdc mapstructure-to-hcl2 -type Config,ModuleConfig,UdevRuleConfig,FirstbootConfig,RegistryConfig,PublishConfig,CacheConfig,CatalogConfig
 
 package kmod
 
@@ -76,6 +76,14 @@ type Config struct {
 	// an index) once the image is complete; see the documentation. A push
 	// failure fails the build.
 	Publish PublishConfig `mapstructure:"publish"`
+	// Record the build (the image manifest, who and when) in a
+	// kmod-catalog once the provisioner is done; see the documentation.
+	Catalog CatalogConfig `mapstructure:"catalog"`
+	// Take the allowlist from the catalog's approvals for the image's
+	// kernels (with `allowed_sha256` and `allowed_sha256_file`, if set):
+	// any module whose digest no approval names fails the build. Needs the
+	// `catalog` block.
+	AllowedFromCatalog bool `mapstructure:"allowed_from_catalog"`
 	// A content-addressed build cache in a registry: a module built by DKMS
 	// for a kernel is pushed under a key of all its build inputs, and a
 	// later build with the same key takes it instead of building.
@@ -258,6 +266,40 @@ type FirstbootConfig struct {
 	Lockdown bool `mapstructure:"lockdown"`
 	// systemd's ConditionVirtualization= for the units (default `vm`).
 	ConditionVirtualization string `mapstructure:"condition_virtualization"`
+	// Post every boot's attestation to the kmod-catalog at this URL
+	// (`https://host:port`) once the network is online
+	// (kmodctl-report.service; retried with backoff, never holding the
+	// boot back).
+	ReportURL string `mapstructure:"report_url"`
+	// The instance's catalog token (role `instance`), as a path on the
+	// instance: written there by cloud-init user data, say. Required with
+	// `report_url`; the build never bakes a token in.
+	ReportTokenFile string `mapstructure:"report_token_file"`
+	// PEM CA certificates for the catalog's TLS (a file on the build host,
+	// copied into the image).
+	ReportCAFile string `mapstructure:"report_ca_file"`
+}
+
+// CatalogConfig is the `catalog` block: where the build is recorded.
+type CatalogConfig struct {
+	// The catalog's URL, `https://host:port`.
+	URL string `mapstructure:"url" required:"true"`
+	// A builder token (or, with `allowed_from_catalog`, any token that
+	// reads approvals); kept out of Packer's output. One of `token` and
+	// `token_file` is required.
+	Token string `mapstructure:"token"`
+	// A file holding the token.
+	TokenFile string `mapstructure:"token_file"`
+	// PEM CA certificates the catalog's TLS certificate may chain to,
+	// besides the system's.
+	CAFile string `mapstructure:"ca_file"`
+	// What a catalog that cannot be reached or refuses the record does:
+	// `fail` (default) fails the build, `warn` says so and goes on.
+	OnError string `mapstructure:"on_error"`
+	// The image's name in the catalog (default: the Packer build name).
+	ImageName string `mapstructure:"image_name"`
+	// The image's id, when the template knows it.
+	ImageID string `mapstructure:"image_id"`
 }
 
 const (
@@ -410,8 +452,12 @@ func (c *Config) Prepare(raws ...interface{}) error {
 			add("cache.repository: %q: give the repository without a tag or digest", c.Cache.Repository)
 		}
 	}
+	c.Catalog.validate(c.AllowedFromCatalog, add)
+	if c.Firstboot.Hook != hookNone {
+		c.Firstboot.validateReport(add)
+	}
 	// Credentials never reach Packer's output or log.
-	for _, secret := range []string{c.SigningKeyPEM, c.Registry.Password, c.Registry.Token, c.Publish.Password, c.Publish.Token, c.Cache.Password, c.Cache.Token} {
+	for _, secret := range []string{c.Catalog.Token, c.SigningKeyPEM, c.Registry.Password, c.Registry.Token, c.Publish.Password, c.Publish.Token, c.Cache.Password, c.Cache.Token} {
 		if secret != "" {
 			packersdk.LogSecretFilter.Set(secret)
 		}
@@ -452,7 +498,8 @@ func (f *FirstbootConfig) pulls() bool { return f.OnUncovered == "pull" }
 // hookSettings are the first-boot hook's settings.
 func (f *FirstbootConfig) hookSettings(netDriver bool) firstboot.HookSettings {
 	s := firstboot.HookSettings{Hook: f.Hook, Mode: f.Mode, OnDrift: f.OnDrift, OnUncovered: f.OnUncovered,
-		Lockdown: f.Lockdown, ConditionVirtualization: f.ConditionVirtualization, NetworkDriver: netDriver}
+		Lockdown: f.Lockdown, ConditionVirtualization: f.ConditionVirtualization, NetworkDriver: netDriver,
+		Report: f.ReportURL != ""}
 	if f.pulls() {
 		// After a failed pull the kernel is uncovered: on_uncovered_failure.
 		s.Pull, s.OnUncovered = true, f.OnUncoveredFailure
@@ -611,4 +658,71 @@ func readAllowlist(path string) ([]string, error) {
 func sha256Hex(data []byte) string {
 	s := sha256.Sum256(data)
 	return hex.EncodeToString(s[:])
+}
+
+// validate checks the catalog block.
+func (c *CatalogConfig) validate(allowed bool, add func(string, ...interface{})) {
+	if *c == (CatalogConfig{}) {
+		if allowed {
+			add("allowed_from_catalog needs the catalog block")
+		}
+		return
+	}
+	if !strings.HasPrefix(c.URL, "https://") {
+		add("catalog.url %q: want https://host[:port]", c.URL)
+	}
+	switch {
+	case c.Token != "" && c.TokenFile != "":
+		add("catalog: token and token_file are mutually exclusive")
+	case c.Token == "" && c.TokenFile == "":
+		add("catalog: token or token_file is required")
+	case c.TokenFile != "":
+		if _, err := os.Stat(c.TokenFile); err != nil {
+			add("catalog.token_file: %v", err)
+		}
+	}
+	if c.CAFile != "" {
+		if _, err := os.Stat(c.CAFile); err != nil {
+			add("catalog.ca_file: %v", err)
+		}
+	}
+	switch c.OnError {
+	case "":
+		c.OnError = "fail"
+	case "fail", "warn":
+	default:
+		add("catalog.on_error %q: want fail or warn", c.OnError)
+	}
+}
+
+// reportCAPath is where the catalog's CA goes in the image.
+const reportCAPath = "/etc/kmodctl/catalog-ca.pem"
+
+// reportConfig is what the image's catalog settings file holds.
+func (f *FirstbootConfig) reportConfig() *firstboot.ReportConfig {
+	c := &firstboot.ReportConfig{URL: f.ReportURL, TokenFile: f.ReportTokenFile}
+	if f.ReportCAFile != "" {
+		c.CAFile = reportCAPath
+	}
+	return c
+}
+
+// validateReport checks the report settings.
+func (f *FirstbootConfig) validateReport(add func(string, ...interface{})) {
+	if f.ReportURL == "" {
+		for n, set := range map[string]bool{"report_token_file": f.ReportTokenFile != "", "report_ca_file": f.ReportCAFile != ""} {
+			if set {
+				add("firstboot.%s needs report_url", n)
+			}
+		}
+		return
+	}
+	if f.ReportCAFile != "" {
+		if _, err := os.Stat(f.ReportCAFile); err != nil {
+			add("firstboot.report_ca_file: %v", err)
+		}
+	}
+	if err := f.reportConfig().Validate(); err != nil {
+		add("firstboot: report: %v", err)
+	}
 }

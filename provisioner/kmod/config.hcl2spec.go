@@ -40,6 +40,41 @@ func (*FlatCacheConfig) HCL2Spec() map[string]hcldec.Spec {
 	return s
 }
 
+// FlatCatalogConfig is an auto-generated flat version of CatalogConfig.
+// Where the contents of a field with a `mapstructure:,squash` tag are bubbled up.
+type FlatCatalogConfig struct {
+	URL       *string `mapstructure:"url" required:"true" cty:"url" hcl:"url"`
+	Token     *string `mapstructure:"token" cty:"token" hcl:"token"`
+	TokenFile *string `mapstructure:"token_file" cty:"token_file" hcl:"token_file"`
+	CAFile    *string `mapstructure:"ca_file" cty:"ca_file" hcl:"ca_file"`
+	OnError   *string `mapstructure:"on_error" cty:"on_error" hcl:"on_error"`
+	ImageName *string `mapstructure:"image_name" cty:"image_name" hcl:"image_name"`
+	ImageID   *string `mapstructure:"image_id" cty:"image_id" hcl:"image_id"`
+}
+
+// FlatMapstructure returns a new FlatCatalogConfig.
+// FlatCatalogConfig is an auto-generated flat version of CatalogConfig.
+// Where the contents a fields with a `mapstructure:,squash` tag are bubbled up.
+func (*CatalogConfig) FlatMapstructure() interface{ HCL2Spec() map[string]hcldec.Spec } {
+	return new(FlatCatalogConfig)
+}
+
+// HCL2Spec returns the hcl spec of a CatalogConfig.
+// This spec is used by HCL to read the fields of CatalogConfig.
+// The decoded values from this spec will then be applied to a FlatCatalogConfig.
+func (*FlatCatalogConfig) HCL2Spec() map[string]hcldec.Spec {
+	s := map[string]hcldec.Spec{
+		"url":        &hcldec.AttrSpec{Name: "url", Type: cty.String, Required: false},
+		"token":      &hcldec.AttrSpec{Name: "token", Type: cty.String, Required: false},
+		"token_file": &hcldec.AttrSpec{Name: "token_file", Type: cty.String, Required: false},
+		"ca_file":    &hcldec.AttrSpec{Name: "ca_file", Type: cty.String, Required: false},
+		"on_error":   &hcldec.AttrSpec{Name: "on_error", Type: cty.String, Required: false},
+		"image_name": &hcldec.AttrSpec{Name: "image_name", Type: cty.String, Required: false},
+		"image_id":   &hcldec.AttrSpec{Name: "image_id", Type: cty.String, Required: false},
+	}
+	return s
+}
+
 // FlatConfig is an auto-generated flat version of Config.
 // Where the contents of a field with a `mapstructure:,squash` tag are bubbled up.
 type FlatConfig struct {
@@ -63,6 +98,8 @@ type FlatConfig struct {
 	TrustedCerts            []string             `mapstructure:"trusted_certs" cty:"trusted_certs" hcl:"trusted_certs"`
 	Registry                *FlatRegistryConfig  `mapstructure:"registry" cty:"registry" hcl:"registry"`
 	Publish                 *FlatPublishConfig   `mapstructure:"publish" cty:"publish" hcl:"publish"`
+	Catalog                 *FlatCatalogConfig   `mapstructure:"catalog" cty:"catalog" hcl:"catalog"`
+	AllowedFromCatalog      *bool                `mapstructure:"allowed_from_catalog" cty:"allowed_from_catalog" hcl:"allowed_from_catalog"`
 	Cache                   *FlatCacheConfig     `mapstructure:"cache" cty:"cache" hcl:"cache"`
 	AllowedSHA256           []string             `mapstructure:"allowed_sha256" cty:"allowed_sha256" hcl:"allowed_sha256"`
 	AllowedSHA256File       *string              `mapstructure:"allowed_sha256_file" cty:"allowed_sha256_file" hcl:"allowed_sha256_file"`
@@ -112,6 +149,8 @@ func (*FlatConfig) HCL2Spec() map[string]hcldec.Spec {
 		"trusted_certs":              &hcldec.AttrSpec{Name: "trusted_certs", Type: cty.List(cty.String), Required: false},
 		"registry":                   &hcldec.BlockSpec{TypeName: "registry", Nested: hcldec.ObjectSpec((*FlatRegistryConfig)(nil).HCL2Spec())},
 		"publish":                    &hcldec.BlockSpec{TypeName: "publish", Nested: hcldec.ObjectSpec((*FlatPublishConfig)(nil).HCL2Spec())},
+		"catalog":                    &hcldec.BlockSpec{TypeName: "catalog", Nested: hcldec.ObjectSpec((*FlatCatalogConfig)(nil).HCL2Spec())},
+		"allowed_from_catalog":       &hcldec.AttrSpec{Name: "allowed_from_catalog", Type: cty.Bool, Required: false},
 		"cache":                      &hcldec.BlockSpec{TypeName: "cache", Nested: hcldec.ObjectSpec((*FlatCacheConfig)(nil).HCL2Spec())},
 		"allowed_sha256":             &hcldec.AttrSpec{Name: "allowed_sha256", Type: cty.List(cty.String), Required: false},
 		"allowed_sha256_file":        &hcldec.AttrSpec{Name: "allowed_sha256_file", Type: cty.String, Required: false},
@@ -145,6 +184,9 @@ type FlatFirstbootConfig struct {
 	OnUncoveredFailure      *string `mapstructure:"on_uncovered_failure" cty:"on_uncovered_failure" hcl:"on_uncovered_failure"`
 	Lockdown                *bool   `mapstructure:"lockdown" cty:"lockdown" hcl:"lockdown"`
 	ConditionVirtualization *string `mapstructure:"condition_virtualization" cty:"condition_virtualization" hcl:"condition_virtualization"`
+	ReportURL               *string `mapstructure:"report_url" cty:"report_url" hcl:"report_url"`
+	ReportTokenFile         *string `mapstructure:"report_token_file" cty:"report_token_file" hcl:"report_token_file"`
+	ReportCAFile            *string `mapstructure:"report_ca_file" cty:"report_ca_file" hcl:"report_ca_file"`
 }
 
 // FlatMapstructure returns a new FlatFirstbootConfig.
@@ -170,6 +212,9 @@ func (*FlatFirstbootConfig) HCL2Spec() map[string]hcldec.Spec {
 		"on_uncovered_failure":     &hcldec.AttrSpec{Name: "on_uncovered_failure", Type: cty.String, Required: false},
 		"lockdown":                 &hcldec.AttrSpec{Name: "lockdown", Type: cty.Bool, Required: false},
 		"condition_virtualization": &hcldec.AttrSpec{Name: "condition_virtualization", Type: cty.String, Required: false},
+		"report_url":               &hcldec.AttrSpec{Name: "report_url", Type: cty.String, Required: false},
+		"report_token_file":        &hcldec.AttrSpec{Name: "report_token_file", Type: cty.String, Required: false},
+		"report_ca_file":           &hcldec.AttrSpec{Name: "report_ca_file", Type: cty.String, Required: false},
 	}
 	return s
 }

@@ -38,6 +38,25 @@ func TestPrepareErrors(t *testing.T) {
 			m["module"] = []map[string]interface{}{{"package": "x; rm -rf /"}}
 		}, "module[0].package"},
 		{"no key", func(m map[string]interface{}) { delete(m, "signing_key") }, "one of signing_key and signing_key_pem"},
+		{"allowed_from_catalog without catalog", func(m map[string]interface{}) { m["allowed_from_catalog"] = true }, "allowed_from_catalog needs the catalog block"},
+		{"catalog over http", func(m map[string]interface{}) {
+			m["catalog"] = map[string]interface{}{"url": "http://cat:8443", "token": "t"}
+		}, "catalog.url"},
+		{"catalog without token", func(m map[string]interface{}) {
+			m["catalog"] = map[string]interface{}{"url": "https://cat:8443"}
+		}, "catalog: token or token_file is required"},
+		{"catalog on_error", func(m map[string]interface{}) {
+			m["catalog"] = map[string]interface{}{"url": "https://cat:8443", "token": "t", "on_error": "ignore"}
+		}, "catalog.on_error"},
+		{"report token without url", func(m map[string]interface{}) {
+			m["firstboot"] = map[string]interface{}{"report_token_file": "/etc/kmodctl/t"}
+		}, "firstboot.report_token_file needs report_url"},
+		{"report without token", func(m map[string]interface{}) {
+			m["firstboot"] = map[string]interface{}{"report_url": "https://cat:8443"}
+		}, "token_file: missing"},
+		{"report token relative", func(m map[string]interface{}) {
+			m["firstboot"] = map[string]interface{}{"report_url": "https://cat:8443", "report_token_file": "t"}
+		}, "absolute, clean path"},
 		{"both keys", func(m map[string]interface{}) { m["signing_key_pem"] = "x" }, "mutually exclusive"},
 		{"no cert", func(m map[string]interface{}) { delete(m, "signing_cert") }, "signing_cert is required"},
 		{"hash", func(m map[string]interface{}) { m["signing_hash"] = "md5" }, "signing_hash"},

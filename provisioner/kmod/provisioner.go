@@ -11,6 +11,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -175,6 +176,11 @@ func (r *run) provision(ctx context.Context) error {
 	if err := r.detectTarget(ctx); err != nil {
 		return err
 	}
+	if r.cfg.AllowedFromCatalog {
+		if err := r.approvedDigests(ctx); err != nil {
+			return err
+		}
+	}
 	r.timed("detect", t0)
 
 	t0 = time.Now()
@@ -240,6 +246,13 @@ func (r *run) provision(ctx context.Context) error {
 			return err
 		}
 		r.timed("publish", t0)
+	}
+	if r.cfg.Catalog.URL != "" {
+		t0 = time.Now()
+		if err := r.recordBuild(ctx); err != nil {
+			return err
+		}
+		r.timed("catalog", t0)
 	}
 	return nil
 }
@@ -587,6 +600,20 @@ func (r *run) installHook(ctx context.Context) error {
 			return fmt.Errorf("firstboot: %w", err)
 		}
 		files = append(files, firstboot.File{Path: firstboot.PullConfigPath, Content: data, Mode: 0o644})
+	}
+	if fb.ReportURL != "" {
+		if fb.ReportCAFile != "" {
+			ca, err := os.ReadFile(fb.ReportCAFile)
+			if err != nil {
+				return fmt.Errorf("firstboot.report_ca_file: %w", err)
+			}
+			files = append(files, firstboot.File{Path: reportCAPath, Content: ca, Mode: 0o644})
+		}
+		data, err := json.MarshalIndent(fb.reportConfig(), "", "  ")
+		if err != nil {
+			return fmt.Errorf("firstboot: %w", err)
+		}
+		files = append(files, firstboot.File{Path: firstboot.ReportConfigPath, Content: append(data, '\n'), Mode: 0o644})
 	}
 	if err := r.t.writeFile(ctx, firstboot.DefaultAgentPath, agent, 0o755); err != nil {
 		return fmt.Errorf("firstboot: agent: %w", err)

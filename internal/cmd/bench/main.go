@@ -38,7 +38,11 @@ func main() {
 	oras := flag.String("oras", "bin/oras", "oras binary (make oras), for the bundle bench")
 	bundleMods := flag.Int("bundle-modules", 50, "modules in the bundle bench")
 	bundleRuns := flag.Int("bundle-runs", 5, "pushes and pulls in the bundle bench; the median is reported")
-	only := flag.String("only", "", "comma list of benchmarks (sign,inspect,depmod,initramfs-ls,inject,bundle,builder,provisioner); default all")
+	catalogBin := flag.String("catalog", "bin/kmod-catalog", "kmod-catalog binary (make catalog), for the catalog bench")
+	catalogClients := flag.Int("catalog-clients", 32, "concurrent API clients in the catalog bench")
+	catalogN := flag.Int("catalog-attestations", 3200, "attestations in the catalog bench")
+	catalogMods := flag.Int("catalog-modules", 5, "modules per attestation in the catalog bench")
+	only := flag.String("only", "", "comma list of benchmarks (sign,inspect,depmod,initramfs-ls,inject,bundle,catalog,builder,provisioner); default all")
 	flag.Parse()
 	abs, err := filepath.Abs(*kmodctl)
 	must(err)
@@ -66,6 +70,11 @@ func main() {
 		o, err := filepath.Abs(*oras)
 		must(err)
 		benchBundle(abs, o, mods, *bundleMods, *bundleRuns)
+	}
+	if want("catalog") {
+		b, err := filepath.Abs(*catalogBin)
+		must(err)
+		benchCatalog(b, *catalogClients, *catalogN, *catalogMods)
 	}
 	if want("builder") {
 		p, err := filepath.Abs(*packer)
