@@ -20,8 +20,13 @@ import (
 // (ReportConfig), written by the provisioner.
 const ReportConfigPath = "/etc/kmodctl/catalog.json"
 
-// ReportUnit posts the boot's attestation to the catalog.
-const ReportUnit = "kmodctl-report.service"
+// The units that post attestations: at every boot, and the daily
+// re-check (a service its timer starts).
+const (
+	ReportUnit   = "kmodctl-report.service"
+	RecheckUnit  = "kmodctl-recheck.service"
+	RecheckTimer = "kmodctl-recheck.timer"
+)
 
 // ReportConfig is ReportConfigPath's content. The token is never in it:
 // TokenFile names a file on the instance (written by cloud-init user data,
@@ -162,22 +167,34 @@ func PostReport(ctx context.Context, opts ReportOptions) (*catalog.Attestation, 
 	}
 }
 
-// thisBootResult is the first-boot report when it was written this boot,
-// else this boot's verification.
+// thisBootResult is the newest result of this boot: the first-boot
+// report (written after the boot's verification) or a later verification
+// (the daily re-check).
 func thisBootResult(root, bootID string) (*VerifyResult, []byte, error) {
+	var best *VerifyResult
+	var bestRaw []byte
 	if raw, err := os.ReadFile(hostPath(root, ReportPath)); err == nil {
 		var r Report
 		if json.Unmarshal(raw, &r) == nil && r.BootID != "" && r.BootID == bootID {
-			return &r.VerifyResult, raw, nil
+			best, bestRaw = &r.VerifyResult, raw
 		}
 	}
 	raw, err := os.ReadFile(hostPath(root, VerifyPath))
 	if err != nil {
+		if best != nil {
+			return best, bestRaw, nil
+		}
 		return nil, nil, fmt.Errorf("no result of this boot to report (%s, %s): %w", ReportPath, VerifyPath, err)
 	}
 	var v VerifyResult
 	if err := json.Unmarshal(raw, &v); err != nil {
+		if best != nil {
+			return best, bestRaw, nil
+		}
 		return nil, nil, fmt.Errorf("%s: %w", VerifyPath, err)
+	}
+	if best != nil && !v.GeneratedAt.After(best.GeneratedAt) {
+		return best, bestRaw, nil
 	}
 	return &v, raw, nil
 }

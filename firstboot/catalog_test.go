@@ -32,18 +32,29 @@ func TestRenderHookReport(t *testing.T) {
 			t.Errorf("report unit lacks %q:\n%s", want, unit)
 		}
 	}
-	// Nothing waits for it: no unit orders itself after it or requires it.
+	// Nothing waits for it: no unit but the re-check orders itself after
+	// it or requires it.
+	got := map[string]string{}
 	for _, f := range files {
-		if f.Path != hookUnitDir+"/"+ReportUnit && strings.Contains(string(f.Content), ReportUnit) {
+		got[f.Path] = string(f.Content)
+		if f.Path != hookUnitDir+"/"+ReportUnit && f.Path != hookUnitDir+"/"+RecheckUnit && strings.Contains(string(f.Content), ReportUnit) {
 			t.Errorf("%s refers to %s", f.Path, ReportUnit)
 		}
 	}
-	found := false
-	for _, l := range links {
-		found = found || l.Path == hookUnitDir+"/multi-user.target.wants/"+ReportUnit
+	recheck, timer := got[hookUnitDir+"/"+RecheckUnit], got[hookUnitDir+"/"+RecheckTimer]
+	if !strings.Contains(recheck, "ExecStart=-"+DefaultAgentPath+" firstboot verify --on-drift=warn --on-uncovered=warn\nExecStart="+DefaultAgentPath+" firstboot report") ||
+		strings.Contains(recheck, "[Install]") {
+		t.Errorf("re-check service:\n%s", recheck)
 	}
-	if !found {
-		t.Errorf("the report unit is not enabled: %+v", links)
+	if !strings.Contains(timer, "OnUnitActiveSec=1d") || !strings.Contains(timer, "Unit="+RecheckUnit) {
+		t.Errorf("re-check timer:\n%s", timer)
+	}
+	enabled := map[string]bool{}
+	for _, l := range links {
+		enabled[l.Path] = true
+	}
+	if !enabled[hookUnitDir+"/multi-user.target.wants/"+ReportUnit] || !enabled[hookUnitDir+"/timers.target.wants/"+RecheckTimer] {
+		t.Errorf("the report unit and the re-check timer are not both enabled: %+v", links)
 	}
 	files, _, _ = RenderHook(HookSettings{Hook: HookSystemd})
 	for _, f := range files {
@@ -119,10 +130,19 @@ func TestPostReport(t *testing.T) {
 	if again, err := PostReport(ctx, opts); err != nil || again.ID != a.ID {
 		t.Errorf("posting again: %v %v", again, err)
 	}
+	// The daily re-check in the same boot: its verification is newer than
+	// the first-boot report, so it is what goes.
+	rv := rep.VerifyResult
+	rv.GeneratedAt, rv.Status = rv.GeneratedAt.Add(24*time.Hour), StatusWarn
+	data, _ = json.Marshal(rv)
+	write("run/kmodctl/verify.json", string(data), 0o644)
+	if re, err := PostReport(ctx, opts); err != nil || re.ID == a.ID || re.Status != "warn" || re.BootID != "boot-one" {
+		t.Errorf("re-check: %+v %v", re, err)
+	}
 	// Another boot: the report is old, this boot's verification is posted.
 	write("proc/sys/kernel/random/boot_id", "boot-two\n", 0o444)
 	v := rep.VerifyResult
-	v.BootID, v.GeneratedAt, v.Status = "boot-two", v.GeneratedAt.Add(time.Hour), StatusWarn
+	v.BootID, v.GeneratedAt, v.Status = "boot-two", v.GeneratedAt.Add(48*time.Hour), StatusWarn
 	data, _ = json.Marshal(v)
 	write("run/kmodctl/verify.json", string(data), 0o644)
 	b, err := PostReport(ctx, opts)
@@ -134,7 +154,7 @@ func TestPostReport(t *testing.T) {
 		t.Errorf("instances: %v %+v", err, ins)
 	}
 	exp, err := admin.Export(ctx)
-	if err != nil || len(exp.Attestations) != 2 {
+	if err != nil || len(exp.Attestations) != 3 {
 		t.Errorf("attestations: %v %d", err, len(exp.Attestations))
 	}
 	// Refused: no retries until the deadline.

@@ -53,7 +53,8 @@ type HookSettings struct {
 	Pull bool
 	// Report installs kmodctl-report.service, which posts every boot's
 	// attestation to the catalog ReportConfigPath names once the network
-	// is online (nothing waits for it).
+	// is online (nothing waits for it), and kmodctl-recheck.timer, which
+	// verifies and posts again daily.
 	Report bool
 }
 
@@ -281,6 +282,10 @@ func RenderHook(s HookSettings) ([]File, []Link, error) {
 	}
 	if s.Report {
 		unit(ReportUnit, "multi-user.target", hookRenderReport(s))
+		// The daily re-check: a service the timer starts (not enabled
+		// itself) and the timer.
+		files = append(files, File{Path: hookUnitDir + "/" + RecheckUnit, Content: []byte(hookRenderRecheck(s, verifyPolicy)), Mode: 0o644})
+		unit(RecheckTimer, "timers.target", hookRenderRecheckTimer(s))
 	}
 	return files, links, nil
 }
@@ -317,6 +322,44 @@ TimeoutStartSec=15min
 
 [Install]
 WantedBy=multi-user.target
+`
+}
+
+func hookRenderRecheck(s HookSettings, policy string) string {
+	return hookHeader("verifies the modules again and posts the result to the catalog, daily") + `#
+# Started by ` + RecheckTimer + `: the kmodctl agent verifies the managed
+# modules of the running kernel again (as ` + VerifyUnit + ` does at
+# boot: a module changed since is blocked from loading again) and posts
+# the result to the catalog, so an instance that runs for months is still
+# attested. The verification's exit status does not stop the post.
+[Unit]
+Description=kmodctl: verify the managed kernel modules again and post the attestation
+Wants=network-online.target
+After=network-online.target ` + ReportUnit + `
+ConditionVirtualization=` + s.ConditionVirtualization + `
+
+[Service]
+Type=oneshot
+ExecStart=-` + s.AgentPath + ` firstboot verify ` + policy + `
+ExecStart=` + s.AgentPath + ` firstboot report
+StandardOutput=journal
+TimeoutStartSec=15min
+`
+}
+
+func hookRenderRecheckTimer(s HookSettings) string {
+	return hookHeader("starts the daily re-check of the modules") + `[Unit]
+Description=kmodctl: daily re-check of the managed kernel modules
+ConditionVirtualization=` + s.ConditionVirtualization + `
+
+[Timer]
+OnBootSec=1d
+OnUnitActiveSec=1d
+RandomizedDelaySec=1h
+Unit=` + RecheckUnit + `
+
+[Install]
+WantedBy=timers.target
 `
 }
 
