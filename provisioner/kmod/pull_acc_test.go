@@ -100,11 +100,18 @@ func pushAltBundle(t *testing.T, reg *registrytest.Registry, repo, release strin
 }
 
 // chrootRun runs a shell command chrooted in root with /proc, /sys and
-// /dev mounted in a private mount namespace (gone with the process).
+// /dev mounted in a private mount namespace (gone with the process). The
+// namespace starts as a copy of every host mount: the loop-backed ones of
+// other tests are detached in it first, or it would keep their loop
+// devices busy after their owners unmount them (as internal/sshtest does).
 func chrootRun(t *testing.T, root, command string) string {
 	t.Helper()
 	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-euc", `
 m=$1; shift
+awk '$1 ~ /^\/dev\/loop/ {print $2}' /proc/self/mounts | sort -r | while read -r p; do
+	p=$(printf '%b' "$p")
+	case "$p" in "$m"|"$m"/*) ;; *) umount -l "$p" 2>/dev/null || true ;; esac
+done
 mount -t proc proc "$m/proc"; mount --bind /sys "$m/sys"; mount --rbind /dev "$m/dev"
 exec chroot "$m" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive sh -c "$1"`, "sh", root, command)
 	out, err := cmd.CombinedOutput()
