@@ -162,20 +162,17 @@ func newCatalogRecordCmd(f *catalogFlags) *cobra.Command {
 			if _, err := manifest.Unmarshal(data); err != nil {
 				return fmt.Errorf("%s: %w", args[0], err)
 			}
-			cli, ctx, cancel, err := f.client(cmd)
-			if err != nil {
-				return err
-			}
-			defer cancel()
-			b, err := cli.RecordBuild(ctx, &catalog.Build{ID: id, BuildName: buildName, ImageName: imageName, ImageID: imageID, Manifest: data})
-			if err != nil {
-				return err
-			}
-			if f.json {
-				return f.print(cmd.OutOrStdout(), b, nil)
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "build %s recorded: %d kernels, %d modules, %d bundles\n", b.ID, len(b.Kernels), len(b.Modules), len(b.Bundles))
-			return nil
+			return f.do(cmd, func(ctx context.Context, cli *catalog.Client) error {
+				b, err := cli.RecordBuild(ctx, &catalog.Build{ID: id, BuildName: buildName, ImageName: imageName, ImageID: imageID, Manifest: data})
+				if err != nil {
+					return err
+				}
+				if f.json {
+					return f.print(cmd.OutOrStdout(), b, nil)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "build %s recorded: %d kernels, %d modules, %d bundles\n", b.ID, len(b.Kernels), len(b.Modules), len(b.Bundles))
+				return nil
+			})
 		},
 	}
 	fl := cmd.Flags()
@@ -202,61 +199,58 @@ func newCatalogApproveCmd(f *catalogFlags) *cobra.Command {
 			case build == "":
 				todo = append(todo, catalog.Approval{Kernel: kernel, Module: module, SHA256: sum, Note: note})
 			}
-			cli, ctx, cancel, err := f.client(cmd)
-			if err != nil {
-				return err
-			}
-			defer cancel()
-			if build != "" {
-				bs, err := cli.Builds(ctx, "")
-				if err != nil {
-					return err
-				}
-				found := false
-				for _, b := range bs {
-					if b.ID != build {
-						continue
+			return f.do(cmd, func(ctx context.Context, cli *catalog.Client) error {
+				if build != "" {
+					bs, err := cli.Builds(ctx, "")
+					if err != nil {
+						return err
 					}
-					found = true
-					for _, m := range b.Modules {
-						if (kernel == "" || m.Kernel == kernel) && (module == "" || m.Name == module) {
-							todo = append(todo, catalog.Approval{Kernel: m.Kernel, Module: m.Name, SHA256: m.SHA256, Note: note})
+					found := false
+					for _, b := range bs {
+						if b.ID != build {
+							continue
+						}
+						found = true
+						for _, m := range b.Modules {
+							if (kernel == "" || m.Kernel == kernel) && (module == "" || m.Name == module) {
+								todo = append(todo, catalog.Approval{Kernel: m.Kernel, Module: m.Name, SHA256: m.SHA256, Note: note})
+							}
 						}
 					}
+					if !found {
+						return fmt.Errorf("no recorded build %q (among the newest 100)", build)
+					}
+					if len(todo) == 0 {
+						return fmt.Errorf("build %s has no module matching --kernel %q --module %q", build, kernel, module)
+					}
 				}
-				if !found {
-					return fmt.Errorf("no recorded build %q (among the newest 100)", build)
+				var done []*catalog.Approval
+				for _, a := range todo {
+					// A stable id per (kernel, module, digest): approving again
+					// is a no-op.
+					a.ID = "ap-" + short(a.SHA256) + "-" + strings.NewReplacer("+", "_", "~", "_").Replace(a.Kernel) + "-" + a.Module
+					if len(a.ID) > 128 {
+						a.ID = a.ID[:128]
+					}
+					got, err := cli.Approve(ctx, &a)
+					var se *catalog.StatusError
+					if errors.As(err, &se) && se.Code == http.StatusConflict {
+						// Approved before (with another note): keep that one.
+						got, err = existingApproval(ctx, cli, a)
+					}
+					if err != nil {
+						return err
+					}
+					done = append(done, got)
 				}
-				if len(todo) == 0 {
-					return fmt.Errorf("build %s has no module matching --kernel %q --module %q", build, kernel, module)
+				if f.json {
+					return f.print(cmd.OutOrStdout(), done, nil)
 				}
-			}
-			var done []*catalog.Approval
-			for _, a := range todo {
-				// A stable id per (kernel, module, digest): approving again
-				// is a no-op.
-				a.ID = "ap-" + short(a.SHA256) + "-" + strings.NewReplacer("+", "_", "~", "_").Replace(a.Kernel) + "-" + a.Module
-				if len(a.ID) > 128 {
-					a.ID = a.ID[:128]
+				for _, a := range done {
+					fmt.Fprintf(cmd.OutOrStdout(), "approved %s %s for %s (by %s)\n", a.Module, a.SHA256, a.Kernel, a.ApprovedBy)
 				}
-				got, err := cli.Approve(ctx, &a)
-				var se *catalog.StatusError
-				if errors.As(err, &se) && se.Code == http.StatusConflict {
-					// Approved before (with another note): keep that one.
-					got, err = existingApproval(ctx, cli, a)
-				}
-				if err != nil {
-					return err
-				}
-				done = append(done, got)
-			}
-			if f.json {
-				return f.print(cmd.OutOrStdout(), done, nil)
-			}
-			for _, a := range done {
-				fmt.Fprintf(cmd.OutOrStdout(), "approved %s %s for %s (by %s)\n", a.Module, a.SHA256, a.Kernel, a.ApprovedBy)
-			}
-			return nil
+				return nil
+			})
 		},
 	}
 	fl := cmd.Flags()
@@ -392,30 +386,27 @@ func newCatalogTokenCmd(f *catalogFlags) *cobra.Command {
 		Short: "Create a token; its secret is printed (or written to -o, 0600) once and never again",
 		Args:  usageArgs(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cli, ctx, cancel, err := f.client(cmd)
-			if err != nil {
-				return err
-			}
-			defer cancel()
-			t, err := cli.CreateToken(ctx, catalog.TokenRequest{Name: args[0], Role: catalog.Role(role), InstanceID: instance})
-			if err != nil {
-				return err
-			}
-			if out != "" {
-				if err := atomicfile.WriteFile(out, []byte(t.Secret+"\n"), 0o600); err != nil {
+			return f.do(cmd, func(ctx context.Context, cli *catalog.Client) error {
+				t, err := cli.CreateToken(ctx, catalog.TokenRequest{Name: args[0], Role: catalog.Role(role), InstanceID: instance})
+				if err != nil {
 					return err
 				}
-				t.Secret = ""
-			}
-			if f.json {
-				return f.print(cmd.OutOrStdout(), t, nil)
-			}
-			if out == "" {
-				fmt.Fprintln(cmd.OutOrStdout(), t.Secret)
-			} else {
-				fmt.Fprintf(cmd.OutOrStdout(), "token %s (%s) written to %s\n", t.Name, t.Role, out)
-			}
-			return nil
+				if out != "" {
+					if err := atomicfile.WriteFile(out, []byte(t.Secret+"\n"), 0o600); err != nil {
+						return err
+					}
+					t.Secret = ""
+				}
+				if f.json {
+					return f.print(cmd.OutOrStdout(), t, nil)
+				}
+				if out == "" {
+					fmt.Fprintln(cmd.OutOrStdout(), t.Secret)
+				} else {
+					fmt.Fprintf(cmd.OutOrStdout(), "token %s (%s) written to %s\n", t.Name, t.Role, out)
+				}
+				return nil
+			})
 		},
 	}
 	create.Flags().StringVar(&role, "role", "", "builder, approver, instance, auditor or admin")
@@ -434,12 +425,9 @@ func newCatalogTokenCmd(f *catalogFlags) *cobra.Command {
 		Short: "Revoke a token",
 		Args:  usageArgs(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cli, ctx, cancel, err := f.client(cmd)
-			if err != nil {
-				return err
-			}
-			defer cancel()
-			return cli.RevokeToken(ctx, args[0])
+			return f.do(cmd, func(ctx context.Context, cli *catalog.Client) error {
+				return cli.RevokeToken(ctx, args[0])
+			})
 		},
 	}
 	cmd.AddCommand(create, ls, revoke)
@@ -456,25 +444,22 @@ func newCatalogExportCmd(f *catalogFlags) *cobra.Command {
 			if out == "" {
 				return usagef("-o FILE is required")
 			}
-			cli, ctx, cancel, err := f.client(cmd)
-			if err != nil {
-				return err
-			}
-			defer cancel()
-			e, err := cli.Export(ctx)
-			if err != nil {
-				return err
-			}
-			data, err := json.Marshal(e)
-			if err != nil {
-				return err
-			}
-			if err := atomicfile.WriteFile(out, data, 0o600); err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "exported %d builds, %d approvals, %d attestations, %d tokens to %s\n",
-				len(e.Builds), len(e.Approvals), len(e.Attestations), len(e.Tokens), out)
-			return nil
+			return f.do(cmd, func(ctx context.Context, cli *catalog.Client) error {
+				e, err := cli.Export(ctx)
+				if err != nil {
+					return err
+				}
+				data, err := json.Marshal(e)
+				if err != nil {
+					return err
+				}
+				if err := atomicfile.WriteFile(out, data, 0o600); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "exported %d builds, %d approvals, %d attestations, %d tokens to %s\n",
+					len(e.Builds), len(e.Approvals), len(e.Attestations), len(e.Tokens), out)
+				return nil
+			})
 		},
 	}
 	cmd.Flags().StringVarP(&out, "output", "o", "", "the backup file (written atomically, 0600: it holds token digests)")
