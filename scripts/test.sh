@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# test.sh runs the whole suite (make test, after vet and the primary
+# fixtures): the main run over every package, and beside it the
+# alternate-kernel run: the alternate fixture cache ($KMODCTL_FIXTURES/alt,
+# an older ABI of the same series; scripts/fixtures.sh alt), then the kmod,
+# initramfs and dkms packages again on it. The two go side by side because
+# the main run's floor is QEMU boots (machine-wide slots, internal/qemu),
+# while the alternate run is mostly downloads, dpkg and short tests; run one
+# after the other they cost about 8 minutes more.
+#
+# The main run streams; the alternate run's output is kept and printed after
+# it. Exit status: non-zero when either run failed. An interrupt stops both.
+#
+# Env: GO, TEST_TIMEOUT, KMODCTL_FIXTURES (set by the GNUmakefile);
+# FIRST_PACKAGES (started first: the longest), ALT_PACKAGES.
+set -uo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+GO=${GO:-go}
+TEST_TIMEOUT=${TEST_TIMEOUT:-40m}
+: "${KMODCTL_FIXTURES:?KMODCTL_FIXTURES must be set}"
+ALT=$KMODCTL_FIXTURES/alt
+read -ra first <<<"${FIRST_PACKAGES:-./provisioner/kmod}"
+read -ra altpkgs <<<"${ALT_PACKAGES:-./kmod/... ./initramfs/... ./dkms/...}"
+read -ra mainpkgs <<<"${MAIN_PACKAGES:-./...}"
+
+altlog=$(mktemp /tmp/kmodctl-alt-test.XXXXXX)
+# Job control puts the background run in its own process group, so an
+# interrupt can stop all of it (go test, its test binaries, QEMU).
+set -m
+(
+	set -e
+	KMODCTL_FIXTURES_PARENT=$KMODCTL_FIXTURES KMODCTL_FIXTURES=$ALT KMODCTL_KERNEL_PICK=older \
+		bash scripts/fixtures.sh alt
+	echo "== the kmod, initramfs and dkms packages on the alternate fixture kernel $(cat "$ALT/KVER")"
+	KMODCTL_FIXTURES=$ALT "$GO" test -count=1 -timeout "$TEST_TIMEOUT" "${altpkgs[@]}"
+) >"$altlog" 2>&1 &
+altpid=$!
+set +m
+stop() {
+	kill -TERM -- "-$altpid" 2>/dev/null
+	wait "$altpid" 2>/dev/null
+	rm -f "$altlog"
+	exit 130
+}
+trap stop INT TERM
+
+"$GO" test -count=1 -timeout "$TEST_TIMEOUT" "${first[@]}" "${mainpkgs[@]}"
+mainrc=$?
+wait "$altpid"
+altrc=$?
+trap - INT TERM
+echo "== the alternate-kernel run (beside the main run)"
+cat "$altlog"
+rm -f "$altlog"
+[ "$mainrc" -eq 0 ] || echo "make test: the main run failed (exit $mainrc)" >&2
+[ "$altrc" -eq 0 ] || echo "make test: the alternate-kernel run failed (exit $altrc)" >&2
+[ "$mainrc" -eq 0 ] && [ "$altrc" -eq 0 ]
