@@ -20,11 +20,11 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
-	"github.com/kmodctl/packer-plugin-kmod/internal/compress"
+	"github.com/kmodctl/packer-plugin-kmod/compress"
 	"github.com/kmodctl/packer-plugin-kmod/internal/fixture"
+	"github.com/kmodctl/packer-plugin-kmod/internal/sigtest"
 	"github.com/kmodctl/packer-plugin-kmod/kmod"
 	"github.com/kmodctl/packer-plugin-kmod/kmod/manifest"
-	"github.com/kmodctl/packer-plugin-kmod/kmod/modsig/sigtest"
 )
 
 // signedInputs are the fixture's test modules signed with k:

@@ -22,7 +22,7 @@ import (
 
 	"github.com/kmodctl/packer-plugin-kmod/internal/fixture"
 	"github.com/kmodctl/packer-plugin-kmod/internal/registrytest"
-	"github.com/kmodctl/packer-plugin-kmod/kmod/modsig/sigtest"
+	"github.com/kmodctl/packer-plugin-kmod/internal/sigtest"
 )
 
 // Tests against Debian's docker-registry (distribution 2.8.2) and the oras

@@ -13,9 +13,9 @@ import (
 	"github.com/kmodctl/packer-plugin-kmod/bundle"
 	"github.com/kmodctl/packer-plugin-kmod/internal/fixture"
 	"github.com/kmodctl/packer-plugin-kmod/internal/registrytest"
+	"github.com/kmodctl/packer-plugin-kmod/internal/sigtest"
 	"github.com/kmodctl/packer-plugin-kmod/kmod"
 	"github.com/kmodctl/packer-plugin-kmod/kmod/manifest"
-	"github.com/kmodctl/packer-plugin-kmod/kmod/modsig/sigtest"
 )
 
 // pullEnv is env (an image covering the fixture kernel) plus a second

@@ -9,6 +9,7 @@ import (
 
 	"github.com/kmodctl/packer-plugin-kmod/internal/fixture"
 	"github.com/kmodctl/packer-plugin-kmod/internal/qemu"
+	"github.com/kmodctl/packer-plugin-kmod/internal/qemutest"
 )
 
 // Boot tests: the fixture kernel boots each injected image under QEMU with
@@ -30,7 +31,7 @@ func bootImage(t *testing.T, image string, flavor Flavor) *qemu.Result {
 	if flavor == Dracut {
 		cmdline, markers = qemu.DracutCmdline, qemu.DracutMarkers(qemu.SuccessOn(qemu.TestModuleMarker))
 	}
-	qemu.Slot(t)
+	qemutest.Slot(t)
 	res, err := qemu.Boot(t.Context(), qemu.Config{
 		Kernel:     kernel,
 		Initrd:     image,

@@ -9,8 +9,8 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/kmodctl/packer-plugin-kmod/compress"
 	"github.com/kmodctl/packer-plugin-kmod/initramfs/cpio"
-	"github.com/kmodctl/packer-plugin-kmod/internal/compress"
 )
 
 func readImage(t testing.TB, img []byte) *Image {

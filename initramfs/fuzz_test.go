@@ -6,8 +6,8 @@ import (
 	"os/exec"
 	"testing"
 
+	"github.com/kmodctl/packer-plugin-kmod/compress"
 	"github.com/kmodctl/packer-plugin-kmod/initramfs/cpio"
-	"github.com/kmodctl/packer-plugin-kmod/internal/compress"
 )
 
 // FuzzSegments: any input either fails to read with an error or yields

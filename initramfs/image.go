@@ -24,8 +24,8 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/kmodctl/packer-plugin-kmod/compress"
 	"github.com/kmodctl/packer-plugin-kmod/initramfs/cpio"
-	"github.com/kmodctl/packer-plugin-kmod/internal/compress"
 )
 
 // Limits bound what reading an image may decompress, so that a bomb fails

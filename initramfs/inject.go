@@ -14,8 +14,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kmodctl/packer-plugin-kmod/compress"
 	"github.com/kmodctl/packer-plugin-kmod/initramfs/cpio"
-	"github.com/kmodctl/packer-plugin-kmod/internal/compress"
 	"github.com/kmodctl/packer-plugin-kmod/kmod"
 )
 

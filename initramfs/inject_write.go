@@ -12,8 +12,8 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
 
+	"github.com/kmodctl/packer-plugin-kmod/compress"
 	"github.com/kmodctl/packer-plugin-kmod/internal/atomicfile"
-	"github.com/kmodctl/packer-plugin-kmod/internal/compress"
 )
 
 // writableCompression reports whether Inject can write a segment in f.
@@ -28,7 +28,7 @@ func writableCompression(f compress.Format) bool {
 // segmentWriter compresses a cpio archive the way the kernel's initramfs
 // unpacker reads it: one gzip member, one xz stream with a CRC32 check
 // (XZ Embedded has no CRC64), one zstd frame; lzma and lz4 (legacy) go
-// through internal/compress whole.
+// through package compress whole.
 type segmentWriter struct {
 	f   compress.Format
 	dst io.Writer

@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/kmodctl/packer-plugin-kmod/compress"
 	"github.com/kmodctl/packer-plugin-kmod/initramfs/cpio"
-	"github.com/kmodctl/packer-plugin-kmod/internal/compress"
 )
 
 // kernelMagic names the compression of a unit by its first two bytes, as the

@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kmodctl/packer-plugin-kmod/compress"
 	"github.com/kmodctl/packer-plugin-kmod/initramfs/cpio"
-	"github.com/kmodctl/packer-plugin-kmod/internal/compress"
 	"github.com/kmodctl/packer-plugin-kmod/internal/fixture"
 )
 

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/kmodctl/packer-plugin-kmod/internal/compress"
+	"github.com/kmodctl/packer-plugin-kmod/compress"
 )
 
 // This file reads what depmod needs from a module, with kmod 30's rules

@@ -11,7 +11,7 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/kmodctl/packer-plugin-kmod/internal/compress"
+	"github.com/kmodctl/packer-plugin-kmod/compress"
 	"github.com/kmodctl/packer-plugin-kmod/internal/fixture"
 )
 

@@ -8,7 +8,7 @@ import (
 	"errors"
 	"strings"
 
-	"github.com/kmodctl/packer-plugin-kmod/internal/compress"
+	"github.com/kmodctl/packer-plugin-kmod/compress"
 	"github.com/kmodctl/packer-plugin-kmod/kmod/modsig"
 )
 

@@ -12,7 +12,7 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/kmodctl/packer-plugin-kmod/internal/compress"
+	"github.com/kmodctl/packer-plugin-kmod/compress"
 	"github.com/kmodctl/packer-plugin-kmod/kmod/modsig"
 )
 

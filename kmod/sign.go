@@ -13,8 +13,8 @@ import (
 	"runtime"
 	"sync"
 
+	"github.com/kmodctl/packer-plugin-kmod/compress"
 	"github.com/kmodctl/packer-plugin-kmod/internal/atomicfile"
-	"github.com/kmodctl/packer-plugin-kmod/internal/compress"
 	"github.com/kmodctl/packer-plugin-kmod/kmod/modsig"
 )
 

@@ -15,11 +15,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kmodctl/packer-plugin-kmod/internal/compress"
+	"github.com/kmodctl/packer-plugin-kmod/compress"
 	"github.com/kmodctl/packer-plugin-kmod/internal/fixture"
+	"github.com/kmodctl/packer-plugin-kmod/internal/sigtest"
 	"github.com/kmodctl/packer-plugin-kmod/kmod"
 	"github.com/kmodctl/packer-plugin-kmod/kmod/modsig"
-	"github.com/kmodctl/packer-plugin-kmod/kmod/modsig/sigtest"
 )
 
 func copyFile(t testing.TB, src, dst string) {

@@ -7,7 +7,7 @@ import (
 	"math/big"
 	"os"
 
-	"github.com/kmodctl/packer-plugin-kmod/internal/compress"
+	"github.com/kmodctl/packer-plugin-kmod/compress"
 	"github.com/kmodctl/packer-plugin-kmod/kmod/modsig"
 )
 

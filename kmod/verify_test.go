@@ -12,11 +12,11 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/kmodctl/packer-plugin-kmod/internal/compress"
+	"github.com/kmodctl/packer-plugin-kmod/compress"
 	"github.com/kmodctl/packer-plugin-kmod/internal/fixture"
+	"github.com/kmodctl/packer-plugin-kmod/internal/sigtest"
 	"github.com/kmodctl/packer-plugin-kmod/kmod"
 	"github.com/kmodctl/packer-plugin-kmod/kmod/modsig"
-	"github.com/kmodctl/packer-plugin-kmod/kmod/modsig/sigtest"
 )
 
 // TestVerifyFile: our signatures verify in plain and compressed modules,

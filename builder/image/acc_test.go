@@ -17,7 +17,7 @@ import (
 	"github.com/kmodctl/packer-plugin-kmod/diskimage"
 	"github.com/kmodctl/packer-plugin-kmod/internal/fixture"
 	"github.com/kmodctl/packer-plugin-kmod/internal/packertest"
-	"github.com/kmodctl/packer-plugin-kmod/internal/qemu"
+	"github.com/kmodctl/packer-plugin-kmod/internal/qemutest"
 )
 
 func TestMain(m *testing.M) {
@@ -34,7 +34,7 @@ func TestAccQcow2ShellAptBootCheck(t *testing.T) {
 	t.Parallel()
 	e := packertest.Setup(t)
 	src := fixture.CloudImageQcow2(t)
-	qemu.Slot(t)
+	qemutest.Slot(t)
 	before := packertest.SumFile(t, src)
 	dir := t.TempDir()
 	out := filepath.Join(dir, "out")
@@ -150,7 +150,7 @@ func TestAccFailingProvisioner(t *testing.T) {
 	t.Parallel()
 	e := packertest.Setup(t)
 	src := fixture.CloudImageRaw(t)
-	qemu.Slot(t)
+	qemutest.Slot(t)
 	before := packertest.SumFile(t, src)
 	dir := t.TempDir()
 	out := filepath.Join(dir, "out")
@@ -195,7 +195,7 @@ func TestAccInterrupt(t *testing.T) {
 	t.Parallel()
 	e := packertest.Setup(t)
 	src := fixture.CloudImageRaw(t)
-	qemu.Slot(t)
+	qemutest.Slot(t)
 	before := packertest.SumFile(t, src)
 	dir := t.TempDir()
 	out := filepath.Join(dir, "out")
@@ -250,7 +250,7 @@ func TestAccExpectModuleMissing(t *testing.T) {
 	t.Parallel()
 	e := packertest.Setup(t)
 	src := fixture.CloudImageRaw(t)
-	qemu.Slot(t)
+	qemutest.Slot(t)
 	dir := t.TempDir()
 	out := filepath.Join(dir, "out")
 	tpl := `
@@ -290,7 +290,7 @@ func TestAccStaleState(t *testing.T) {
 	t.Parallel()
 	e := packertest.Setup(t)
 	src := fixture.CloudImageRaw(t)
-	qemu.Slot(t)
+	qemutest.Slot(t)
 	dir := t.TempDir()
 	tpl := func(name, cmd string) string {
 		return `
@@ -366,7 +366,7 @@ func TestAccRootfsToCloudFormats(t *testing.T) {
 	t.Parallel()
 	e := packertest.Setup(t)
 	rootfs := fixture.Rootfs(t)
-	qemu.Slot(t)
+	qemutest.Slot(t)
 	dir := t.TempDir()
 	out := filepath.Join(dir, "out")
 	tpl := `
@@ -435,7 +435,7 @@ func TestAccSourceChecksum(t *testing.T) {
 	t.Parallel()
 	e := packertest.Setup(t)
 	src := fixture.CloudImageRaw(t)
-	qemu.Slot(t)
+	qemutest.Slot(t)
 	good := packertest.SumFile(t, src).Sum
 	for _, c := range []struct {
 		name, sum string

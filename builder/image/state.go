@@ -9,8 +9,8 @@ import (
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
 
+	"github.com/kmodctl/packer-plugin-kmod/bootcheck"
 	"github.com/kmodctl/packer-plugin-kmod/diskimage"
-	"github.com/kmodctl/packer-plugin-kmod/internal/bootcheck"
 )
 
 // build is everything the steps share, kept in the state bag under one key

@@ -9,7 +9,7 @@ import (
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 
-	"github.com/kmodctl/packer-plugin-kmod/internal/bootcheck"
+	"github.com/kmodctl/packer-plugin-kmod/bootcheck"
 )
 
 // stepBootCheck boots the finished working copy in QEMU through a throwaway

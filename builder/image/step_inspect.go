@@ -13,7 +13,7 @@ import (
 	securejoin "github.com/cyphar/filepath-securejoin"
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 
-	"github.com/kmodctl/packer-plugin-kmod/internal/bootcheck"
+	"github.com/kmodctl/packer-plugin-kmod/bootcheck"
 )
 
 // manifestPath is where the kmod provisioner records what it installed.

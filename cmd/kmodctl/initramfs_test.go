@@ -8,8 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kmodctl/packer-plugin-kmod/compress"
 	"github.com/kmodctl/packer-plugin-kmod/initramfs/cpio"
-	"github.com/kmodctl/packer-plugin-kmod/internal/compress"
 	"github.com/kmodctl/packer-plugin-kmod/internal/fixture"
 )
 

@@ -23,7 +23,7 @@ func bootFixture(t *testing.T, initrd, cmdline string, markers []Marker) *Result
 	t.Helper()
 	fixture.Tool(t, "qemu-system-x86_64")
 	kernel := fixture.Vmlinuz(t)
-	Slot(t)
+	slot(t)
 	log := filepath.Join(t.TempDir(), "console.log")
 	r, err := Boot(t.Context(), Config{Kernel: kernel, Initrd: initrd, Append: cmdline, Markers: markers, Timeout: bootCap, ConsoleLog: log})
 	if err != nil {
@@ -92,7 +92,7 @@ func TestBootTimeout(t *testing.T) {
 	t.Parallel()
 	fixture.Tool(t, "qemu-system-x86_64")
 	kernel, initrd := fixture.Vmlinuz(t), fixture.Initrd(t, fixture.InitrdToolsZstd)
-	Slot(t)
+	slot(t)
 	r, err := Boot(t.Context(), Config{Kernel: kernel, Initrd: initrd, Append: InitramfsToolsCmdline, Timeout: 3 * time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -110,7 +110,7 @@ func TestBootCancel(t *testing.T) {
 	t.Parallel()
 	fixture.Tool(t, "qemu-system-x86_64")
 	kernel, initrd := fixture.Vmlinuz(t), fixture.Initrd(t, fixture.InitrdToolsZstd)
-	Slot(t)
+	slot(t)
 	ctx, cancel := context.WithCancel(t.Context())
 	time.AfterFunc(2*time.Second, cancel)
 	r, err := Boot(ctx, Config{Kernel: kernel, Initrd: initrd, Append: InitramfsToolsCmdline, Markers: KernelFailures})
@@ -120,4 +120,15 @@ func TestBootCancel(t *testing.T) {
 	if !gone(r.PID) {
 		t.Errorf("QEMU %d still runs after cancel", r.PID)
 	}
+}
+
+// slot is qemutest.Slot, which this package's own tests cannot import (it
+// imports this package).
+func slot(t *testing.T) {
+	t.Helper()
+	release, err := Acquire(t.Context())
+	if err != nil {
+		t.Fatalf("qemu slot: %v", err)
+	}
+	t.Cleanup(release)
 }

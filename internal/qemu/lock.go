@@ -8,7 +8,6 @@ import (
 	"runtime"
 	"strconv"
 	"syscall"
-	"testing"
 	"time"
 )
 
@@ -83,19 +82,4 @@ func Acquire(ctx context.Context) (release func(), err error) {
 			delay *= 2
 		}
 	}
-}
-
-// Slot is Acquire for tests: it waits for a slot (logging when it had to)
-// and releases it when the test ends.
-func Slot(t testing.TB) {
-	t.Helper()
-	start := time.Now()
-	release, err := Acquire(t.Context())
-	if err != nil {
-		t.Fatalf("qemu slot: %v", err)
-	}
-	if w := time.Since(start); w > time.Second {
-		t.Logf("waited %v for a qemu slot", w.Round(time.Millisecond))
-	}
-	t.Cleanup(release)
 }

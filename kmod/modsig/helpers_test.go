@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kmodctl/packer-plugin-kmod/kmod/modsig/sigtest"
+	"github.com/kmodctl/packer-plugin-kmod/internal/sigtest"
 )
 
 func certsOf(keys ...*sigtest.Key) []*x509.Certificate {

@@ -11,8 +11,8 @@ import (
 	"testing"
 
 	"github.com/kmodctl/packer-plugin-kmod/internal/fixture"
+	"github.com/kmodctl/packer-plugin-kmod/internal/sigtest"
 	"github.com/kmodctl/packer-plugin-kmod/kmod/modsig"
-	"github.com/kmodctl/packer-plugin-kmod/kmod/modsig/sigtest"
 )
 
 // signed returns a test module signed by us, and its unsigned content.

@@ -23,11 +23,12 @@ import (
 	"github.com/kmodctl/packer-plugin-kmod/internal/fixture"
 	"github.com/kmodctl/packer-plugin-kmod/internal/packertest"
 	"github.com/kmodctl/packer-plugin-kmod/internal/qemu"
+	"github.com/kmodctl/packer-plugin-kmod/internal/qemutest"
+	"github.com/kmodctl/packer-plugin-kmod/internal/sigtest"
 	"github.com/kmodctl/packer-plugin-kmod/internal/sshtest"
 	"github.com/kmodctl/packer-plugin-kmod/kmod"
 	"github.com/kmodctl/packer-plugin-kmod/kmod/manifest"
 	"github.com/kmodctl/packer-plugin-kmod/kmod/modsig"
-	"github.com/kmodctl/packer-plugin-kmod/kmod/modsig/sigtest"
 )
 
 func TestMain(m *testing.M) {
@@ -71,7 +72,7 @@ func TestAccKmodImage(t *testing.T) {
 	t.Parallel()
 	e := packertest.Setup(t)
 	src := fixture.CloudImageDKMSQcow2(t)
-	qemu.Slot(t)
+	qemutest.Slot(t)
 	key := sigtest.OpenSSLKey(t, "rsa:2048")
 	dir := t.TempDir()
 	out := filepath.Join(dir, "out")
@@ -134,7 +135,7 @@ func TestAccKmodSSH(t *testing.T) {
 	t.Parallel()
 	e := packertest.Setup(t)
 	tree := fixture.RootfsDKMS(t)
-	qemu.Slot(t)
+	qemutest.Slot(t)
 	key := sigtest.OpenSSLKey(t, "rsa:2048")
 	root := sshtest.PrepareRoot(t, tree)
 	srv := sshtest.Start(t, root)
@@ -392,7 +393,7 @@ func TestAccKmodSettings(t *testing.T) {
 	e := packertest.Setup(t)
 	tree := fixture.RootfsDKMS(t)
 	marker := fixture.TestModule(t, "kmodtest_marker")
-	qemu.Slot(t)
+	qemutest.Slot(t)
 	key := sigtest.OpenSSLKey(t, "rsa:2048")
 	root := sshtest.PrepareRoot(t, tree)
 	srv := sshtest.Start(t, root)

@@ -19,16 +19,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kmodctl/packer-plugin-kmod/bootcheck"
 	"github.com/kmodctl/packer-plugin-kmod/catalog"
 	"github.com/kmodctl/packer-plugin-kmod/firstboot"
-	"github.com/kmodctl/packer-plugin-kmod/internal/bootcheck"
 	"github.com/kmodctl/packer-plugin-kmod/internal/catalogtest"
 	"github.com/kmodctl/packer-plugin-kmod/internal/fixture"
 	"github.com/kmodctl/packer-plugin-kmod/internal/packertest"
 	"github.com/kmodctl/packer-plugin-kmod/internal/qemu"
+	"github.com/kmodctl/packer-plugin-kmod/internal/qemutest"
+	"github.com/kmodctl/packer-plugin-kmod/internal/sigtest"
 	"github.com/kmodctl/packer-plugin-kmod/kmod"
 	"github.com/kmodctl/packer-plugin-kmod/kmod/manifest"
-	"github.com/kmodctl/packer-plugin-kmod/kmod/modsig/sigtest"
 )
 
 // guestCatalog is where a guest reaches the catalog (QEMU's guestfwd).
@@ -61,7 +62,7 @@ func TestAccCatalog(t *testing.T) {
 	}
 	c := catalogtest.Start(t, 1, catalogtest.Options{Hosts: []string{"10.0.2.100"}})
 	node := c.Nodes[0]
-	qemu.Slot(t)
+	qemutest.Slot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	secret := func(name string, role catalog.Role) string { return c.Token(t, name, role, "") }

@@ -10,8 +10,8 @@ import (
 
 	"github.com/kmodctl/packer-plugin-kmod/internal/fixture"
 	"github.com/kmodctl/packer-plugin-kmod/internal/packertest"
-	"github.com/kmodctl/packer-plugin-kmod/internal/qemu"
-	"github.com/kmodctl/packer-plugin-kmod/kmod/modsig/sigtest"
+	"github.com/kmodctl/packer-plugin-kmod/internal/qemutest"
+	"github.com/kmodctl/packer-plugin-kmod/internal/sigtest"
 )
 
 // patched writes a copy of a fixture test module with old replaced by new
@@ -43,7 +43,7 @@ func failingBuild(t *testing.T, name, body string) string {
 	t.Helper()
 	e := packertest.Setup(t)
 	src := fixture.CloudImageDKMSRaw(t)
-	qemu.Slot(t)
+	qemutest.Slot(t)
 	key := sigtest.OpenSSLKey(t, "rsa:2048")
 	before := packertest.SumFile(t, src)
 	dir := t.TempDir()

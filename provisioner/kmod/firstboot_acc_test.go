@@ -10,11 +10,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kmodctl/packer-plugin-kmod/internal/bootcheck"
+	"github.com/kmodctl/packer-plugin-kmod/bootcheck"
 	"github.com/kmodctl/packer-plugin-kmod/internal/fixture"
 	"github.com/kmodctl/packer-plugin-kmod/internal/packertest"
 	"github.com/kmodctl/packer-plugin-kmod/internal/qemu"
-	"github.com/kmodctl/packer-plugin-kmod/kmod/modsig/sigtest"
+	"github.com/kmodctl/packer-plugin-kmod/internal/qemutest"
+	"github.com/kmodctl/packer-plugin-kmod/internal/sigtest"
 )
 
 // probeUnit and probeScript are test-only, baked into the image: after the
@@ -166,7 +167,7 @@ func buildFirstbootImage(t *testing.T, before, firstbootBlock string) *firstboot
 	src := fixture.CloudImageDKMSRaw(t)
 	marker := fixture.TestModule(t, "kmodtest_marker")
 	base := fixture.TestModule(t, "kmodtest_base")
-	qemu.Slot(t)
+	qemutest.Slot(t)
 	key := sigtest.OpenSSLKey(t, "rsa:2048")
 	dir := t.TempDir()
 	out := filepath.Join(dir, "out")

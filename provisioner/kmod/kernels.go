@@ -11,8 +11,8 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/kmodctl/packer-plugin-kmod/bootcheck"
 	"github.com/kmodctl/packer-plugin-kmod/firstboot"
-	"github.com/kmodctl/packer-plugin-kmod/internal/bootcheck"
 	"github.com/kmodctl/packer-plugin-kmod/kmod"
 )
 

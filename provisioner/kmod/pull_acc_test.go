@@ -21,17 +21,18 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kmodctl/packer-plugin-kmod/bootcheck"
 	"github.com/kmodctl/packer-plugin-kmod/bundle"
 	"github.com/kmodctl/packer-plugin-kmod/firstboot"
 	"github.com/kmodctl/packer-plugin-kmod/initramfs"
-	"github.com/kmodctl/packer-plugin-kmod/internal/bootcheck"
 	"github.com/kmodctl/packer-plugin-kmod/internal/fixture"
 	"github.com/kmodctl/packer-plugin-kmod/internal/packertest"
 	"github.com/kmodctl/packer-plugin-kmod/internal/qemu"
+	"github.com/kmodctl/packer-plugin-kmod/internal/qemutest"
 	"github.com/kmodctl/packer-plugin-kmod/internal/registrytest"
+	"github.com/kmodctl/packer-plugin-kmod/internal/sigtest"
 	"github.com/kmodctl/packer-plugin-kmod/kmod"
 	"github.com/kmodctl/packer-plugin-kmod/kmod/manifest"
-	"github.com/kmodctl/packer-plugin-kmod/kmod/modsig/sigtest"
 )
 
 // guestRegistry is where a guest reaches the registry: QEMU's guestfwd
@@ -136,7 +137,7 @@ func TestAccFirstbootPull(t *testing.T) {
 	kverB := strings.TrimSpace(string(mustRead(t, fixture.Path(t, "alt/KVER"))))
 	debB := altDeb(t)
 	reg := registrytest.Start(t, registrytest.Options{TLS: true, Auth: true, IPs: []net.IP{net.IPv4(10, 0, 2, 100)}})
-	qemu.Slot(t)
+	qemutest.Slot(t)
 	key := sigtest.OpenSSLKey(t, "rsa:2048")
 	other := sigtest.GoKey(t, "rsa:2048")
 	pushAltBundle(t, reg, "kmod/fleet:fleet", kverB, key)

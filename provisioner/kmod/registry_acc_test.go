@@ -18,12 +18,12 @@ import (
 	"github.com/kmodctl/packer-plugin-kmod/bundle"
 	"github.com/kmodctl/packer-plugin-kmod/internal/fixture"
 	"github.com/kmodctl/packer-plugin-kmod/internal/packertest"
-	"github.com/kmodctl/packer-plugin-kmod/internal/qemu"
+	"github.com/kmodctl/packer-plugin-kmod/internal/qemutest"
 	"github.com/kmodctl/packer-plugin-kmod/internal/registrytest"
+	"github.com/kmodctl/packer-plugin-kmod/internal/sigtest"
 	"github.com/kmodctl/packer-plugin-kmod/internal/sshtest"
 	"github.com/kmodctl/packer-plugin-kmod/kmod"
 	"github.com/kmodctl/packer-plugin-kmod/kmod/manifest"
-	"github.com/kmodctl/packer-plugin-kmod/kmod/modsig/sigtest"
 )
 
 // registryBlock is the HCL of a registry's settings for the test registry.
@@ -58,7 +58,7 @@ func TestAccKmodPublish(t *testing.T) {
 	e := packertest.Setup(t)
 	src := fixture.CloudImageDKMSQcow2(t)
 	reg := registrytest.Start(t, registrytest.Options{TLS: true, Auth: true})
-	qemu.Slot(t)
+	qemutest.Slot(t)
 	key := sigtest.OpenSSLKey(t, "rsa:2048")
 	dir := t.TempDir()
 	out := filepath.Join(dir, "out")
@@ -208,7 +208,7 @@ func TestAccKmodBundleSource(t *testing.T) {
 	src := fixture.CloudImageQcow2(t)
 	kver := fixture.KVER(t)
 	reg := registrytest.Start(t, registrytest.Options{})
-	qemu.Slot(t)
+	qemutest.Slot(t)
 	key := sigtest.OpenSSLKey(t, "rsa:2048")
 	good, _ := bundle.ParseLocation(reg.Ref("kmod/good:1"), true)
 	pushTestBundle(t, good, kver, key, bundle.WithPlainHTTP())
@@ -385,7 +385,7 @@ func TestAccKmodCache(t *testing.T) {
 	tree := fixture.RootfsDKMS(t)
 	altTree := fixture.Path(t, "alt/rootfs-dkms")
 	reg := registrytest.Start(t, registrytest.Options{})
-	qemu.Slot(t)
+	qemutest.Slot(t)
 	key := sigtest.OpenSSLKey(t, "rsa:2048")
 	cacheBlock := `
     cache {

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/kmodctl/packer-plugin-kmod/internal/compress"
+	"github.com/kmodctl/packer-plugin-kmod/compress"
 )
 
 // lsinitramfsScript runs the rootfs fixture's lsinitramfs chrooted, the image

@@ -20,7 +20,7 @@ import (
 
 	"github.com/kmodctl/packer-plugin-kmod/diskimage"
 	"github.com/kmodctl/packer-plugin-kmod/internal/fixture"
-	"github.com/kmodctl/packer-plugin-kmod/internal/qemu"
+	"github.com/kmodctl/packer-plugin-kmod/internal/qemutest"
 )
 
 func TestDirectCmdline(t *testing.T) {
@@ -411,7 +411,7 @@ func TestRunFirmwareCancel(t *testing.T) {
 	}
 	before := fileSum(t, img)
 	log := filepath.Join(t.TempDir(), "console.log")
-	qemu.Slot(t) // before TMPDIR moves: the slots' lock files live there
+	qemutest.Slot(t) // before TMPDIR moves: the slots' lock files live there
 	tmp := isolatedTmp(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -446,7 +446,7 @@ func TestRunDirect(t *testing.T) {
 		t.Fatal(err)
 	}
 	sum0 := fileSum(t, raw)
-	qemu.Slot(t)
+	qemutest.Slot(t)
 	ctx := context.Background()
 	dir := t.TempDir()
 
@@ -545,7 +545,7 @@ func TestRunFirmwareGRUB(t *testing.T) {
 	}
 	before := fileSum(t, img)
 
-	qemu.Slot(t)
+	qemutest.Slot(t)
 	tmp := isolatedTmp(t)
 	log := filepath.Join(dir, "console.log")
 	res, err := Run(context.Background(), Options{Image: img, ExpectModules: []string{"ext4"}, ConsoleLog: log})

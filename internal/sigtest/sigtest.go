@@ -15,7 +15,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
-	"github.com/kmodctl/packer-plugin-kmod/internal/compress"
+	"github.com/kmodctl/packer-plugin-kmod/compress"
 	"math/big"
 	"os"
 	"os/exec"
