@@ -20,12 +20,6 @@ import (
 	"github.com/kmodctl/packer-plugin-kmod/kmod/manifest"
 )
 
-// InitramfsPaths are the initramfs images of a kernel release, in the
-// order they are looked for (initramfs-tools, then dracut).
-func InitramfsPaths(release string) []string {
-	return []string{"/boot/initrd.img-" + release, "/boot/initramfs-" + release + ".img"}
-}
-
 // initrdKey is the path of an initramfs record or image file relative to
 // the root, with a merged /usr folded (usr/lib/modules → lib/modules), so
 // that the manifest's path and the image's record compare equal.
@@ -68,7 +62,7 @@ func (c *checker) checkInitramfs(ctx context.Context) {
 		return
 	}
 	image, host := "", ""
-	for _, p := range InitramfsPaths(c.o.Kernel) {
+	for _, p := range initramfs.Paths(c.o.Kernel) {
 		h, err := securejoin.SecureJoin(c.o.Root, p)
 		if err != nil {
 			continue
@@ -87,7 +81,7 @@ func (c *checker) checkInitramfs(ctx context.Context) {
 		}
 	}
 	if image == "" {
-		fail("initramfs copy: no initramfs for %s (%s)", c.o.Kernel, strings.Join(InitramfsPaths(c.o.Kernel), " or "))
+		fail("initramfs copy: no initramfs for %s (%s)", c.o.Kernel, strings.Join(initramfs.Paths(c.o.Kernel), " or "))
 		return
 	}
 	im, err := initramfs.Open(host)

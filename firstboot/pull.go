@@ -509,7 +509,7 @@ func (o PullOptions) injectEarly(ctx context.Context, k *manifest.Kernel, p *Pul
 		return nil
 	}
 	img, host := "", ""
-	for _, c := range InitramfsPaths(k.Release) {
+	for _, c := range initramfs.Paths(k.Release) {
 		h, err := inRoot(o.Root, c)
 		if st, serr := os.Stat(h); err == nil && serr == nil && st.Mode().IsRegular() {
 			img, host = c, h

@@ -14,10 +14,8 @@ import (
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 
 	"github.com/kmodctl/packer-plugin-kmod/bootcheck"
+	"github.com/kmodctl/packer-plugin-kmod/kmod/manifest"
 )
-
-// manifestPath is where the kmod provisioner records what it installed.
-const manifestPath = "/usr/lib/kmodctl/manifest.json"
 
 // stepInspect reads what the artifact reports from the provisioned image —
 // os-release, kernel releases, the kmodctl manifest — and copies out the
@@ -45,11 +43,11 @@ func (s *stepInspect) Run(ctx context.Context, state multistep.StateBag) multist
 	}
 	u.Say(fmt.Sprintf("Image: %s %s, kernels: %s", b.osRelease["ID"], b.osRelease["VERSION_ID"], strings.Join(rels, ", ")))
 
-	if p, err := securejoin.SecureJoin(root, manifestPath); err == nil {
+	if p, err := securejoin.SecureJoin(root, manifest.Path); err == nil {
 		if _, err := os.Stat(p); err == nil {
 			dst := filepath.Join(b.workDir, "manifest.json")
 			if err := copyFile(p, dst); err != nil {
-				return halt(state, "copy %s out of the image: %v", manifestPath, err)
+				return halt(state, "copy %s out of the image: %v", manifest.Path, err)
 			}
 			b.manifest = dst
 		}

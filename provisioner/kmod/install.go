@@ -327,9 +327,9 @@ func (r *run) regenerate(ctx context.Context, k *targetKernel) error {
 	dracut := !r.t.exists(ctx, "/usr/sbin/update-initramfs")
 	img := k.Initrd
 	if img == "" { // the file each tool writes for a kernel without one
-		img = firstboot.InitramfsPaths(k.Release)[0]
+		img = initramfs.Paths(k.Release)[0]
 		if dracut {
-			img = firstboot.InitramfsPaths(k.Release)[1]
+			img = initramfs.Paths(k.Release)[1]
 		}
 	}
 	cmd := "update-initramfs -u -k " + shQuote(k.Release)

@@ -11,8 +11,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/kmodctl/packer-plugin-kmod/bootcheck"
-	"github.com/kmodctl/packer-plugin-kmod/firstboot"
+	"github.com/kmodctl/packer-plugin-kmod/initramfs"
 	"github.com/kmodctl/packer-plugin-kmod/kmod"
 )
 
@@ -57,7 +56,7 @@ done`)
 			ks = append(ks, l)
 		}
 	}
-	sort.Slice(ks, func(i, j int) bool { return bootcheck.CompareVersions(ks[i], ks[j]) > 0 })
+	sort.Slice(ks, func(i, j int) bool { return kmod.CompareReleases(ks[i], ks[j]) > 0 })
 	return ks, nil
 }
 
@@ -120,7 +119,7 @@ done; exit 0`, shQuote(moddir), release, release, release, release, release, rel
 			break
 		}
 	}
-	for _, p := range firstboot.InitramfsPaths(release) {
+	for _, p := range initramfs.Paths(release) {
 		if have[p] {
 			k.Initrd = p
 			break
