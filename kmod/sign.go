@@ -230,7 +230,7 @@ func (s *Signer) SignFile(path string) error {
 func (s *Signer) SignFileResult(path string) (SignResult, error) {
 	res, err := s.signFile(path)
 	if err != nil {
-		return res, fmt.Errorf("sign %s: %w", path, err)
+		return res, fileError("sign", path, err)
 	}
 	return res, nil
 }
@@ -321,12 +321,12 @@ func (s *Signer) SignFiles(ctx context.Context, paths []string, workers int) []e
 			defer signWG.Done()
 			for i := range next {
 				if err := ctx.Err(); err != nil {
-					errs[i] = fmt.Errorf("sign %s: %w", paths[i], err)
+					errs[i] = fileError("sign", paths[i], err)
 					continue
 				}
 				j, err := s.prepare(paths[i])
 				if err != nil {
-					errs[i] = fmt.Errorf("sign %s: %w", paths[i], err)
+					errs[i] = fileError("sign", paths[i], err)
 					continue
 				}
 				if !j.res.Skipped {
@@ -342,7 +342,7 @@ func (s *Signer) SignFiles(ctx context.Context, paths []string, workers int) []e
 			for d := range written {
 				// The folders are fsynced once each at the end, not per file.
 				if err := d.j.write(atomicfile.NoDirSync()); err != nil {
-					errs[d.i] = fmt.Errorf("sign %s: %w", paths[d.i], err)
+					errs[d.i] = fileError("sign", paths[d.i], err)
 					continue
 				}
 				dirsMu.Lock()
@@ -363,7 +363,7 @@ func (s *Signer) SignFiles(ctx context.Context, paths []string, workers int) []e
 	for dir, idx := range dirs {
 		if err := atomicfile.SyncDir(dir); err != nil {
 			for _, i := range idx {
-				errs[i] = fmt.Errorf("sign %s: %w", paths[i], err)
+				errs[i] = fileError("sign", paths[i], err)
 			}
 		}
 	}

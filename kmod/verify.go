@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"crypto/x509"
 	"fmt"
+	"io/fs"
 	"math/big"
 	"os"
+	"path/filepath"
 
 	"github.com/kmodctl/packer-plugin-kmod/compress"
 	"github.com/kmodctl/packer-plugin-kmod/kmod/modsig"
@@ -77,11 +79,21 @@ func VerifyBytes(data []byte, certs []*x509.Certificate) (*VerifyResult, error) 
 func VerifyFile(path string, certs []*x509.Certificate) (*VerifyResult, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("verify %s: %w", path, err)
+		return nil, fileError("verify", path, err)
 	}
 	res, err := VerifyBytes(data, certs)
 	if err != nil {
-		return res, fmt.Errorf("verify %s: %w", path, err)
+		return res, fileError("verify", path, err)
 	}
 	return res, nil
+}
+
+// fileError is err of op on the file at path, naming path once: an
+// *fs.PathError about path itself (os.ReadFile's, say) gives up its copy
+// of the name; errors.Is still sees its errno.
+func fileError(op, path string, err error) error {
+	if pe, ok := err.(*fs.PathError); ok && filepath.Clean(pe.Path) == filepath.Clean(path) {
+		err = fmt.Errorf("%s: %w", pe.Op, pe.Err)
+	}
+	return fmt.Errorf("%s %s: %w", op, path, err)
 }
