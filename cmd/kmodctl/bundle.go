@@ -23,24 +23,6 @@ import (
 	"github.com/kmodctl/packer-plugin-kmod/kmod/manifest"
 )
 
-// errUsage is a command line that cannot run: exit status 2.
-type errUsage struct{ err error }
-
-func (e errUsage) Error() string { return e.err.Error() }
-func (e errUsage) Unwrap() error { return e.err }
-
-func usagef(format string, a ...any) error { return errUsage{fmt.Errorf(format, a...)} }
-
-// usageArgs wraps an argument-count check so its error is a usage error.
-func usageArgs(check cobra.PositionalArgs) cobra.PositionalArgs {
-	return func(cmd *cobra.Command, args []string) error {
-		if err := check(cmd, args); err != nil {
-			return errUsage{err}
-		}
-		return nil
-	}
-}
-
 // registryFlags are the flags of every bundle command that reaches a
 // registry.
 type registryFlags struct {
@@ -131,7 +113,6 @@ func newBundleCmd() *cobra.Command {
 			"image layout, for air-gapped transfer). See docs/bundles.mdx. Exit status: 0 ok, 1 " +
 			"failure, 2 usage error.",
 	}
-	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return errUsage{err} })
 	cmd.AddCommand(newBundleCreateCmd(), newBundlePushCmd(), newBundlePullCmd(), newBundleInspectCmd(),
 		newBundleLsCmd(), newBundleVerifyCmd())
 	return cmd
@@ -141,7 +122,7 @@ func newBundleCreateCmd() *cobra.Command {
 	var rf registryFlags
 	var kernel, arch, name, version, manifestPath, root string
 	var certs, early, noLoad []string
-	var replace bool
+	var replace, asJSON bool
 	cmd := &cobra.Command{
 		Use: "create --kernel RELEASE --cert CERT [flags] TARGET MODULE...\n" +
 			"  kmodctl bundle create --manifest MANIFEST --root DIR [--kernel RELEASE] TARGET",
@@ -151,8 +132,8 @@ func newBundleCreateCmd() *cobra.Command {
 			"entry and keeping the others (--replace starts a new index). With --manifest: every " +
 			"kernel of an image manifest (the kmod provisioner's /usr/lib/kmodctl/manifest.json), " +
 			"its module files read under --root. The creation time is SOURCE_DATE_EPOCH, else the " +
-			"Unix epoch, so the same inputs give the same digests.",
-		Args: usageArgs(cobra.MinimumNArgs(1)),
+			"Unix epoch, so the same inputs give the same digests. " + pushedJSONDoc,
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts, locs, err := rf.setup(cmd, args[0])
 			if err != nil {
@@ -191,8 +172,7 @@ func newBundleCreateCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			printPushed(cmd.OutOrStdout(), res)
-			return nil
+			return printPushed(cmd.OutOrStdout(), res, asJSON)
 		},
 	}
 	rf.add(cmd, false)
@@ -207,6 +187,7 @@ func newBundleCreateCmd() *cobra.Command {
 	fl.StringVar(&manifestPath, "manifest", "", "an image manifest: bundle every kernel it lists")
 	fl.StringVar(&root, "root", "", "with --manifest: the image's root folder, where the manifest's module paths are")
 	fl.BoolVar(&replace, "replace", false, "write a new index with these kernels only, instead of joining the one at TARGET")
+	fl.BoolVar(&asJSON, "json", false, "print what was written as one JSON object")
 	return cmd
 }
 
@@ -270,7 +251,17 @@ func bundlesFromManifest(path, root, kernel, arch string, copts []bundle.CreateO
 	return out, nil
 }
 
-func printPushed(w io.Writer, res *bundle.PushResult) {
+// pushedJSONDoc is the --json shape of the commands that write a bundle.
+const pushedJSONDoc = "--json prints one object: {\"kernels\": [{\"release\", \"arch\", \"tag\" (the " +
+	"kernel's own tag), \"digest\", \"reference\" (the manifest by digest)}], \"index\" (its digest), " +
+	"\"reference\" (the index by digest)}."
+
+// printPushed prints what a push wrote: a line per kernel and the index,
+// or one JSON object.
+func printPushed(w io.Writer, res *bundle.PushResult, asJSON bool) error {
+	if asJSON {
+		return writeJSON(w, res)
+	}
 	for _, k := range res.Kernels {
 		tag := ""
 		if k.Tag != "" {
@@ -278,19 +269,21 @@ func printPushed(w io.Writer, res *bundle.PushResult) {
 		}
 		fmt.Fprintf(w, "%s/%s: %s%s\n", k.Release, k.Arch, k.Reference, tag)
 	}
-	fmt.Fprintf(w, "index: %s\n", res.Reference)
+	_, err := fmt.Fprintf(w, "index: %s\n", res.Reference)
+	return err
 }
 
 func newBundlePushCmd() *cobra.Command {
 	var src registryFlags
+	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "push [flags] SOURCE TARGET",
 		Short: "Copy a bundle (every kernel) from a layout or registry to another, digests unchanged",
 		Long: "Reads every kernel's bundle at SOURCE, checks it (sizes, digests, config; signatures " +
 			"too with --trusted-cert), then writes the manifests, their kernel tags and the index to " +
 			"TARGET byte for byte. oci:DIR[:TAG] on either side moves bundles across an air gap. The " +
-			"registry flags apply to both sides.",
-		Args: usageArgs(cobra.ExactArgs(2)),
+			"registry flags apply to both sides. " + pushedJSONDoc,
+		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts, locs, err := src.setup(cmd, args[0])
 			if err != nil {
@@ -306,18 +299,22 @@ func newBundlePushCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			printPushed(cmd.OutOrStdout(), res)
+			if err := printPushed(cmd.OutOrStdout(), res, asJSON); err != nil {
+				return err
+			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "kmodctl: pushed %d kernels in %v\n", len(res.Kernels), time.Since(start).Round(time.Millisecond))
 			return nil
 		},
 	}
 	src.add(cmd, true)
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print what was written as one JSON object")
 	return cmd
 }
 
 func newBundlePullCmd() *cobra.Command {
 	var rf registryFlags
 	var kernel, arch string
+	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "pull --kernel RELEASE --trusted-cert CERT [flags] SOURCE DIR",
 		Short: "Verify a kernel's bundle and write its files into a folder, all at once",
@@ -325,8 +322,10 @@ func newBundlePullCmd() *cobra.Command {
 			"verifies everything before writing anything (digests, sizes, the config against the " +
 			"layers, each file's sha256, each module's signature against --trusted-cert), then " +
 			"writes the module files and certificates into DIR in one rename. On any failure DIR " +
-			"is left as it was.",
-		Args: usageArgs(cobra.ExactArgs(2)),
+			"is left as it was. --json prints one object: {\"release\", \"arch\", \"reference\" (the " +
+			"manifest by digest), \"digest\", \"dir\", \"modules\": [the config's module objects, as " +
+			"`bundle inspect --json` shows them], \"certificates\": [likewise]}.",
+		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(rf.trusted) == 0 {
 				return usagef("give --trusted-cert: a bundle's own certificate never makes it trusted")
@@ -344,6 +343,10 @@ func newBundlePullCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if asJSON {
+				return writeJSON(cmd.OutOrStdout(), map[string]any{"release": kernel, "arch": arch, "reference": f.Reference,
+					"digest": f.Digest.String(), "dir": args[1], "modules": f.Config.Modules, "certificates": f.Config.Certificates})
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s/%s: %s: %d modules verified, written to %s (%v)\n", kernel, arch, f.Reference,
 				len(f.Config.Modules), args[1], time.Since(start).Round(time.Millisecond))
 			return nil
@@ -352,6 +355,7 @@ func newBundlePullCmd() *cobra.Command {
 	rf.add(cmd, true)
 	cmd.Flags().StringVar(&kernel, "kernel", "", "kernel release (required)")
 	cmd.Flags().StringVar(&arch, "arch", runtime.GOARCH, "architecture (GOARCH name)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print what was written as one JSON object")
 	return cmd
 }
 
@@ -362,7 +366,12 @@ func newBundleInspectCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "inspect [--kernel RELEASE] [--arch ARCH] [--json] SOURCE",
 		Short: "Show a kernel's bundle: manifest, annotations and config (nothing verified but digests)",
-		Args:  usageArgs(cobra.ExactArgs(1)),
+		Long: "Shows the bundle of --kernel (default: the only one) for --arch: its reference, the kernel, " +
+			"the modules and certificates its config lists. Only digests are checked; `bundle verify` checks " +
+			"signatures. --json prints one object: {\"release\", \"arch\", \"digest\", \"reference\" (the " +
+			"manifest by digest), \"annotations\" (the manifest's), \"config\" (the bundle's config, see " +
+			"docs/bundles.mdx)}.",
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts, locs, err := rf.setup(cmd, args[0])
 			if err != nil {
@@ -415,7 +424,10 @@ func newBundleLsCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "ls [--json] SOURCE",
 		Short: "List the kernels and architectures of a bundle",
-		Args:  usageArgs(cobra.ExactArgs(1)),
+		Long: "Lists the kernels and architectures of the index at SOURCE, with each kernel's own tag and " +
+			"manifest digest. --json prints one array: [{\"release\", \"arch\", \"digest\", \"size\"}] " +
+			"(digest and size of the kernel's manifest).",
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts, locs, err := rf.setup(cmd, args[0])
 			if err != nil {
@@ -463,7 +475,11 @@ func newBundleVerifyCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "verify --trusted-cert CERT [--kernel RELEASE] [--arch ARCH] [--json] SOURCE",
 		Short: "Verify every kernel's bundle (or one) as pull does, writing nothing",
-		Args:  usageArgs(cobra.ExactArgs(1)),
+		Long: "Verifies each kernel's bundle at SOURCE (only --kernel, and only --arch when given) the way " +
+			"pull does, module signatures against --trusted-cert included, and writes nothing. --json " +
+			"prints one array, one object per kernel: [{\"release\", \"arch\", \"reference\", \"ok\", " +
+			"\"modules\" (count), \"error\" (when ok is false)}].",
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(rf.trusted) == 0 {
 				return usagef("give --trusted-cert: a bundle's own certificate never makes it trusted")

@@ -123,7 +123,12 @@ func newCatalogCmd() *cobra.Command {
 		Use:   "catalog",
 		Short: "Query and update a kmod-catalog: builds, approvals, instances, drift",
 		Long: "Talks to a kmod-catalog (cmd/kmod-catalog) over its HTTPS API with a bearer token: " +
-			"--token-file or $KMODCTL_CATALOG_TOKEN; the URL from --url or $KMODCTL_CATALOG_URL.",
+			"--token-file or $KMODCTL_CATALOG_TOKEN; the URL from --url or $KMODCTL_CATALOG_URL.\n\n" +
+			"--json prints the catalog API's objects (docs/catalog.mdx): the list commands one array of " +
+			"them (builds, approvals, instances, drift, uncovered, who-runs, token ls); record the build, " +
+			"approve an array of approvals, attest the attestation, token create the token (its secret " +
+			"only without -o); export and import one object of counts, {\"builds\", \"approvals\", " +
+			"\"attestations\", \"tokens\"} (export adds \"file\"). token revoke prints nothing.",
 	}
 	f.add(cmd)
 	cmd.AddCommand(newCatalogBuildsCmd(&f), newCatalogRecordCmd(&f), newCatalogApproveCmd(&f), newCatalogApprovalsCmd(&f),
@@ -134,7 +139,7 @@ func newCatalogCmd() *cobra.Command {
 
 func newCatalogBuildsCmd(f *catalogFlags) *cobra.Command {
 	var image string
-	cmd := listCmd(f, &cobra.Command{Use: "builds [--image NAME]", Args: usageArgs(cobra.NoArgs),
+	cmd := listCmd(f, &cobra.Command{Use: "builds [--image NAME]", Args: cobra.NoArgs,
 		Short: "List recorded builds, newest first (build history of an image with --image)"},
 		func(ctx context.Context, cli *catalog.Client, _ []string) ([]catalog.Build, error) {
 			return cli.Builds(ctx, image)
@@ -153,7 +158,7 @@ func newCatalogRecordCmd(f *catalogFlags) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "record MANIFEST",
 		Short: "Record a build from its image manifest (what the kmod provisioner's catalog block does)",
-		Args:  usageArgs(cobra.ExactArgs(1)),
+		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			data, err := os.ReadFile(args[0])
 			if err != nil {
@@ -188,7 +193,7 @@ func newCatalogApproveCmd(f *catalogFlags) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "approve (--kernel K --module M --sha256 S | --build ID [--kernel K] [--module M])",
 		Short: "Approve module digests for a kernel (one, or every module of a recorded build)",
-		Args:  usageArgs(cobra.NoArgs),
+		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var todo []catalog.Approval
 			switch {
@@ -290,7 +295,7 @@ func existingApproval(ctx context.Context, cli *catalog.Client, a catalog.Approv
 
 func newCatalogApprovalsCmd(f *catalogFlags) *cobra.Command {
 	var kernel string
-	cmd := listCmd(f, &cobra.Command{Use: "approvals [--kernel K]", Short: "List approvals", Args: usageArgs(cobra.NoArgs)},
+	cmd := listCmd(f, &cobra.Command{Use: "approvals [--kernel K]", Short: "List approvals", Args: cobra.NoArgs},
 		func(ctx context.Context, cli *catalog.Client, _ []string) ([]catalog.Approval, error) {
 			return cli.Approvals(ctx, kernel)
 		},
@@ -303,7 +308,7 @@ func newCatalogApprovalsCmd(f *catalogFlags) *cobra.Command {
 }
 
 func newCatalogInstancesCmd(f *catalogFlags) *cobra.Command {
-	return listCmd(f, &cobra.Command{Use: "instances", Short: "List instances with their latest attestation", Args: usageArgs(cobra.NoArgs)},
+	return listCmd(f, &cobra.Command{Use: "instances", Short: "List instances with their latest attestation", Args: cobra.NoArgs},
 		func(ctx context.Context, cli *catalog.Client, _ []string) ([]catalog.Instance, error) {
 			return cli.Instances(ctx)
 		},
@@ -314,7 +319,7 @@ func newCatalogInstancesCmd(f *catalogFlags) *cobra.Command {
 }
 
 func newCatalogDriftCmd(f *catalogFlags) *cobra.Command {
-	return listCmd(f, &cobra.Command{Use: "drift", Args: usageArgs(cobra.NoArgs),
+	return listCmd(f, &cobra.Command{Use: "drift", Args: cobra.NoArgs,
 		Short: "List modules of instances (latest attestation) whose digest no approval covers for their kernel"},
 		func(ctx context.Context, cli *catalog.Client, _ []string) ([]catalog.Drift, error) {
 			return cli.Drift(ctx)
@@ -326,7 +331,7 @@ func newCatalogDriftCmd(f *catalogFlags) *cobra.Command {
 }
 
 func newCatalogUncoveredCmd(f *catalogFlags) *cobra.Command {
-	return listCmd(f, &cobra.Command{Use: "uncovered", Args: usageArgs(cobra.NoArgs),
+	return listCmd(f, &cobra.Command{Use: "uncovered", Args: cobra.NoArgs,
 		Short: "List running kernels that no recorded bundle covers, with their instances"},
 		func(ctx context.Context, cli *catalog.Client, _ []string) ([]catalog.Uncovered, error) {
 			return cli.Uncovered(ctx)
@@ -337,7 +342,7 @@ func newCatalogUncoveredCmd(f *catalogFlags) *cobra.Command {
 
 func newCatalogWhoRunsCmd(f *catalogFlags) *cobra.Command {
 	var version, sum string
-	cmd := listCmd(f, &cobra.Command{Use: "who-runs MODULE [--version V] [--sha256 S]", Args: usageArgs(cobra.ExactArgs(1)),
+	cmd := listCmd(f, &cobra.Command{Use: "who-runs MODULE [--version V] [--sha256 S]", Args: cobra.ExactArgs(1),
 		Short: "List instances whose latest attestation has MODULE loaded (optionally one version or digest)"},
 		func(ctx context.Context, cli *catalog.Client, args []string) ([]catalog.Running, error) {
 			return cli.WhoRuns(ctx, args[0], version, sum)
@@ -355,7 +360,7 @@ func newCatalogAttestCmd(f *catalogFlags) *cobra.Command {
 	return &cobra.Command{
 		Use:   "attest REPORT",
 		Short: "Post a first-boot report (report.json) or verification result as an attestation",
-		Args:  usageArgs(cobra.ExactArgs(1)),
+		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var v firstboot.VerifyResult
 			raw, err := readJSONFile(args[0], &v)
@@ -384,7 +389,7 @@ func newCatalogTokenCmd(f *catalogFlags) *cobra.Command {
 	create := &cobra.Command{
 		Use:   "create NAME --role ROLE [--instance ID] [-o FILE]",
 		Short: "Create a token; its secret is printed (or written to -o, 0600) once and never again",
-		Args:  usageArgs(cobra.ExactArgs(1)),
+		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return f.do(cmd, func(ctx context.Context, cli *catalog.Client) error {
 				t, err := cli.CreateToken(ctx, catalog.TokenRequest{Name: args[0], Role: catalog.Role(role), InstanceID: instance})
@@ -412,7 +417,7 @@ func newCatalogTokenCmd(f *catalogFlags) *cobra.Command {
 	create.Flags().StringVar(&role, "role", "", "builder, approver, instance, auditor or admin")
 	create.Flags().StringVar(&instance, "instance", "", "bind an instance token to this instance id (default: bound on its first attestation)")
 	create.Flags().StringVarP(&out, "output", "o", "", "write the secret to this file (0600) instead of printing it")
-	ls := listCmd(f, &cobra.Command{Use: "ls", Short: "List tokens (never their secrets)", Args: usageArgs(cobra.NoArgs)},
+	ls := listCmd(f, &cobra.Command{Use: "ls", Short: "List tokens (never their secrets)", Args: cobra.NoArgs},
 		func(ctx context.Context, cli *catalog.Client, _ []string) ([]catalog.Token, error) {
 			return cli.Tokens(ctx)
 		},
@@ -423,7 +428,7 @@ func newCatalogTokenCmd(f *catalogFlags) *cobra.Command {
 	revoke := &cobra.Command{
 		Use:   "revoke NAME",
 		Short: "Revoke a token",
-		Args:  usageArgs(cobra.ExactArgs(1)),
+		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return f.do(cmd, func(ctx context.Context, cli *catalog.Client) error {
 				return cli.RevokeToken(ctx, args[0])
@@ -434,12 +439,21 @@ func newCatalogTokenCmd(f *catalogFlags) *cobra.Command {
 	return cmd
 }
 
+// exportCounts is the --json object of export and import.
+type exportCounts struct {
+	File         string `json:"file,omitempty"`
+	Builds       int    `json:"builds"`
+	Approvals    int    `json:"approvals"`
+	Attestations int    `json:"attestations"`
+	Tokens       int    `json:"tokens"`
+}
+
 func newCatalogExportCmd(f *catalogFlags) *cobra.Command {
 	var out string
 	cmd := &cobra.Command{
 		Use:   "export -o FILE",
 		Short: "Back up the whole catalog (admin): one consistent JSON document",
-		Args:  usageArgs(cobra.NoArgs),
+		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if out == "" {
 				return usagef("-o FILE is required")
@@ -456,6 +470,10 @@ func newCatalogExportCmd(f *catalogFlags) *cobra.Command {
 				if err := atomicfile.WriteFile(out, data, 0o600); err != nil {
 					return err
 				}
+				if f.json {
+					return f.print(cmd.OutOrStdout(), exportCounts{File: out, Builds: len(e.Builds), Approvals: len(e.Approvals),
+						Attestations: len(e.Attestations), Tokens: len(e.Tokens)}, nil)
+				}
 				fmt.Fprintf(cmd.OutOrStdout(), "exported %d builds, %d approvals, %d attestations, %d tokens to %s\n",
 					len(e.Builds), len(e.Approvals), len(e.Attestations), len(e.Tokens), out)
 				return nil
@@ -470,7 +488,7 @@ func newCatalogImportCmd(f *catalogFlags) *cobra.Command {
 	return &cobra.Command{
 		Use:   "import FILE",
 		Short: "Restore a backup into a catalog (admin); records already there are kept, so it can be run again",
-		Args:  usageArgs(cobra.ExactArgs(1)),
+		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var e catalog.Export
 			if _, err := readJSONFile(args[0], &e); err != nil {
@@ -478,6 +496,10 @@ func newCatalogImportCmd(f *catalogFlags) *cobra.Command {
 			}
 			if err := f.do(cmd, func(ctx context.Context, cli *catalog.Client) error { return cli.Import(ctx, &e) }); err != nil {
 				return err
+			}
+			if f.json {
+				return f.print(cmd.OutOrStdout(), exportCounts{Builds: len(e.Builds), Approvals: len(e.Approvals),
+					Attestations: len(e.Attestations), Tokens: len(e.Tokens)}, nil)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "imported %d builds, %d approvals, %d attestations, %d tokens\n",
 				len(e.Builds), len(e.Approvals), len(e.Attestations), len(e.Tokens))

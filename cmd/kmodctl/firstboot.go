@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os/exec"
 	"path/filepath"
@@ -19,7 +18,7 @@ import (
 type firstbootFlags struct {
 	root, kernel, manifest, report string
 	onDrift, onUncovered           string
-	verbose                        bool
+	verbose, json                  bool
 }
 
 func (f *firstbootFlags) add(cmd *cobra.Command, defaultReport string, policies bool) {
@@ -29,6 +28,7 @@ func (f *firstbootFlags) add(cmd *cobra.Command, defaultReport string, policies 
 	fl.StringVar(&f.manifest, "manifest", "", "the manifest's path under --root (default "+manifestDefault+")")
 	fl.StringVar(&f.report, "report", "", "where to write the JSON result (default --root joined with "+defaultReport+"; - for stdout)")
 	fl.BoolVarP(&f.verbose, "verbose", "v", false, "also print each module's problems on stderr")
+	fl.BoolVar(&f.json, "json", false, "print the result as JSON (the report's object) instead of the summary line; the report is still written")
 	if policies {
 		fl.StringVar(&f.onDrift, "on-drift", string(firstboot.PolicyFail), "a module that differs from the manifest, or a missing or malformed manifest: warn (exit 0) or fail (exit 1)")
 		fl.StringVar(&f.onUncovered, "on-uncovered", string(firstboot.PolicyWarn), "a running kernel the manifest does not cover: warn (exit 0) or fail (exit 1)")
@@ -42,12 +42,12 @@ func (f *firstbootFlags) options() (firstboot.Options, error) {
 	var err error
 	if f.onDrift != "" {
 		if o.OnDrift, err = firstboot.ParsePolicy(f.onDrift); err != nil {
-			return o, fmt.Errorf("--on-drift: %w", err)
+			return o, usagef("--on-drift: %w", err)
 		}
 	}
 	if f.onUncovered != "" {
 		if o.OnUncovered, err = firstboot.ParsePolicy(f.onUncovered); err != nil {
-			return o, fmt.Errorf("--on-uncovered: %w", err)
+			return o, usagef("--on-uncovered: %w", err)
 		}
 	}
 	return o, nil
@@ -65,12 +65,15 @@ func (f *firstbootFlags) reportPath(def string) string {
 // problems (with -v), and turns the status into the exit status.
 func (f *firstbootFlags) finish(cmd *cobra.Command, path string, v any, write func(string) error, summary string, status firstboot.Status, mods []firstboot.ModuleReport, errs []string) error {
 	var werr error
-	if path == "-" {
-		enc := json.NewEncoder(cmd.OutOrStdout())
-		enc.SetIndent("", "  ")
-		werr = enc.Encode(v)
-	} else {
+	if path != "-" {
 		werr = write(path)
+	}
+	switch {
+	case path == "-" || f.json:
+		if err := writeJSON(cmd.OutOrStdout(), v); werr == nil {
+			werr = err
+		}
+	default:
 		fmt.Fprintln(cmd.OutOrStdout(), summary)
 	}
 	if f.verbose {
@@ -114,7 +117,9 @@ func newFirstbootVerifyCmd() *cobra.Command {
 		Short: "Check the managed modules and block the drifted ones for this boot (every boot, before systemd-modules-load)",
 		Long: "Checks every managed module of the running kernel, writes " + firstboot.BlockedPath + " (`blacklist NAME` and " +
 			"`install NAME /bin/false` for each module that failed, removed when none did), writes " + firstboot.VerifyPath +
-			" and prints `kmodctl verify: N/M modules verified`. It loads nothing and writes only under /run.",
+			" and prints `kmodctl verify: N/M modules verified` (with --json or --report -, the result " +
+			"object instead: the shape of " + firstboot.VerifyPath + ", see docs/guides/firstboot.mdx). " +
+			"It loads nothing and writes only under /run.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o, err := f.options()
@@ -145,7 +150,8 @@ func newFirstbootRunCmd() *cobra.Command {
 			"in /sys/module, records its taint and parameters, writes " + firstboot.ReportPath + " and prints " +
 			"`kmodctl: N/M modules verified and loaded`. With --lockdown it then sets kernel.modules_disabled=1. " +
 			"With --once it does nothing when it already ran for this instance (cloud-init's instance-id, else " +
-			"/etc/machine-id).",
+			"/etc/machine-id). With --json or --report -, it prints the report's object instead of the " +
+			"summary line (see docs/guides/firstboot.mdx, The report).",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o, err := f.options()
@@ -210,7 +216,8 @@ func newFirstbootLockdownCmd() *cobra.Command {
 		Short: "Set kernel.modules_disabled=1 (every boot, once the managed modules are loaded)",
 		Long: "Sets kernel.modules_disabled=1 (" + firstboot.ModulesDisabledPath + ") and reads it back, naming the managed " +
 			"modules of the running kernel that are not loaded; writes " + firstboot.LockdownReportPath + ". It fails " +
-			"only when the setting does not take.",
+			"only when the setting does not take. With --json or --report -, it prints that file's object " +
+			"({\"requested\", \"applied\", \"already_set\", \"missing\", \"error\", \"instance_id\", \"boot_id\", \"kernel\", \"generated_at\", \"status\", \"summary\"}) instead of the summary line.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o, err := f.options()
@@ -231,7 +238,7 @@ func newFirstbootLockdownCmd() *cobra.Command {
 
 func newFirstbootPullCmd() *cobra.Command {
 	var root, kernel, config, report, manifestPath string
-	var noLoad, hook, verbose bool
+	var noLoad, hook, verbose, asJSON bool
 	cmd := &cobra.Command{
 		Use:   "pull",
 		Short: "Pull the signed modules of a kernel the image does not cover from its bundle (" + firstboot.PullConfigPath + ")",
@@ -243,15 +250,23 @@ func newFirstbootPullCmd() *cobra.Command {
 			"everything in " + firstboot.PulledPath + "; then loads them (not with --no-load) and records the " +
 			"outcome in the report. A module that fails verification is never installed. Exit status: 0, or 1 " +
 			"when the pull failed and the settings' on_failure is fail (--hook: always 0, for a kernel's " +
-			"postinst hook, which must never fail a package install).",
-		Args: usageArgs(cobra.NoArgs),
+			"postinst hook, which must never fail a package install). --json prints the result the report " +
+			"records (its \"pull\" object: {\"kernel\", \"arch\", \"outcome\", \"reference\", \"digest\", " +
+			"\"modules\", ...}, see docs/guides/firstboot.mdx) instead of the summary line.",
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o := firstboot.PullOptions{Options: firstboot.Options{Root: root, Kernel: kernel, Manifest: manifestPath}, Config: config, Load: !noLoad}
 			p, err := firstboot.Pull(cmd.Context(), o)
 			if err != nil {
 				return err
 			}
-			fmt.Fprintln(cmd.OutOrStdout(), p.SummaryLine)
+			if asJSON {
+				if err := writeJSON(cmd.OutOrStdout(), p); err != nil {
+					return err
+				}
+			} else {
+				fmt.Fprintln(cmd.OutOrStdout(), p.SummaryLine)
+			}
 			if verbose || p.Status != firstboot.StatusOK {
 				for _, w := range p.Warnings {
 					fmt.Fprintf(cmd.ErrOrStderr(), "kmodctl: %s\n", w)
@@ -286,12 +301,14 @@ func newFirstbootPullCmd() *cobra.Command {
 	fl.BoolVar(&noLoad, "no-load", false, "install only: do not load the modules (the kernel is not the running one)")
 	fl.BoolVar(&hook, "hook", false, "exit 0 whatever happened (for /etc/kernel/postinst.d)")
 	fl.BoolVarP(&verbose, "verbose", "v", false, "print the warnings")
+	fl.BoolVar(&asJSON, "json", false, "print the result as one JSON object instead of the summary line")
 	return cmd
 }
 
 func newFirstbootReportCmd() *cobra.Command {
 	var root, config string
 	var wait time.Duration
+	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "report",
 		Short: "Post this boot's attestation to the catalog (" + firstboot.ReportConfigPath + ")",
@@ -299,13 +316,18 @@ func newFirstbootReportCmd() *cobra.Command {
 			"report (" + firstboot.ReportPath + ") when it is from this boot, else this boot's verification (" +
 			firstboot.VerifyPath + "), with the modules' loaded state read now, authenticated with the instance " +
 			"token of the settings' token_file. Retries with backoff for --for. Posting the same result again " +
-			"changes nothing. Exit status 1 when the catalog refused it or could not be reached in time.",
-		Args: usageArgs(cobra.NoArgs),
+			"changes nothing. Exit status 1 when the catalog refused it or could not be reached in time. " +
+			"--json prints the attestation the catalog recorded (its API object: {\"id\", \"instance_id\", " +
+			"\"boot_id\", \"kernel\", \"status\", \"modules\", ...}, see docs/catalog.mdx) instead of the summary line.",
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			logf := func(format string, a ...any) { fmt.Fprintf(cmd.ErrOrStderr(), "kmodctl: "+format+"\n", a...) }
 			a, err := firstboot.PostReport(cmd.Context(), firstboot.ReportOptions{Root: root, ConfigPath: config, For: wait, Logf: logf})
 			if err != nil {
 				return err
+			}
+			if asJSON {
+				return writeJSON(cmd.OutOrStdout(), a)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "kmodctl report: attestation %s of instance %s (kernel %s, %s, %d modules) recorded\n",
 				a.ID, a.InstanceID, a.Kernel, a.Status, len(a.Modules))
@@ -316,5 +338,6 @@ func newFirstbootReportCmd() *cobra.Command {
 	fl.StringVar(&root, "root", "/", "the system's root: every path is taken under it (a directory tree, for tests)")
 	fl.StringVar(&config, "config", "", "the catalog settings' path under --root (default "+firstboot.ReportConfigPath+")")
 	fl.DurationVar(&wait, "for", 10*time.Minute, "how long to keep trying")
+	fl.BoolVar(&asJSON, "json", false, "print the recorded attestation as one JSON object")
 	return cmd
 }

@@ -208,12 +208,12 @@ func TestFirstbootCLIPolicies(t *testing.T) {
 	if _, _, code = kmodctl(t, append([]string{"firstboot", "run", "--on-uncovered", "fail"}, other...)...); code != 1 {
 		t.Errorf("uncovered, fail: exit %d", code)
 	}
-	// Bad flags.
+	// Bad flags and arguments are usage errors.
 	_, stderr, code = kmodctl(t, "firstboot", "verify", "--root", root, "--on-drift", "maybe")
-	if code != 1 || !strings.Contains(stderr, "--on-drift") || !strings.Contains(stderr, "maybe") {
+	if code != 2 || !strings.Contains(stderr, "--on-drift") || !strings.Contains(stderr, "maybe") {
 		t.Errorf("bad policy: exit %d, %q", code, stderr)
 	}
-	if _, _, code = kmodctl(t, "firstboot", "verify", "extra"); code != 1 {
+	if _, _, code = kmodctl(t, "firstboot", "verify", "extra"); code != 2 {
 		t.Errorf("extra argument: exit %d", code)
 	}
 }

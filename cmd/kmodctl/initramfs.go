@@ -34,12 +34,14 @@ func newInitramfsCmd() *cobra.Command {
 }
 
 func newInitramfsLsCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "ls IMAGE",
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "ls [--json] IMAGE",
 		Short: "List the paths of an image, one per line, like lsinitramfs",
 		Long: "Prints each path once, as stored in the archive, in the order it " +
 			"first appears, over all segments (lsinitramfs, lsinitrd and lsinitcpio " +
-			"miss segments appended after the first compressed one).",
+			"miss segments appended after the first compressed one). --json prints " +
+			"one JSON array of the paths, in the same order.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			im, err := initramfs.Open(args[0])
@@ -47,14 +49,23 @@ func newInitramfsLsCmd() *cobra.Command {
 				return err
 			}
 			defer im.Close()
+			paths := im.List()
+			if asJSON {
+				if paths == nil {
+					paths = []string{}
+				}
+				return writeJSON(cmd.OutOrStdout(), paths)
+			}
 			out := bufio.NewWriterSize(cmd.OutOrStdout(), 1<<16)
-			for _, p := range im.List() {
+			for _, p := range paths {
 				out.WriteString(p)
 				out.WriteByte('\n')
 			}
 			return out.Flush()
 		},
 	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON array of paths")
+	return cmd
 }
 
 func newInitramfsInfoCmd() *cobra.Command {
@@ -62,7 +73,11 @@ func newInitramfsInfoCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "info [--json] IMAGE",
 		Short: "Show an image's segments, compression, entry counts, flavor and kernels",
-		Args:  cobra.ExactArgs(1),
+		Long: "Shows an image's size, flavor (initramfs-tools, dracut, mkinitcpio), kernel releases, " +
+			"whether it is /usr-merged, its entries and its segments. --json prints one object: " +
+			"{\"image\", \"size\", \"flavor\", \"kernels\", \"usr_merged\", \"entries\", \"paths\", " +
+			"\"segments\": [{\"offset\", \"length\", \"compression\" (none when uncompressed), \"entries\", \"trailers\", \"size\" (uncompressed), \"padding\"}]}.",
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			im, err := initramfs.Open(args[0])
 			if err != nil {
@@ -107,15 +122,31 @@ func writeInfo(w io.Writer, info initramfs.Info) error {
 	return tw.Flush()
 }
 
+// extractJSON is the object of `initramfs extract --json`.
+type extractJSON struct {
+	Image     string   `json:"image"`
+	Dir       string   `json:"dir"`
+	Files     int      `json:"files"`
+	Dirs      int      `json:"dirs"`
+	Symlinks  int      `json:"symlinks"`
+	HardLinks int      `json:"hard_links"`
+	Nodes     int      `json:"nodes"`
+	Bytes     int64    `json:"bytes"`
+	Skipped   []string `json:"skipped"`
+}
+
 func newInitramfsExtractCmd() *cobra.Command {
 	var opts initramfs.ExtractOptions
+	var asJSON bool
 	cmd := &cobra.Command{
-		Use:   "extract [--devices] [--owners] IMAGE DIR",
+		Use:   "extract [--devices] [--owners] [--json] IMAGE DIR",
 		Short: "Unpack all segments of an image into a folder, safely",
 		Long: "Unpacks like the kernel (later entries override earlier ones, hard " +
 			"links per archive) but refuses absolute names, \"..\" and writes " +
 			"through symlinks. Device nodes are created only as root with " +
-			"--devices, owners only as root with --owners.",
+			"--devices, owners only as root with --owners. --json prints one object: " +
+			"{\"image\", \"dir\", \"files\", \"dirs\", \"symlinks\", \"hard_links\", \"nodes\", " +
+			"\"bytes\", \"skipped\": [paths of device nodes and sockets not created]}.",
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			im, err := initramfs.Open(args[0])
@@ -126,6 +157,14 @@ func newInitramfsExtractCmd() *cobra.Command {
 			st, err := initramfs.Extract(im, args[1], opts)
 			if err != nil {
 				return err
+			}
+			if asJSON {
+				skipped := st.Skipped
+				if skipped == nil {
+					skipped = []string{}
+				}
+				return writeJSON(cmd.OutOrStdout(), extractJSON{Image: args[0], Dir: args[1], Files: st.Files, Dirs: st.Dirs,
+					Symlinks: st.Symlinks, HardLinks: st.HardLinks, Nodes: st.Nodes, Bytes: st.Bytes, Skipped: skipped})
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s: %d files, %d folders, %d symlinks, %d hard links, %d nodes, %d bytes into %s\n",
 				args[0], st.Files, st.Dirs, st.Symlinks, st.HardLinks, st.Nodes, st.Bytes, args[1])
@@ -138,6 +177,7 @@ func newInitramfsExtractCmd() *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&opts.Devices, "devices", false, "create device nodes (root only)")
 	cmd.Flags().BoolVar(&opts.Owners, "owners", false, "set owners from the archive (root only)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as one JSON object")
 	return cmd
 }
 

@@ -46,7 +46,10 @@ func newInitramfsInjectCmd() *cobra.Command {
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(modules) == 0 && len(files) == 0 {
-				return fmt.Errorf("give at least one --module")
+				return usagef("give at least one --module")
+			}
+			if m := initramfs.InjectMode(mode); m != initramfs.Append && m != initramfs.Rewrite {
+				return usagef("--mode %q: use append or rewrite", mode)
 			}
 			opts := []initramfs.InjectOption{
 				initramfs.WithModules(modules...),
@@ -56,7 +59,7 @@ func newInitramfsInjectCmd() *cobra.Command {
 			for _, f := range files {
 				src, dst, ok := strings.Cut(f, ":")
 				if !ok || src == "" || dst == "" {
-					return fmt.Errorf("--file %q: want HOST-FILE:IMAGE-PATH", f)
+					return usagef("--file %q: want HOST-FILE:IMAGE-PATH", f)
 				}
 				data, err := os.ReadFile(src)
 				if err != nil {

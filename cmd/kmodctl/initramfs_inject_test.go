@@ -61,16 +61,17 @@ func TestInitramfsInjectErrors(t *testing.T) {
 	for _, tc := range []struct {
 		args []string
 		want string
+		code int // 2 for a usage error
 	}{
-		{[]string{img}, "give at least one --module"},
-		{[]string{img, "-m", dep}, "kmodtest_dep depends on kmodtest_base"},
-		{[]string{img, "-m", fixture.Path(t, "foreign/s390x/loop.ko")}, "was built for kernel"},
-		{[]string{img, "-m", dep, "--mode", "merge"}, "unknown mode"},
-		{[]string{img, "--file", "nocolon", "-m", dep}, "HOST-FILE:IMAGE-PATH"},
+		{[]string{img}, "give at least one --module", 2},
+		{[]string{img, "-m", dep}, "kmodtest_dep depends on kmodtest_base", 1},
+		{[]string{img, "-m", fixture.Path(t, "foreign/s390x/loop.ko")}, "was built for kernel", 1},
+		{[]string{img, "-m", dep, "--mode", "merge"}, `--mode "merge"`, 2},
+		{[]string{img, "--file", "nocolon", "-m", dep}, "HOST-FILE:IMAGE-PATH", 2},
 	} {
 		_, stderr, code := kmodctl(t, append([]string{"initramfs", "inject"}, tc.args...)...)
-		if code != 1 || !strings.Contains(stderr, tc.want) {
-			t.Errorf("%v: exit %d, stderr %q, want %q", tc.args, code, stderr, tc.want)
+		if code != tc.code || !strings.Contains(stderr, tc.want) {
+			t.Errorf("%v: exit %d, stderr %q, want exit %d and %q", tc.args, code, stderr, tc.code, tc.want)
 		}
 	}
 	if after, _ := os.ReadFile(img); string(after) != string(before) {

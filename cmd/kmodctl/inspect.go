@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"fmt"
-	"os"
 	"strings"
 	"unicode/utf8"
 
@@ -52,7 +51,8 @@ func newInspectCmd() *cobra.Command {
 				switch v := v.(type) {
 				case error:
 					failed++
-					fmt.Fprintf(os.Stderr, "kmodctl: %s: %v\n", args[i], v)
+					// ParseFile's error names the file.
+					fmt.Fprintln(cmd.ErrOrStderr(), "kmodctl:", v)
 				case []byte:
 					if !first {
 						out.WriteString(",")

@@ -1,5 +1,9 @@
 // Command kmodctl inspects, signs, verifies and checks Linux kernel modules
 // and the images that carry them.
+//
+// Exit status, for every command: 0 success, 1 failure, 2 usage error (an
+// unknown command or flag, a flag value or an argument count the command
+// does not accept).
 package main
 
 import (
@@ -9,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -26,17 +31,26 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := newRootCmd().ExecuteContext(ctx); err != nil {
-		var quiet errQuiet
-		if !errors.As(err, &quiet) {
-			fmt.Fprintln(os.Stderr, "kmodctl:", err)
-		}
-		var usage errUsage
-		if errors.As(err, &usage) {
-			os.Exit(2)
-		}
-		os.Exit(1)
+	os.Exit(run(ctx, newRootCmd()))
+}
+
+// run executes root and returns the exit status: 2 for an errUsage, 1 for
+// any other error.
+func run(ctx context.Context, root *cobra.Command) int {
+	cmd, err := root.ExecuteContextC(ctx)
+	if err == nil {
+		return 0
 	}
+	var quiet errQuiet
+	if !errors.As(err, &quiet) {
+		fmt.Fprintln(root.ErrOrStderr(), "kmodctl:", err)
+	}
+	var usage errUsage
+	if errors.As(err, &usage) {
+		fmt.Fprintf(root.ErrOrStderr(), "Run '%s --help' for usage.\n", cmd.CommandPath())
+		return 2
+	}
+	return 1
 }
 
 // errQuiet is a failure whose details were already printed per file.
@@ -44,10 +58,28 @@ type errQuiet struct{ msg string }
 
 func (e errQuiet) Error() string { return e.msg }
 
+// errUsage is a command line that cannot run: exit status 2. Flag parse
+// errors, argument counts, required flags and unknown subcommands become
+// one in usageErrors; a RunE returns one (usagef) for a flag value it
+// rejects. Anything else that fails is exit status 1.
+type errUsage struct{ err error }
+
+func (e errUsage) Error() string { return e.err.Error() }
+func (e errUsage) Unwrap() error { return e.err }
+
+// usagef is a usage error, for flag values and combinations a command
+// rejects.
+func usagef(format string, a ...any) error { return errUsage{fmt.Errorf(format, a...)} }
+
 func newRootCmd() *cobra.Command {
 	root := &cobra.Command{
-		Use:           "kmodctl",
-		Short:         "Build-time toolkit for out-of-tree kernel modules",
+		Use:   "kmodctl",
+		Short: "Build-time toolkit for out-of-tree kernel modules",
+		Long: "Build-time toolkit for out-of-tree kernel modules.\n\n" +
+			"Exit status: 0 success, 1 failure, 2 usage error (unknown command or flag, a flag value or " +
+			"an argument count the command does not accept). Commands that report take --json: one " +
+			"JSON document on standard output, its shape given in each command's help; errors still go " +
+			"to standard error.",
 		Version:       version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -57,7 +89,64 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(newFirstbootCmd())
 	root.AddCommand(newBundleCmd())
 	root.AddCommand(newCatalogCmd())
+	root.InitDefaultHelpCmd()
+	root.InitDefaultCompletionCmd()
+	usageErrors(root)
 	return root
+}
+
+// usageErrors makes every way a command line can be wrong in cobra an
+// errUsage, for root and every command under it: flag parse errors (the
+// flag error function is inherited), argument counts, required flags and
+// flag groups (checked with the arguments, before cobra checks them
+// itself), and unknown subcommands of a command group (cobra itself only
+// checks the root's, and shows a group's help for an unknown one).
+func usageErrors(root *cobra.Command) {
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return errUsage{err}
+	})
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+		if c.HasSubCommands() && !c.Runnable() {
+			// A group: alone it shows its help (exit 0, as before); with
+			// an argument that names no subcommand it is a usage error.
+			c.Args = cobra.ArbitraryArgs
+			c.DisableFlagsInUseLine = true
+			c.SuggestionsMinimumDistance = 2 // cobra's default for the root
+			c.RunE = func(c *cobra.Command, args []string) error {
+				if len(args) == 0 {
+					return c.Help()
+				}
+				msg := fmt.Sprintf("unknown command %q for %q", args[0], c.CommandPath())
+				if s := c.SuggestionsFor(args[0]); len(s) > 0 {
+					msg += "; did you mean " + strings.Join(s, " or ") + "?"
+				}
+				return errUsage{errors.New(msg)}
+			}
+		}
+		check := c.Args
+		if check == nil {
+			check = cobra.ArbitraryArgs
+		}
+		c.Args = func(c *cobra.Command, args []string) error {
+			err := check(c, args)
+			if err == nil {
+				err = c.ValidateRequiredFlags()
+			}
+			if err == nil {
+				err = c.ValidateFlagGroups()
+			}
+			var u errUsage
+			if err != nil && !errors.As(err, &u) {
+				return errUsage{err}
+			}
+			return err
+		}
+	}
+	walk(root)
 }
 
 func newModuleCmd() *cobra.Command {
