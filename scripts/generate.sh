@@ -6,7 +6,10 @@
 #   docs-partials/                  packer-sdc struct-markdown, one run per config file
 #   .web-docs/                      docs/ rendered with the partials (packer-sdc
 #                                   renderdocs into .docs/), then compiled to
-#                                   Packer's integration layout; .docs/ is removed
+#                                   Packer's integration layout; .docs/ is removed.
+#                                   The guides (docs/guides/*.mdx) go to
+#                                   .web-docs/guides/ as rendered, where the
+#                                   README's relative links find them
 #
 # Usage: scripts/generate.sh [generate|check]   (default: generate)
 #   check  runs generate, then fails listing every generated file that differs
@@ -213,7 +216,26 @@ step_webdocs() {
 		done
 		echo "}"
 	} >"$out/metadata.hcl"
-	log "wrote $out (components: ${#components[@]})"
+	# Guides: rendered as they are (front matter and title kept: no
+	# metadata.hcl entry gives them one), at the path docs/README.md links
+	# them by.
+	local guides=0
+	if [[ -d .docs/guides ]]; then
+		mkdir -p "$out/guides"
+		while IFS= read -r f; do
+			cp -- "$f" "$out/guides/"
+			guides=$((guides + 1))
+		done < <(find .docs/guides -maxdepth 1 -type f -name '*.mdx' | sort)
+	fi
+	# Every relative .mdx link of a generated page must resolve inside
+	# .web-docs (a guide or page added to docs/ but not generated fails here).
+	local link page
+	while IFS= read -r page; do
+		while IFS= read -r link; do
+			[[ -f $(dirname "$page")/$link ]] || die "$page links $link, which is not generated into $out"
+		done < <(grep -o '](\([^)#:]*\.mdx\)' "$page" | sed 's/^](//' | sort -u)
+	done < <(find "$out" -type f \( -name '*.md' -o -name '*.mdx' \) | sort)
+	log "wrote $out (components: ${#components[@]}, guides: $guides)"
 }
 
 generate() {

@@ -134,9 +134,16 @@ type Config struct {
 	// A path on the build host that receives a copy of the manifest
 	// (`/usr/lib/kmodctl/manifest.json` in the image).
 	ManifestOutput string `mapstructure:"manifest_output"`
-	// Settings of the first-boot hook: the agent and the units that verify
-	// the managed modules on every boot and load and report them once per
-	// instance.
+	// The first-boot hook, installed unless `hook = "none"`: the agent
+	// (`/usr/libexec/kmodctl/kmodctl`) and its units. On every boot it
+	// checks each managed module of the running kernel against the
+	// manifest (sha256, then signature) and blocks the drifted ones; once
+	// per instance it loads them in manifest order and writes
+	// `/var/lib/kmodctl/report.json`. On request it pulls the signed
+	// modules of a kernel the image does not cover (`on_uncovered =
+	// "pull"`), sets kernel.modules_disabled=1 (`lockdown`) and posts each
+	// boot's attestation to a kmod-catalog (`report_url`). See
+	// `docs/guides/firstboot.mdx`.
 	Firstboot FirstbootConfig `mapstructure:"firstboot"`
 
 	ctx interpolate.Context
