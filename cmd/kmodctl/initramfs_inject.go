@@ -42,7 +42,12 @@ func newInitramfsInjectCmd() *cobra.Command {
 			"conf/modules, dracut etc/modules-load.d/kmodctl.conf (systemd) or " +
 			"etc/cmdline.d/90-kmodctl.conf with rd.driver.pre=, mkinitcpio MODULES in /config.\n\n" +
 			"The image is replaced atomically with its mode and owner; on error it is left as " +
-			"it was. --backup keeps the old image as IMAGE.bak (--backup-file names another).",
+			"it was. --backup keeps the old image as IMAGE.bak (--backup-file names another).\n\n" +
+			"--json prints one object: {\"image\", \"mode\", \"flavor\", \"kernel_release\", \"compression\", " +
+			"\"modules\", \"dependencies\", \"firmware\", \"files\" (with --file) (each [{\"name\", \"path\", " +
+			"\"source\", \"size\", ...}]), \"missing_firmware\", " +
+			"\"depmod\", \"load_config\", \"overridden\", \"hard_links_broken\", \"kept_segments\", " +
+			"\"size_before\", \"size_after\", \"backup\", \"warnings\"}; the lists are arrays, never null.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(modules) == 0 && len(files) == 0 {
