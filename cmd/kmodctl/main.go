@@ -102,7 +102,7 @@ func newRootCmd() *cobra.Command {
 // itself), and unknown subcommands of a command group (cobra itself only
 // checks the root's, and shows a group's help for an unknown one).
 func usageErrors(root *cobra.Command) {
-	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
 		return errUsage{err}
 	})
 	var walk func(c *cobra.Command)
