@@ -226,3 +226,31 @@ func TestInTreeConflicts(t *testing.T) {
 		t.Errorf("as notes: %+v", r)
 	}
 }
+
+func TestDepClosure(t *testing.T) {
+	dep := filepath.Join(t.TempDir(), "modules.dep")
+	os.WriteFile(dep, []byte(`updates/dkms/a.ko: kernel/b.ko kernel/c.ko
+kernel/b.ko: kernel/c.ko
+kernel/c.ko:
+kernel/d.ko: kernel/e.ko
+`), 0o644)
+	got, err := DepClosure(dep, []string{"updates/dkms/a.ko"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(got, " ") != "kernel/b.ko kernel/c.ko" {
+		t.Errorf("closure %v", got)
+	}
+}
+
+// Against the fixture's real modules.dep: macvtap needs macvlan and tap.
+func TestDepClosureFixture(t *testing.T) {
+	dep := filepath.Join(rootfsModulesDir(t), "modules.dep")
+	got, err := DepClosure(dep, []string{"kernel/drivers/net/macvtap.ko"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(got, " ") != "kernel/drivers/net/macvlan.ko kernel/drivers/net/tap.ko" {
+		t.Errorf("closure %v", got)
+	}
+}

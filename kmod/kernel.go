@@ -725,31 +725,73 @@ func outOfTree(rel string) bool {
 // readModulesDep reads modules.dep ("path: dependencies" lines) into
 // InTree.
 func (b *kernelBuild) readModulesDep(path string) error {
-	f, err := os.Open(path)
+	err := scanModulesDep(path, func(p string, _ []string) {
+		if !outOfTree(p) {
+			b.k.InTree[ModuleNameFromPath(p)] = p
+		}
+	})
 	if err != nil {
 		return err
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
+	b.k.Sources = append(b.k.Sources, path)
+	return nil
+}
+
+// scanModulesDep calls f for each entry of a modules.dep: a module's path
+// and its dependencies' (relative to the module directory).
+func scanModulesDep(path string, f func(p string, deps []string)) error {
+	file, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer file.Close()
+	sc := bufio.NewScanner(file)
 	sc.Buffer(make([]byte, 0, 64*1024), 1<<20)
 	for line := 1; sc.Scan(); line++ {
 		text := sc.Text()
 		if strings.TrimSpace(text) == "" || strings.HasPrefix(text, "#") {
 			continue
 		}
-		p, _, ok := strings.Cut(text, ":")
+		p, deps, ok := strings.Cut(text, ":")
 		if !ok || strings.TrimSpace(p) == "" {
 			return fmt.Errorf("%s:%d: expected \"path: dependencies\", got %q", path, line, text)
 		}
-		if !outOfTree(p) {
-			b.k.InTree[ModuleNameFromPath(p)] = p
-		}
+		f(p, strings.Fields(deps))
 	}
 	if err := sc.Err(); err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
-	b.k.Sources = append(b.k.Sources, path)
 	return nil
+}
+
+// DepClosure returns the dependencies, direct and indirect, of the modules
+// at rels as the modules.dep at path lists them: paths relative to the
+// module directory, each once, depth first in modules.dep's order, without
+// the modules of rels themselves.
+func DepClosure(path string, rels []string) ([]string, error) {
+	deps := map[string][]string{}
+	if err := scanModulesDep(path, func(p string, d []string) { deps[p] = d }); err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	for _, r := range rels {
+		seen[r] = true
+	}
+	var order []string
+	var visit func(string)
+	visit = func(p string) {
+		for _, d := range deps[p] {
+			if !seen[d] {
+				seen[d] = true
+				order = append(order, d)
+				visit(d)
+			}
+		}
+	}
+	for _, r := range rels {
+		visit(r)
+	}
+	return order, nil
 }
 
 // readModulesAlias reads modules.alias ("alias PATTERN MODULE" lines;
