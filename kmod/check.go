@@ -587,12 +587,20 @@ func (k *Kernel) isInTreeFile(name, p string) bool {
 	if p == "" {
 		return false
 	}
-	p = filepath.Clean(p)
-	if f := k.Modules[name]; f != "" && filepath.Clean(f) == p {
+	p = absPath(p)
+	if f := k.Modules[name]; f != "" && absPath(f) == p {
 		return true
 	}
 	rel, ok := k.InTree[name]
 	return ok && k.Release != "" && strings.HasSuffix(filepath.ToSlash(p), "/lib/modules/"+k.Release+"/"+rel)
+}
+
+// absPath is p made absolute when it can be, else cleaned.
+func absPath(p string) string {
+	if a, err := filepath.Abs(p); err == nil {
+		return a
+	}
+	return filepath.Clean(p)
 }
 
 // checkExports is verify_exported_symbols: an export that vmlinux already
