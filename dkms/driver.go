@@ -509,6 +509,39 @@ func (d *Driver) Build(ctx context.Context, name, version, kernel, arch string) 
 	return res, nil
 }
 
+// Install installs a built module into kernel's module tree (dkms install
+// -m NAME -v VERSION -k KERNEL[/ARCH] --force), so that dkms's bookkeeping
+// (status, autoinstall, removal) knows it. It asks dkms not to run depmod
+// (dkms 3.0's --no-depmod; older versions refuse the option and are run
+// again without it): the caller runs depmod once per kernel after all
+// installs. An empty arch is dkms's default.
+func (d *Driver) Install(ctx context.Context, name, version, kernel, arch string) error {
+	what := fmt.Sprintf("dkms install of %s/%s for kernel %s", name, version, kernel)
+	if kernel == "" {
+		return fmt.Errorf("%s: no kernel given (dkms would install for the running kernel, which is the build host's in a chroot)", what)
+	}
+	cmd := installCommand(name, version, kernel, arch)
+	d.logf("dkms: %s", cmd)
+	text, st, err := d.combined(ctx, cmd)
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	if st != 0 {
+		return fmt.Errorf("%s failed (exit status %d): %s", what, st, strings.TrimSpace(lastLines(text, 15)))
+	}
+	return nil
+}
+
+// installCommand is the /bin/sh command line Install runs.
+func installCommand(name, version, kernel, arch string) string {
+	k := kernel
+	if arch != "" {
+		k += "/" + arch
+	}
+	args := " -m " + shellQuote(name) + " -v " + shellQuote(version) + " -k " + shellQuote(k)
+	return "dkms install --force --no-depmod" + args + " 2>&1 || dkms install --force" + args
+}
+
 func moduleNames(mods []BuiltModule) string {
 	var n []string
 	for _, m := range mods {

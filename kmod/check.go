@@ -4,6 +4,7 @@ import (
 	"debug/elf"
 	"fmt"
 	"io"
+	"path/filepath"
 	"sort"
 	"strings"
 )
@@ -32,22 +33,39 @@ const (
 	// KindDuplicate: the module exports a symbol someone else exports, or
 	// has the name of another module.
 	KindDuplicate ProblemKind = "duplicate"
+	// KindShadow: the module has the name of an in-tree module, which it
+	// replaces (InTreeConflicts).
+	KindShadow ProblemKind = "shadow"
+	// KindAlias: the module claims device aliases of an in-tree module
+	// (InTreeConflicts).
+	KindAlias ProblemKind = "alias"
+	// KindSignature: the kernel cannot verify signatures of a key type or
+	// digest (Kernel.CanVerify); not tied to a module.
+	KindSignature ProblemKind = "signature"
 )
 
-// Problem is one finding about one module. As a problem it means the
-// kernel would refuse the module; as a note it is informational.
+// Problem is one finding about one module, or about the kernel. As a
+// problem it means the kernel would refuse the module; as a note it is
+// informational.
 type Problem struct {
-	// Module is the module's name.
+	// Module is the module's name; empty for a finding about the kernel
+	// (KindSignature).
 	Module string
 	// Symbol is the symbol concerned, if any.
 	Symbol string
 	Kind   ProblemKind
 	// Reason says what is wrong, in the kernel's terms.
 	Reason string
+	// InTree is the in-tree module concerned (KindShadow, KindAlias).
+	InTree string
 }
 
-// String is "module: symbol S: reason" (the symbol part only when set).
+// String is "module: symbol S: reason" (the symbol part only when set;
+// the reason alone for a finding about the kernel).
 func (p Problem) String() string {
+	if p.Module == "" {
+		return p.Reason
+	}
 	if p.Symbol != "" {
 		return fmt.Sprintf("%s: symbol %s: %s", p.Module, p.Symbol, p.Reason)
 	}
@@ -79,6 +97,40 @@ type Report struct {
 // OK reports whether no module has a problem.
 func (r *Report) OK() bool { return len(r.Problems) == 0 }
 
+// AddProblems adds findings to the report as problems: each to its
+// module's result (the first of that name) and to Problems. A finding
+// about the kernel (empty Module) goes to Problems only.
+func (r *Report) AddProblems(ps ...Problem) {
+	for _, p := range ps {
+		if m := r.module(p.Module); m != nil {
+			m.Problems = append(m.Problems, p)
+		}
+		r.Problems = append(r.Problems, p)
+	}
+}
+
+// AddNotes adds findings to the report as notes, like AddProblems.
+func (r *Report) AddNotes(ps ...Problem) {
+	for _, p := range ps {
+		if m := r.module(p.Module); m != nil {
+			m.Notes = append(m.Notes, p)
+		}
+		r.Notes = append(r.Notes, p)
+	}
+}
+
+func (r *Report) module(name string) *ModuleResult {
+	if name == "" {
+		return nil
+	}
+	for i := range r.Modules {
+		if r.Modules[i].Module == name {
+			return &r.Modules[i]
+		}
+	}
+	return nil
+}
+
 // Write prints the report: a summary line, then for every module with
 // findings its problems and notes, one per line, each naming module,
 // symbol (if any) and reason.
@@ -96,6 +148,19 @@ func (r *Report) Write(w io.Writer) error {
 	if _, err := fmt.Fprintf(w, "%s: %d module(s) checked against kernel %s (vermagic %q): %d failed, %d problem(s), %d note(s)\n",
 		verdict, len(r.Modules), r.Release, r.Vermagic, bad, len(r.Problems), len(r.Notes)); err != nil {
 		return err
+	}
+	for _, list := range []struct {
+		prefix string
+		ps     []Problem
+	}{{"error", r.Problems}, {"note", r.Notes}} {
+		for _, p := range list.ps {
+			if p.Module != "" {
+				continue
+			}
+			if _, err := fmt.Fprintf(w, "%s: %s [%s]\n", list.prefix, p, p.Kind); err != nil {
+				return err
+			}
+		}
 	}
 	for i := range r.Modules {
 		m := &r.Modules[i]
@@ -472,6 +537,70 @@ func (c *checker) checkDepends(inSet map[string]int) {
 		}
 		c.problem("", KindDepends, fmt.Sprintf("depends on %s, which is not a module of kernel %s, not built in and not among the checked modules", n, c.k.Release))
 	}
+}
+
+// InTreeConflicts reports the modules of mods that would displace a module
+// of k's own tree (Kernel.InTree, Kernel.Aliases): one of the same name,
+// which it replaces because depmod ranks updates/ above the kernel's tree
+// (KindShadow), and one whose device aliases it claims, so that modprobe
+// loads both for such a device and the first to bind wins (KindAlias). A
+// module that is the in-tree file itself conflicts with nothing. Check
+// leaves these out because replacing an in-tree module can be intended;
+// callers that forbid it add them to the report (Report.AddProblems), or
+// as notes when allowed.
+func InTreeConflicts(k *Kernel, mods []*Module) []Problem {
+	var res []Problem
+	for _, m := range mods {
+		name := normalizeModName(m.Name())
+		if k.isInTreeFile(name, m.Path) {
+			continue
+		}
+		if rel, ok := k.InTree[name]; ok {
+			res = append(res, Problem{Module: name, Kind: KindShadow, InTree: name,
+				Reason: fmt.Sprintf("shadows the in-tree module %s (%s): depmod ranks updates/ above the kernel's own tree, so this one would load instead of it", name, rel)})
+		}
+		claimed := map[string][]string{}
+		for _, a := range m.All("alias") {
+			for _, owner := range k.Aliases[a] {
+				if owner != name {
+					claimed[owner] = append(claimed[owner], a)
+				}
+			}
+		}
+		owners := make([]string, 0, len(claimed))
+		for o := range claimed {
+			owners = append(owners, o)
+		}
+		sort.Strings(owners)
+		for _, o := range owners {
+			res = append(res, Problem{Module: name, Kind: KindAlias, InTree: o,
+				Reason: fmt.Sprintf("claims %d device alias(es) of the in-tree module %s (e.g. %s): for such a device modprobe loads both, in modules.alias order, and the first to bind wins", len(claimed[o]), o, claimed[o][0])})
+		}
+	}
+	return res
+}
+
+// isInTreeFile tells whether the file at p is the kernel's own module
+// name: the file WithModulesDir found, or one at its modules.dep path
+// below /lib/modules/<release>.
+func (k *Kernel) isInTreeFile(name, p string) bool {
+	if p == "" {
+		return false
+	}
+	p = absPath(p)
+	if f := k.Modules[name]; f != "" && absPath(f) == p {
+		return true
+	}
+	rel, ok := k.InTree[name]
+	return ok && k.Release != "" && strings.HasSuffix(filepath.ToSlash(p), "/lib/modules/"+k.Release+"/"+rel)
+}
+
+// absPath is p made absolute when it can be, else cleaned.
+func absPath(p string) string {
+	if a, err := filepath.Abs(p); err == nil {
+		return a
+	}
+	return filepath.Clean(p)
 }
 
 // checkExports is verify_exported_symbols: an export that vmlinux already

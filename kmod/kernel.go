@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -70,11 +71,23 @@ type Kernel struct {
 	// Builtin holds the normalized names of modules built into the kernel
 	// image (modules.builtin).
 	Builtin map[string]bool
+	// InTree maps the normalized name of each module of the kernel's own
+	// tree to its path relative to the module directory: modules.dep's
+	// entries (or, without one, the files WithModulesDir found) outside
+	// updates/, extra/ and weak-updates/, where out-of-tree modules go.
+	InTree map[string]string
+	// Aliases maps a device alias pattern to the in-tree modules that claim
+	// it (modules.alias, or the alias= fields of the files WithModulesDir
+	// parsed), in the order read.
+	Aliases map[string][]string
 	// Sources lists the files and directories the model was built from.
 	Sources []string
 	// Warnings lists inconsistencies found between the sources, e.g. a
 	// Module.symvers CRC that disagrees with the module file's.
 	Warnings []string
+	// config is the merged kernel config (nil when none was read), for
+	// the questions the fields above do not answer (CanVerify).
+	config map[string]string
 }
 
 // KernelOption adds a source of information to LoadKernel.
@@ -86,6 +99,9 @@ type kernelLoader struct {
 	systemMaps  []string
 	headers     []string
 	configs     []string
+	deps        []string
+	aliases     []string
+	builtins    []string
 	release     string
 }
 
@@ -129,6 +145,28 @@ func WithConfig(path string) KernelOption {
 	return func(l *kernelLoader) error { l.configs = append(l.configs, path); return nil }
 }
 
+// WithModulesDep reads a modules.dep ("path: dependencies" lines) for the
+// kernel's in-tree modules (Kernel.InTree), without parsing module files:
+// what a check of shadowing needs when only the index of the tree is at
+// hand.
+func WithModulesDep(path string) KernelOption {
+	return func(l *kernelLoader) error { l.deps = append(l.deps, path); return nil }
+}
+
+// WithModulesAlias reads a modules.alias ("alias PATTERN MODULE" lines)
+// for the device aliases of the kernel's in-tree modules (Kernel.Aliases);
+// aliases of modules that are not in-tree (WithModulesDep, WithModulesDir)
+// are left out.
+func WithModulesAlias(path string) KernelOption {
+	return func(l *kernelLoader) error { l.aliases = append(l.aliases, path); return nil }
+}
+
+// WithModulesBuiltin reads a modules.builtin (the modules built into the
+// kernel image, Kernel.Builtin).
+func WithModulesBuiltin(path string) KernelOption {
+	return func(l *kernelLoader) error { l.builtins = append(l.builtins, path); return nil }
+}
+
 // WithRelease sets the kernel release, overriding what the sources say.
 func WithRelease(release string) KernelOption {
 	return func(l *kernelLoader) error {
@@ -153,7 +191,13 @@ type kernelBuild struct {
 	// randstructHash from a headers tree, when present.
 	randstructHash string
 	headersDirs    []string
+	// aliases are the modules.alias entries read, in order; finish keeps
+	// those of in-tree modules.
+	aliases []moduleAlias
 }
+
+// moduleAlias is one "alias PATTERN MODULE" entry.
+type moduleAlias struct{ pattern, module string }
 
 // LoadKernel builds a Kernel from the given sources. At least one option is
 // required. Sources are merged: module files are authoritative for the
@@ -166,14 +210,16 @@ func LoadKernel(opts ...KernelOption) (*Kernel, error) {
 			return nil, err
 		}
 	}
-	if len(l.modulesDirs)+len(l.symvers)+len(l.systemMaps)+len(l.headers)+len(l.configs) == 0 {
-		return nil, errors.New("LoadKernel: no source given (WithModulesDir, WithHeaders, WithSymvers, WithSystemMap or WithConfig)")
+	if len(l.modulesDirs)+len(l.symvers)+len(l.systemMaps)+len(l.headers)+len(l.configs)+len(l.deps)+len(l.aliases)+len(l.builtins) == 0 {
+		return nil, errors.New("LoadKernel: no source given (WithModulesDir, WithHeaders, WithSymvers, WithSystemMap, WithConfig, WithModulesDep, WithModulesAlias or WithModulesBuiltin)")
 	}
 	b := &kernelBuild{
 		k: &Kernel{
 			Exports: map[string]KernelSymbol{},
 			Modules: map[string]string{},
 			Builtin: map[string]bool{},
+			InTree:  map[string]string{},
+			Aliases: map[string][]string{},
 		},
 		src: map[string]string{},
 	}
@@ -194,6 +240,21 @@ func LoadKernel(opts ...KernelOption) (*Kernel, error) {
 	}
 	for _, p := range l.systemMaps {
 		if err := b.loadSystemMap(p); err != nil {
+			return nil, err
+		}
+	}
+	for _, p := range l.deps {
+		if err := b.readModulesDep(p); err != nil {
+			return nil, err
+		}
+	}
+	for _, p := range l.aliases {
+		if err := b.readModulesAlias(p); err != nil {
+			return nil, err
+		}
+	}
+	for _, p := range l.builtins {
+		if err := b.readModulesBuiltin(p, true); err != nil {
 			return nil, err
 		}
 	}
@@ -626,10 +687,11 @@ func configMachine(cfg map[string]string) elf.Machine {
 }
 
 // readModulesBuiltin reads modules.builtin ("kernel/path/name.ko" lines).
-func (b *kernelBuild) readModulesBuiltin(path string) error {
+// A missing file is an error only when required.
+func (b *kernelBuild) readModulesBuiltin(path string, required bool) error {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
+		if errors.Is(err, os.ErrNotExist) && !required {
 			return nil
 		}
 		return err
@@ -648,9 +710,122 @@ func (b *kernelBuild) readModulesBuiltin(path string) error {
 	return nil
 }
 
+// outOfTree tells the paths (relative to the module directory) where
+// depmod's search order and the distributions put modules that are not the
+// kernel's own.
+func outOfTree(rel string) bool {
+	for _, d := range []string{"updates/", "extra/", "weak-updates/"} {
+		if strings.HasPrefix(rel, d) {
+			return true
+		}
+	}
+	return false
+}
+
+// readModulesDep reads modules.dep ("path: dependencies" lines) into
+// InTree.
+func (b *kernelBuild) readModulesDep(path string) error {
+	err := scanModulesDep(path, func(p string, _ []string) {
+		if !outOfTree(p) {
+			b.k.InTree[ModuleNameFromPath(p)] = p
+		}
+	})
+	if err != nil {
+		return err
+	}
+	b.k.Sources = append(b.k.Sources, path)
+	return nil
+}
+
+// scanModulesDep calls f for each entry of a modules.dep: a module's path
+// and its dependencies' (relative to the module directory).
+func scanModulesDep(path string, f func(p string, deps []string)) error {
+	file, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer file.Close()
+	sc := bufio.NewScanner(file)
+	sc.Buffer(make([]byte, 0, 64*1024), 1<<20)
+	for line := 1; sc.Scan(); line++ {
+		text := sc.Text()
+		if strings.TrimSpace(text) == "" || strings.HasPrefix(text, "#") {
+			continue
+		}
+		p, deps, ok := strings.Cut(text, ":")
+		if !ok || strings.TrimSpace(p) == "" {
+			return fmt.Errorf("%s:%d: expected \"path: dependencies\", got %q", path, line, text)
+		}
+		f(p, strings.Fields(deps))
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return nil
+}
+
+// DepClosure returns the dependencies, direct and indirect, of the modules
+// at rels as the modules.dep at path lists them: paths relative to the
+// module directory, each once, depth first in modules.dep's order, without
+// the modules of rels themselves.
+func DepClosure(path string, rels []string) ([]string, error) {
+	deps := map[string][]string{}
+	if err := scanModulesDep(path, func(p string, d []string) { deps[p] = d }); err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	for _, r := range rels {
+		seen[r] = true
+	}
+	var order []string
+	var visit func(string)
+	visit = func(p string) {
+		for _, d := range deps[p] {
+			if !seen[d] {
+				seen[d] = true
+				order = append(order, d)
+				visit(d)
+			}
+		}
+	}
+	for _, r := range rels {
+		visit(r)
+	}
+	return order, nil
+}
+
+// readModulesAlias reads modules.alias ("alias PATTERN MODULE" lines;
+// comments and other lines are skipped, as modprobe does).
+func (b *kernelBuild) readModulesAlias(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 0, 64*1024), 1<<20)
+	for sc.Scan() {
+		fs := strings.Fields(sc.Text())
+		if len(fs) == 3 && fs[0] == "alias" {
+			b.aliases = append(b.aliases, moduleAlias{fs[1], normalizeModName(fs[2])})
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	b.k.Sources = append(b.k.Sources, path)
+	return nil
+}
+
 // finish settles release, vermagic and modversions from what was read.
 func (b *kernelBuild) finish(release string) error {
 	k := b.k
+	for _, a := range b.aliases {
+		if _, ok := k.InTree[a.module]; ok && !slices.Contains(k.Aliases[a.pattern], a.module) {
+			k.Aliases[a.pattern] = append(k.Aliases[a.pattern], a.module)
+		}
+	}
+	k.config = b.config
 	sampleRelease, _, _ := strings.Cut(b.vermagicSample, " ")
 	// UTS_RELEASE wins over include/config/kernel.release: Debian's headers
 	// hold the upstream version (6.1.192) there, not the ABI name modules
@@ -787,8 +962,22 @@ func (b *kernelBuild) loadModulesDir(dir string) error {
 			return err
 		}
 	}
-	if err := b.readModulesBuiltin(filepath.Join(dir, "modules.builtin")); err != nil {
+	if err := b.readModulesBuiltin(filepath.Join(dir, "modules.builtin"), false); err != nil {
 		return err
+	}
+	// depmod's index, when the tree has one, says what is in-tree; else
+	// the files below tell (derived after parsing them).
+	depFile, aliasFile := filepath.Join(dir, "modules.dep"), filepath.Join(dir, "modules.alias")
+	haveDep, haveAlias := fileExists(depFile), fileExists(aliasFile)
+	if haveDep {
+		if err := b.readModulesDep(depFile); err != nil {
+			return err
+		}
+	}
+	if haveAlias {
+		if err := b.readModulesAlias(aliasFile); err != nil {
+			return err
+		}
 	}
 	var paths []string
 	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
@@ -847,6 +1036,21 @@ func (b *kernelBuild) loadModulesDir(dir string) error {
 		}
 		chosen[name] = i
 	}
+	for i, m := range mods {
+		rel, err := filepath.Rel(dir, paths[i])
+		if err != nil || outOfTree(filepath.ToSlash(rel)) {
+			continue
+		}
+		name := normalizeModName(m.Name())
+		if !haveDep {
+			b.k.InTree[name] = filepath.ToSlash(rel)
+		}
+		if !haveAlias {
+			for _, a := range m.All("alias") {
+				b.aliases = append(b.aliases, moduleAlias{a, name})
+			}
+		}
+	}
 	names := make([]string, 0, len(chosen))
 	for n := range chosen {
 		names = append(names, n)
@@ -899,4 +1103,89 @@ func underUpdates(dir, p string) bool {
 func fileExists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
+}
+
+// signatureNeeds maps a module signature's key type or digest to the
+// kernel config option that must be built in (=y) to verify it. Module
+// signatures are checked when a module loads, possibly from the initramfs
+// before any crypto module could be loaded: a verifier built as a module
+// (=m) does not count. RSA and sha256 need nothing: module signing itself
+// selects them.
+var signatureNeeds = map[string]struct{ option, what, instead string }{
+	"rsa":    {},
+	"ecdsa":  {"CONFIG_CRYPTO_ECDSA", "ECDSA module signatures", "sign with an RSA key"},
+	"sha256": {},
+	"sha384": {"CONFIG_CRYPTO_SHA512", "sha384 module signatures", "sign with sha256"},
+	"sha512": {"CONFIG_CRYPTO_SHA512", "sha512 module signatures", "sign with sha256"},
+}
+
+// Key types and digests of module signatures, as CanVerify names them.
+var (
+	signatureKeyTypes = []string{"rsa", "ecdsa"}
+	signatureHashes   = []string{"sha256", "sha384", "sha512"}
+)
+
+// VerifiableKeyTypes lists the key types ("rsa", "ecdsa") of the module
+// signatures the kernel can verify, from its config; without a config only
+// what module signing always has ("rsa").
+func (k *Kernel) VerifiableKeyTypes() []string { return k.verifiable(signatureKeyTypes) }
+
+// VerifiableHashes lists the digests ("sha256", "sha384", "sha512") of the
+// module signatures the kernel can verify, from its config; without a
+// config only what module signing always has ("sha256").
+func (k *Kernel) VerifiableHashes() []string { return k.verifiable(signatureHashes) }
+
+func (k *Kernel) verifiable(names []string) []string {
+	var res []string
+	for _, n := range names {
+		need := signatureNeeds[n]
+		if need.option == "" || k.config[need.option] == "y" {
+			res = append(res, n)
+		}
+	}
+	return res
+}
+
+// CanVerify tells whether the kernel can verify module signatures made
+// with a key of keyType ("rsa", "ecdsa") and digest hash ("sha256",
+// "sha384", "sha512"; "" when only the key type matters). The error says
+// which config option is missing, or that the config is unknown, and what
+// to sign with instead.
+func (k *Kernel) CanVerify(keyType, hash string) error {
+	var needs []struct{ option, what, instead string }
+	for _, n := range []struct{ name, kind string }{{keyType, "key type"}, {hash, "digest"}} {
+		if n.name == "" && n.kind == "digest" {
+			continue
+		}
+		need, ok := signatureNeeds[n.name]
+		if !ok {
+			return fmt.Errorf("unknown module signature %s %q (known: %s)", n.kind, n.name, strings.Join(append(slices.Clone(signatureKeyTypes), signatureHashes...), ", "))
+		}
+		if need.option != "" {
+			needs = append(needs, need)
+		}
+	}
+	if len(needs) == 0 {
+		return nil
+	}
+	if k.config == nil {
+		whats := make([]string, len(needs))
+		for i, n := range needs {
+			whats[i] = n.what
+		}
+		return fmt.Errorf("kernel %s: no config to tell whether it can verify %s; use an RSA key with sha256", k.Release, strings.Join(whats, " and "))
+	}
+	for _, n := range needs {
+		v, set := k.config[n.option]
+		switch {
+		case v == "y":
+			continue
+		case set && v == "m":
+			v = "=m, a module, which cannot verify the modules that load before it"
+		default:
+			v = "not set"
+		}
+		return fmt.Errorf("kernel %s cannot verify %s (%s %s); %s", k.Release, n.what, n.option, v, n.instead)
+	}
+	return nil
 }

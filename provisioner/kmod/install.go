@@ -7,7 +7,6 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 
@@ -110,35 +109,16 @@ func dedupe(ps []string) []string {
 // conflicts reports a module that shadows an in-tree module of the same
 // name or claims the device aliases of one, unless replace_in_tree.
 func (r *run) conflicts(m *module) []string {
-	k := m.Kernel
 	var res []string
-	if rel, ok := k.InTree[m.Name]; ok {
-		msg := fmt.Sprintf("%s: shadows the in-tree module %s (%s): depmod ranks updates/ above the kernel's own tree, so this one would load instead of it", m.where(), m.Name, rel)
-		if !r.cfg.ReplaceInTree {
+	for _, p := range kmod.InTreeConflicts(m.Kernel.Model, []*kmod.Module{m.Parsed}) {
+		msg := m.where() + ": " + p.Reason
+		switch {
+		case r.cfg.ReplaceInTree:
+			r.ui.Message("kmod: " + msg + " (replace_in_tree)")
+		case p.Kind == kmod.KindShadow:
 			res = append(res, msg+"; set replace_in_tree = true if that is intended")
-		} else {
-			r.ui.Message("kmod: " + msg + " (replace_in_tree)")
-		}
-	}
-	claimed := map[string][]string{}
-	for _, a := range m.Parsed.All("alias") {
-		for _, owner := range k.Aliases[a] {
-			if owner != m.Name {
-				claimed[owner] = append(claimed[owner], a)
-			}
-		}
-	}
-	owners := make([]string, 0, len(claimed))
-	for o := range claimed {
-		owners = append(owners, o)
-	}
-	sort.Strings(owners)
-	for _, o := range owners {
-		msg := fmt.Sprintf("%s: claims %d device alias(es) of the in-tree module %s (e.g. %s): for such a device modprobe loads both, in modules.alias order, and the first to bind wins", m.where(), len(claimed[o]), o, claimed[o][0])
-		if !r.cfg.ReplaceInTree {
-			res = append(res, msg+"; set replace_in_tree = true (and blacklist "+o+" to make this one win)")
-		} else {
-			r.ui.Message("kmod: " + msg + " (replace_in_tree)")
+		default:
+			res = append(res, msg+"; set replace_in_tree = true (and blacklist "+p.InTree+" to make this one win)")
 		}
 	}
 	return res
@@ -174,13 +154,9 @@ func (r *run) install(ctx context.Context) error {
 			continue
 		}
 		done[key] = true
-		// One depmod per kernel below instead of one per dkms install
-		// (dkms 3.0 accepts --no-depmod; older ones run it anyway).
-		cmd := fmt.Sprintf("dkms install --force --no-depmod -m %s -v %s -k %s 2>&1 || dkms install --force -m %s -v %s -k %s",
-			shQuote(m.DKMS.Name), shQuote(m.DKMS.Version), shQuote(m.Kernel.Release+"/"+r.arch),
-			shQuote(m.DKMS.Name), shQuote(m.DKMS.Version), shQuote(m.Kernel.Release+"/"+r.arch))
-		if err := r.t.runUI(ctx, cmd); err != nil {
-			return fmt.Errorf("%s: dkms install: %w", m.where(), err)
+		// One depmod per kernel below instead of one per dkms install.
+		if err := r.driver.Install(ctx, m.DKMS.Name, m.DKMS.Version, m.Kernel.Release, r.arch); err != nil {
+			return fmt.Errorf("%s: %w", m.where(), err)
 		}
 	}
 	// The installed files must be byte for byte the signed ones.
@@ -253,46 +229,20 @@ func (r *run) writeLoadConfig(ctx context.Context) error {
 	}
 	switch {
 	case r.t.exists(ctx, "/usr/sbin/update-initramfs") || r.t.exists(ctx, "/etc/initramfs-tools"):
-		return r.persistInitramfsTools(ctx, early)
+		// A marked block in /etc/initramfs-tools/modules, the rest kept.
+		const p = loadconf.InitramfsToolsModulesPath
+		var old []byte
+		if r.t.exists(ctx, p) {
+			if old, err = r.t.readFile(p); err != nil {
+				return err
+			}
+		}
+		return r.t.writeFile(ctx, p, loadconf.EarlyInitramfsTools(old, early), 0o644)
 	case r.t.exists(ctx, "/usr/bin/dracut") || r.t.exists(ctx, "/usr/sbin/dracut"):
-		content := "# Written by packer-plugin-kmod: modules the initramfs must load.\nforce_drivers+=\" " + strings.Join(early, " ") + " \"\n"
-		return r.t.writeFile(ctx, "/etc/dracut.conf.d/kmodctl.conf", []byte(content), 0o644)
+		return r.t.writeFile(ctx, loadconf.DracutConfPath, loadconf.EarlyDracut(early), 0o644)
 	}
 	r.ui.Error("kmod: warning: neither initramfs-tools nor dracut in the image; the early-load list is not persisted for later initramfs generations")
 	return nil
-}
-
-const (
-	beginMark = "# BEGIN packer-plugin-kmod"
-	endMark   = "# END packer-plugin-kmod"
-)
-
-// persistInitramfsTools keeps a marked block in /etc/initramfs-tools/modules.
-func (r *run) persistInitramfsTools(ctx context.Context, early []string) error {
-	const p = "/etc/initramfs-tools/modules"
-	var old []byte
-	if r.t.exists(ctx, p) {
-		var err error
-		if old, err = r.t.readFile(p); err != nil {
-			return err
-		}
-	}
-	var kept []string
-	in := false
-	for _, l := range strings.Split(strings.TrimRight(string(old), "\n"), "\n") {
-		switch {
-		case l == beginMark:
-			in = true
-		case l == endMark:
-			in = false
-		case !in && (l != "" || len(kept) > 0):
-			kept = append(kept, l)
-		}
-	}
-	block := append([]string{beginMark}, early...)
-	block = append(block, endMark)
-	content := strings.Join(append(kept, block...), "\n") + "\n"
-	return r.t.writeFile(ctx, p, []byte(content), 0o644)
 }
 
 // initramfs adds the early modules to each kernel's initramfs.
@@ -415,7 +365,7 @@ func (r *run) inject(ctx context.Context, k *targetKernel, early []*module) erro
 			return err
 		}
 	}
-	deps, err := depClosure(depHost, rels)
+	deps, err := kmod.DepClosure(depHost, rels)
 	if err != nil {
 		return err
 	}

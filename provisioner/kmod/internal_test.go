@@ -7,8 +7,6 @@ import (
 	"testing"
 
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
-
-	"github.com/kmodctl/packer-plugin-kmod/internal/fixture"
 )
 
 func TestPrepareErrors(t *testing.T) {
@@ -132,57 +130,6 @@ func TestPrepareErrors(t *testing.T) {
 	if got := packersdk.LogSecretFilter.FilterString("password is s3cret-value"); strings.Contains(got, "s3cret-value") {
 		t.Errorf("the registry password is not filtered from the log: %q", got)
 	}
-}
-
-func TestDepClosure(t *testing.T) {
-	dep := filepath.Join(t.TempDir(), "modules.dep")
-	os.WriteFile(dep, []byte(`updates/dkms/a.ko: kernel/b.ko kernel/c.ko
-kernel/b.ko: kernel/c.ko
-kernel/c.ko:
-kernel/d.ko: kernel/e.ko
-`), 0o644)
-	got, err := depClosure(dep, []string{"updates/dkms/a.ko"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if strings.Join(got, " ") != "kernel/b.ko kernel/c.ko" {
-		t.Errorf("closure %v", got)
-	}
-}
-
-func TestKernelSupportsKey(t *testing.T) {
-	dir := t.TempDir()
-	write := func(s string) *targetKernel {
-		p := filepath.Join(dir, "config")
-		os.WriteFile(p, []byte("#\nCONFIG_X=y\n"+s), 0o644)
-		return &targetKernel{Release: "6.1.0-56-amd64", Config: p}
-	}
-	if ok, _ := kernelSupportsKey(write(""), "rsa"); !ok {
-		t.Error("rsa refused")
-	}
-	ok, why := kernelSupportsKey(write("CONFIG_CRYPTO_ECDSA=m\n"), "ecdsa")
-	if ok || !strings.Contains(why, "6.1.0-56-amd64 cannot verify ECDSA") || !strings.Contains(why, "=m") {
-		t.Errorf("ecdsa as module: %v %q", ok, why)
-	}
-	if ok, _ := kernelSupportsKey(write("CONFIG_CRYPTO_ECDSA=y\n"), "ecdsa"); !ok {
-		t.Error("built-in ecdsa refused")
-	}
-	if ok, why := kernelSupportsKey(&targetKernel{Release: "x"}, "ecdsa"); ok || !strings.Contains(why, "no config") {
-		t.Errorf("no config: %v %q", ok, why)
-	}
-}
-
-// Debian 12's kernel, from the fixture: ECDSA must be refused there.
-func TestKernelSupportsKeyDebian(t *testing.T) {
-	cfgs, _ := filepath.Glob(filepath.Join(fixture.Rootfs(t), "boot", "config-*"))
-	if len(cfgs) == 0 {
-		t.Fatal("no kernel config in the fixture rootfs")
-	}
-	ok, why := kernelSupportsKey(&targetKernel{Release: filepath.Base(cfgs[0]), Config: cfgs[0]}, "ecdsa")
-	if ok {
-		t.Fatalf("Debian 12's kernel accepted for ECDSA")
-	}
-	t.Log(why)
 }
 
 func TestTreeDigest(t *testing.T) {

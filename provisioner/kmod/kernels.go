@@ -1,12 +1,9 @@
 package kmod
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"os"
-	"path"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -29,14 +26,9 @@ type targetKernel struct {
 	SystemMap  string // host path, "" if the image has none
 	Config     string // host path, "" if the image has none
 	Initrd     string // image path of its initramfs, "" if none
-	// InTree maps in-tree module names to their path relative to
-	// /lib/modules/KVER (not under updates/ or extra/).
-	InTree map[string]string
-	// Aliases maps an alias pattern to the in-tree modules that claim it.
-	Aliases map[string][]string
-	// Builtin holds the modules built into the kernel (modules.builtin).
-	Builtin map[string]bool
-	Model   *kmod.Kernel
+	// Model is the kernel as the checks see it: its exports, config,
+	// in-tree and built-in modules and their aliases.
+	Model *kmod.Kernel
 }
 
 // detectKernels lists the kernels the image has, newest first: a
@@ -66,7 +58,7 @@ done`)
 // needExports, else the model has none (VmlinuxKnown false) and the checks
 // note what they could not check.
 func loadKernel(ctx context.Context, t *target, release, hostRoot string, needExports bool) (*targetKernel, error) {
-	k := &targetKernel{Release: release, HostDir: hostRoot, InTree: map[string]string{}, Aliases: map[string][]string{}}
+	k := &targetKernel{Release: release, HostDir: hostRoot}
 	moddir := "/lib/modules/" + release
 	// One round trip to learn which files exist.
 	probe := fmt.Sprintf(`m=%s
@@ -125,40 +117,21 @@ done; exit 0`, shQuote(moddir), release, release, release, release, release, rel
 			break
 		}
 	}
-	if have[moddir+"/modules.dep"] {
-		host, err := fetch(moddir + "/modules.dep")
-		if err != nil {
-			return nil, err
-		}
-		if err := k.readModulesDep(host); err != nil {
-			return nil, err
-		}
-	}
-	if have[moddir+"/modules.alias"] {
-		host, err := fetch(moddir + "/modules.alias")
-		if err != nil {
-			return nil, err
-		}
-		if err := k.readModulesAlias(host); err != nil {
-			return nil, err
+	opts := []kmod.KernelOption{kmod.WithRelease(release)}
+	// depmod's index of the image's tree: its in-tree and built-in
+	// modules, and the aliases they claim.
+	for _, f := range []struct {
+		name string
+		opt  func(string) kmod.KernelOption
+	}{{"modules.dep", kmod.WithModulesDep}, {"modules.alias", kmod.WithModulesAlias}, {"modules.builtin", kmod.WithModulesBuiltin}} {
+		if have[moddir+"/"+f.name] {
+			host, err := fetch(moddir + "/" + f.name)
+			if err != nil {
+				return nil, err
+			}
+			opts = append(opts, f.opt(host))
 		}
 	}
-	if have[moddir+"/modules.builtin"] {
-		host, err := fetch(moddir + "/modules.builtin")
-		if err != nil {
-			return nil, err
-		}
-		data, err := os.ReadFile(host)
-		if err != nil {
-			return nil, err
-		}
-		k.Builtin = map[string]bool{}
-		for _, l := range strings.Fields(string(data)) {
-			k.Builtin[kmod.ModuleNameFromPath(l)] = true
-		}
-	}
-	var opts []kmod.KernelOption
-	opts = append(opts, kmod.WithRelease(release))
 	if k.Config != "" {
 		opts = append(opts, kmod.WithConfig(k.Config))
 	}
@@ -188,143 +161,8 @@ done; exit 0`, shQuote(moddir), release, release, release, release, release, rel
 	return k, nil
 }
 
-// readModulesDep fills InTree from modules.dep ("path: deps").
-func (k *targetKernel) readModulesDep(host string) error {
-	data, err := os.ReadFile(host)
-	if err != nil {
-		return err
-	}
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		p, _, ok := strings.Cut(sc.Text(), ":")
-		if !ok {
-			continue
-		}
-		if strings.HasPrefix(p, "updates/") || strings.HasPrefix(p, "extra/") || strings.HasPrefix(p, "weak-updates/") {
-			continue
-		}
-		k.InTree[kmod.ModuleNameFromPath(p)] = p
-	}
-	return sc.Err()
-}
-
-// readModulesAlias fills Aliases from modules.alias ("alias PATTERN NAME"),
-// in-tree modules only.
-func (k *targetKernel) readModulesAlias(host string) error {
-	data, err := os.ReadFile(host)
-	if err != nil {
-		return err
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		f := strings.Fields(line)
-		if len(f) != 3 || f[0] != "alias" {
-			continue
-		}
-		if _, ok := k.InTree[f[2]]; ok {
-			k.Aliases[f[1]] = append(k.Aliases[f[1]], f[2])
-		}
-	}
-	return nil
-}
-
-// depClosure returns the modules.dep dependencies (paths relative to the
-// module folder) of the modules at rels, read from a host copy of the
-// image's (regenerated) modules.dep.
-func depClosure(modulesDep string, rels []string) ([]string, error) {
-	data, err := os.ReadFile(modulesDep)
-	if err != nil {
-		return nil, err
-	}
-	deps := map[string][]string{}
-	for _, line := range strings.Split(string(data), "\n") {
-		p, rest, ok := strings.Cut(line, ":")
-		if !ok {
-			continue
-		}
-		deps[p] = strings.Fields(rest)
-	}
-	seen := map[string]bool{}
-	var order []string
-	var visit func(string)
-	visit = func(p string) {
-		for _, d := range deps[p] {
-			if !seen[d] {
-				seen[d] = true
-				order = append(order, d)
-				visit(d)
-			}
-		}
-	}
-	for _, r := range rels {
-		seen[r] = true
-	}
-	for _, r := range rels {
-		visit(r)
-	}
-	return order, nil
-}
-
-// kernelSupportsKey tells whether the kernel can verify module signatures
-// made with key algorithm algo ("rsa", "ecdsa") and digest hash ("sha256",
-// ...), from its config. Module signatures are checked when a module loads,
-// possibly from the initramfs before any crypto module could be loaded: the
-// verifier and the digest must be built in.
-func kernelSupportsKey(k *targetKernel, algo string, hash ...string) (bool, string) {
-	need := map[string]string{}
-	if algo == "ecdsa" {
-		need["CONFIG_CRYPTO_ECDSA"] = "ECDSA module signatures"
-	}
-	for _, h := range hash {
-		switch h {
-		case "sha384", "sha512":
-			need["CONFIG_CRYPTO_SHA512"] = h + " module signatures"
-		}
-	}
-	if len(need) == 0 {
-		return true, ""
-	}
-	if k.Config == "" {
-		return false, fmt.Sprintf("kernel %s: no config in the image to tell whether it can verify %s; use an RSA key with sha256", k.Release, joinValues(need))
-	}
-	data, err := os.ReadFile(k.Config)
-	if err != nil {
-		return false, err.Error()
-	}
-	cfg := "\n" + string(data)
-	for opt, what := range need {
-		if strings.Contains(cfg, "\n"+opt+"=y") {
-			continue
-		}
-		v := "not set"
-		if strings.Contains(cfg, "\n"+opt+"=m") {
-			v = "=m, a module, which cannot verify the modules that load before it"
-		}
-		fix := "sign with an RSA key"
-		if opt == "CONFIG_CRYPTO_SHA512" {
-			fix = "use signing_hash = \"sha256\""
-		}
-		return false, fmt.Sprintf("kernel %s cannot verify %s (%s %s); %s", k.Release, what, opt, v, fix)
-	}
-	return true, ""
-}
-
-func joinValues(m map[string]string) string {
-	var vs []string
-	for _, v := range m {
-		vs = append(vs, v)
-	}
-	sort.Strings(vs)
-	return strings.Join(vs, " and ")
-}
-
-// inTreePathFor gives the image path of an in-tree module file.
-func (k *targetKernel) inTreePathFor(rel string) string {
-	return path.Join("/lib/modules", k.Release, rel)
-}
-
 // has tells whether the kernel ships module name (in-tree or built in).
 func (k *targetKernel) has(name string) bool {
 	name = strings.ReplaceAll(name, "-", "_")
-	return k.InTree[name] != "" || k.Builtin[name]
+	return k.Model.InTree[name] != "" || k.Model.Builtin[name]
 }

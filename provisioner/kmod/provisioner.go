@@ -474,8 +474,8 @@ func (r *run) loadKernelData(ctx context.Context, k *targetKernel) error {
 	if !k.Model.VmlinuxKnown {
 		r.ui.Message(fmt.Sprintf("kmod: kernel %s: no Module.symvers in the image: symbols and CRCs against vmlinux are not checked here (the bundles' builds checked them; the kernel checks CRCs when it loads a module)", k.Release))
 	}
-	if ok, why := kernelSupportsKey(k, r.keyAlgo, r.cfg.SigningHash); !ok {
-		return fmt.Errorf("signing key: %s", why)
+	if err := k.Model.CanVerify(r.keyAlgo, r.cfg.SigningHash); err != nil {
+		return fmt.Errorf("signing key: %w", err)
 	}
 	return nil
 }
