@@ -4,7 +4,6 @@ import (
 	"crypto/x509"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -127,7 +126,7 @@ func newCheckCmd() *cobra.Command {
 			"needs the kernel's config (--config, --headers, or --kernel-dir's build tree). " +
 			"Each problem names module, symbol and reason. Exit status: 0 all good, 1 a problem " +
 			"or an unreadable file, 2 a usage error.\n" + checkJSONHelp,
-		Args: usageArgs(cobra.MinimumNArgs(1)),
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if hashName != "" {
 				if _, ok := hashes[hashName]; !ok {
@@ -180,7 +179,7 @@ func newCheckCmd() *cobra.Command {
 				if err != nil {
 					unreadable = append(unreadable, unreadableJSON{Path: p, Error: err.Error()})
 					if !asJSON {
-						fmt.Fprintf(os.Stderr, "kmodctl: %v\n", err)
+						fmt.Fprintln(cmd.ErrOrStderr(), "kmodctl:", err)
 					}
 					continue
 				}
@@ -221,7 +220,6 @@ func newCheckCmd() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return errUsage{err} })
 	f := cmd.Flags()
 	f.StringVar(&kernelDir, "kernel-dir", "", "the target's module tree, /lib/modules/KVER (its build link, modules.builtin, modules.dep and modules.alias are used when present)")
 	f.StringVar(&symvers, "symvers", "", "the target's Module.symvers (vmlinux exports and CRCs)")
