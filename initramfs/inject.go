@@ -25,16 +25,20 @@ const (
 	Rewrite InjectMode = "rewrite"
 )
 
-// InjectOption configures Inject.
-type InjectOption func(*injectConfig)
+// InjectOption configures Inject; an invalid one makes Inject fail before
+// it reads the image.
+type InjectOption func(*injectOptions) error
 
-type injectConfig struct {
-	modules        []string
-	modulesDir     string
-	firmwareDir    string
-	mode           InjectMode
-	load           bool
+type injectOptions struct {
+	modules     []string
+	modulesDir  string
+	firmwareDir string
+	mode        InjectMode
+	load        bool
+	// backup is the path the old image is kept at ("" none);
+	// defaultBackup asks for IMAGE.bak.
 	backup         string
+	defaultBackup  bool
 	kver           string
 	ignoreVermagic bool
 	warn           func(string)
@@ -57,7 +61,15 @@ type extraFile struct {
 // WithModules adds module files (.ko, .ko.xz, .ko.zst, .ko.gz) to inject;
 // they go to lib/modules/KVER/updates/ under their file names.
 func WithModules(paths ...string) InjectOption {
-	return func(c *injectConfig) { c.modules = append(c.modules, paths...) }
+	return func(c *injectOptions) error {
+		for _, p := range paths {
+			if p == "" {
+				return errors.New("empty module path")
+			}
+		}
+		c.modules = append(c.modules, paths...)
+		return nil
+	}
 }
 
 // WithModulesDir names the target's module tree (e.g. a rootfs's
@@ -65,51 +77,110 @@ func WithModules(paths ...string) InjectOption {
 // are copied from it, keeping their paths below the tree. It also gives the
 // default firmware folder, lib/firmware next to its lib/modules.
 func WithModulesDir(dir string) InjectOption {
-	return func(c *injectConfig) { c.modulesDir = dir }
+	return func(c *injectOptions) error {
+		if dir == "" {
+			return errors.New("empty modules folder")
+		}
+		c.modulesDir = dir
+		return nil
+	}
 }
 
 // WithFirmwareDir names the folder firmware= files are copied from (the
 // target's /lib/firmware).
 func WithFirmwareDir(dir string) InjectOption {
-	return func(c *injectConfig) { c.firmwareDir = dir }
+	return func(c *injectOptions) error {
+		if dir == "" {
+			return errors.New("empty firmware folder")
+		}
+		c.firmwareDir = dir
+		return nil
+	}
 }
 
 // WithMode chooses Append (the default) or Rewrite.
-func WithMode(m InjectMode) InjectOption { return func(c *injectConfig) { c.mode = m } }
+func WithMode(m InjectMode) InjectOption {
+	return func(c *injectOptions) error {
+		if m != Append && m != Rewrite {
+			return fmt.Errorf("unknown mode %q (append or rewrite)", m)
+		}
+		c.mode = m
+		return nil
+	}
+}
 
 // WithLoad makes the image's early userspace load the injected modules the
 // way its flavor does (see loadconf.go); an unknown flavor is an error.
-func WithLoad(load bool) InjectOption { return func(c *injectConfig) { c.load = load } }
+func WithLoad(load bool) InjectOption {
+	return func(c *injectOptions) error {
+		c.load = load
+		return nil
+	}
+}
 
-// WithBackup keeps the old image at path (a hard link to the old file when
-// possible, else a copy); "" uses IMAGE.bak.
-func WithBackup(path string) InjectOption {
-	return func(c *injectConfig) {
-		c.backup = path
+// WithBackup keeps the old image as IMAGE.bak (a hard link to the old file
+// when possible, else a copy). Without it or WithBackupFile no backup is
+// kept.
+func WithBackup() InjectOption {
+	return func(c *injectOptions) error {
+		c.backup, c.defaultBackup = "", true
+		return nil
+	}
+}
+
+// WithBackupFile keeps the old image at path, like WithBackup.
+func WithBackupFile(path string) InjectOption {
+	return func(c *injectOptions) error {
 		if path == "" {
-			c.backup = "\x00default"
+			return errors.New("empty backup path")
 		}
+		c.backup, c.defaultBackup = path, false
+		return nil
 	}
 }
 
 // WithKernelRelease names the image's kernel instead of detecting it from
 // its lib/modules folders (needed when it holds several).
-func WithKernelRelease(kver string) InjectOption { return func(c *injectConfig) { c.kver = kver } }
+func WithKernelRelease(kver string) InjectOption {
+	return func(c *injectOptions) error {
+		if err := checkKernelRelease(kver); err != nil {
+			return err
+		}
+		c.kver = kver
+		return nil
+	}
+}
 
 // WithoutVermagicCheck injects modules whose vermagic names another kernel
 // release (with modversions CRCs, the kernel itself ignores the release).
-func WithoutVermagicCheck() InjectOption { return func(c *injectConfig) { c.ignoreVermagic = true } }
+func WithoutVermagicCheck() InjectOption {
+	return func(c *injectOptions) error {
+		c.ignoreVermagic = true
+		return nil
+	}
+}
 
 // WithInjectWarnings receives warnings (missing firmware, ...) as they
 // happen; they are in InjectResult.Warnings too.
-func WithInjectWarnings(f func(string)) InjectOption { return func(c *injectConfig) { c.warn = f } }
+func WithInjectWarnings(f func(string)) InjectOption {
+	return func(c *injectOptions) error {
+		c.warn = f
+		return nil
+	}
+}
 
 // WithFile adds (or replaces) a regular file at path in the image with
 // permissions perm, owned by root, like the modules: an existing regular
 // file keeps its mode and owner, and other hard links of it keep their
 // content.
 func WithFile(path string, data []byte, perm fs.FileMode) InjectOption {
-	return func(c *injectConfig) { c.files = append(c.files, extraFile{path, data, perm}) }
+	return func(c *injectOptions) error {
+		if clean, err := cleanName(path); err != nil || clean == "." {
+			return fmt.Errorf("bad path %q for a file in the image", path)
+		}
+		c.files = append(c.files, extraFile{path, data, perm})
+		return nil
+	}
 }
 
 // WithBestCompression makes Rewrite compress harder: zstd's strongest
@@ -118,10 +189,24 @@ func WithFile(path string, data []byte, perm fs.FileMode) InjectOption {
 // on Debian's initramfs-tools image (zstd -9) the default output is about
 // 16% larger and about 8 times faster to write than with this option, which
 // comes within 3%.
-func WithBestCompression() InjectOption { return func(c *injectConfig) { c.best = true } }
+func WithBestCompression() InjectOption {
+	return func(c *injectOptions) error {
+		c.best = true
+		return nil
+	}
+}
 
-// WithInjectLimits bounds the decompression of the image (DefaultLimits).
-func WithInjectLimits(l Limits) InjectOption { return func(c *injectConfig) { c.limits = &l } }
+// WithInjectLimits bounds the decompression of the image (DefaultLimits),
+// as WithLimits does for Open.
+func WithInjectLimits(l Limits) InjectOption {
+	return func(c *injectOptions) error {
+		if err := l.check(); err != nil {
+			return err
+		}
+		c.limits = &l
+		return nil
+	}
+}
 
 // InjectedFile is a file Inject added to the image.
 type InjectedFile struct {
@@ -177,17 +262,16 @@ type InjectResult struct {
 // and, with WithLoad, has them loaded at early boot. The image is replaced
 // atomically, mode and owner kept; on any error it is left untouched.
 func Inject(imagePath string, opts ...InjectOption) (*InjectResult, error) {
-	c := injectConfig{mode: Append}
+	c := injectOptions{mode: Append}
 	for _, o := range opts {
-		o(&c)
-	}
-	if c.mode != Append && c.mode != Rewrite {
-		return nil, fmt.Errorf("inject: unknown mode %q (append or rewrite)", c.mode)
+		if err := o(&c); err != nil {
+			return nil, fmt.Errorf("inject: %w", err)
+		}
 	}
 	if len(c.modules) == 0 && len(c.files) == 0 {
 		return nil, errors.New("inject: no modules given")
 	}
-	if c.backup == "\x00default" {
+	if c.defaultBackup {
 		c.backup = imagePath + ".bak"
 	}
 	j := &injection{cfg: c, res: &InjectResult{Image: imagePath, Mode: c.mode}}

@@ -18,7 +18,7 @@ const newArchive = 1 << 30
 // (buildTree), has the planners (inject_plan.go) add records to the model,
 // and the writers (inject_write.go) write the result.
 type injection struct {
-	cfg    injectConfig
+	cfg    injectOptions
 	res    *InjectResult
 	im     *Image
 	vt     *vtree
@@ -261,12 +261,20 @@ func (j *injection) chooseKernel() error {
 	default:
 		return fmt.Errorf("%s: the image has modules for several kernels (%s): name the release explicitly", j.im.Name, strings.Join(kernels, ", "))
 	}
-	if strings.ContainsAny(kver, "/\x00") || kver == "." || kver == ".." {
-		return fmt.Errorf("invalid kernel release %q", kver)
+	if err := checkKernelRelease(kver); err != nil {
+		return err
 	}
 	j.kver = kver
 	j.kernels = kernels
 	j.res.KernelRelease = kver
+	return nil
+}
+
+// checkKernelRelease refuses a release that is not one folder name.
+func checkKernelRelease(kver string) error {
+	if kver == "" || strings.ContainsAny(kver, "/\x00") || kver == "." || kver == ".." {
+		return fmt.Errorf("invalid kernel release %q", kver)
+	}
 	return nil
 }
 
