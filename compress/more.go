@@ -103,43 +103,22 @@ func compressMore(b []byte, f Format) ([]byte, error) {
 }
 
 // compressLZ4Legacy writes the legacy frame format of lz4 -l: the magic, then
-// for each 8 MiB of input a little-endian compressed size and an LZ4 block.
+// for each 8 MiB of input a little-endian compressed size and an LZ4 block,
+// through github.com/pierrec/lz4's legacy writer at HC level 9. It replaced a
+// hand-written writer (CompressorHC per 8 MiB chunk, one literal run for an
+// incompressible chunk) after lz4 v4.1.34's output was byte-identical to it
+// on random, text, zero and cpio input from empty to 24 MiB.
 func compressLZ4Legacy(b []byte) ([]byte, error) {
-	out := binary.LittleEndian.AppendUint32(nil, lz4LegacyMagic)
-	c := lz4.CompressorHC{Level: lz4.Level9}
-	dst := make([]byte, lz4.CompressBlockBound(lz4LegacyChunk))
-	for len(b) > 0 {
-		chunk := b[:min(len(b), lz4LegacyChunk)]
-		b = b[len(chunk):]
-		n, err := c.CompressBlock(chunk, dst)
-		if err != nil {
-			return nil, fmt.Errorf("lz4: %w", err)
-		}
-		block := dst[:n]
-		if n == 0 {
-			// Incompressible: the legacy format has no stored blocks,
-			// so encode one run of literals.
-			block = literalBlock(dst[:0], chunk)
-		}
-		out = binary.LittleEndian.AppendUint32(out, uint32(len(block)))
-		out = append(out, block...)
+	var out bytes.Buffer
+	w := lz4.NewWriter(&out)
+	if err := w.Apply(lz4.LegacyOption(true), lz4.CompressionLevelOption(lz4.Level9)); err != nil {
+		return nil, fmt.Errorf("lz4: %w", err)
 	}
-	return out, nil
-}
-
-// literalBlock appends an LZ4 block holding lit as a single literal run.
-func literalBlock(dst, lit []byte) []byte {
-	n := len(lit)
-	if n < 15 {
-		dst = append(dst, byte(n<<4))
-	} else {
-		dst = append(dst, 0xf0)
-		for n -= 15; n >= 255; n -= 255 {
-			dst = append(dst, 255)
-		}
-		dst = append(dst, byte(n))
+	b, err := writeAll(w, &out, b)
+	if err != nil {
+		return nil, fmt.Errorf("lz4: %w", err)
 	}
-	return append(dst, lit...)
+	return b, nil
 }
 
 // lz4LegacyReader decodes legacy frames from a stream, reading exactly the

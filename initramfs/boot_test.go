@@ -110,7 +110,12 @@ func TestBootInjectedWithoutLoad(t *testing.T) {
 
 // withoutUnlink disables the symlink Inject writes before replacing a
 // regular file, to show the trap the test guards against.
-func withoutUnlink() InjectOption { return func(c *injectConfig) { c.noUnlink = true } }
+func withoutUnlink() InjectOption {
+	return func(c *injectOptions) error {
+		c.noUnlink = true
+		return nil
+	}
+}
 
 // busyboxLink is one of the 256 names of busybox's inode in Debian's
 // initramfs-tools images that init does not use.
@@ -161,7 +166,10 @@ func TestBootDracutCmdlineD(t *testing.T) {
 		t.Skip("boot tests are long")
 	}
 	t.Parallel()
-	img, res := injectCopy(t, fixture.InitrdDracut, Append, true, func(c *injectConfig) { c.dracutCmdline = true })
+	img, res := injectCopy(t, fixture.InitrdDracut, Append, true, func(c *injectOptions) error {
+		c.dracutCmdline = true
+		return nil
+	})
 	if res.LoadConfig != dracutCmdlineFile {
 		t.Fatalf("load config %s", res.LoadConfig)
 	}

@@ -39,20 +39,43 @@ type Limits struct {
 // DefaultLimits: 2 GiB decompressed, 1 GiB per entry, a million records.
 var DefaultLimits = Limits{MaxTotal: 2 << 30, MaxEntry: 1 << 30, MaxEntries: 1 << 20}
 
+// check refuses negative limits (zero means the default).
+func (l Limits) check() error {
+	if l.MaxTotal < 0 || l.MaxEntry < 0 || l.MaxEntries < 0 {
+		return fmt.Errorf("negative limit in %+v", l)
+	}
+	return nil
+}
+
 // ErrTooLarge is wrapped by errors for images beyond the Limits.
 var ErrTooLarge = compress.ErrTooLarge
 
-// Option configures Open and Read.
-type Option func(*options)
+// Option configures Open and Read; an invalid one makes them fail.
+type Option func(*options) error
 
 type options struct {
 	limits Limits
 	name   string
 }
 
-// WithLimits replaces DefaultLimits; zero fields keep their default.
+// newOptions applies opts over DefaultLimits and the name name.
+func newOptions(name string, opts []Option) (options, error) {
+	o := options{limits: DefaultLimits, name: name}
+	for _, f := range opts {
+		if err := f(&o); err != nil {
+			return o, err
+		}
+	}
+	return o, nil
+}
+
+// WithLimits replaces DefaultLimits; zero fields keep their default,
+// negative ones are an error.
 func WithLimits(l Limits) Option {
-	return func(o *options) {
+	return func(o *options) error {
+		if err := l.check(); err != nil {
+			return err
+		}
 		if l.MaxTotal > 0 {
 			o.limits.MaxTotal = l.MaxTotal
 		}
@@ -62,11 +85,17 @@ func WithLimits(l Limits) Option {
 		if l.MaxEntries > 0 {
 			o.limits.MaxEntries = l.MaxEntries
 		}
+		return nil
 	}
 }
 
 // WithName names the image in errors (Open uses the path).
-func WithName(name string) Option { return func(o *options) { o.name = name } }
+func WithName(name string) Option {
+	return func(o *options) error {
+		o.name = name
+		return nil
+	}
+}
 
 // Segment is one unit of an image: an uncompressed cpio archive or one
 // compressed unit.
@@ -156,6 +185,10 @@ func (e *Error) Unwrap() error { return e.Err }
 
 // Open maps the image at path and reads it. Close releases it.
 func Open(path string, opts ...Option) (*Image, error) {
+	o, err := newOptions(path, opts)
+	if err != nil {
+		return nil, err
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
@@ -182,7 +215,7 @@ func Open(path string, opts ...Option) (*Image, error) {
 			return nil, err
 		}
 	}
-	im, err := parse(data, append([]Option{WithName(path)}, opts...))
+	im, err := parse(data, o)
 	if err != nil {
 		if unmap != nil {
 			unmap()
@@ -195,6 +228,10 @@ func Open(path string, opts ...Option) (*Image, error) {
 
 // Read reads an image of size bytes from r (into memory).
 func Read(r io.ReaderAt, size int64, opts ...Option) (*Image, error) {
+	o, err := newOptions("initramfs", opts)
+	if err != nil {
+		return nil, err
+	}
 	data := make([]byte, size)
 	if n, err := r.ReadAt(data, 0); int64(n) < size {
 		if err == nil || err == io.EOF {
@@ -202,7 +239,7 @@ func Read(r io.ReaderAt, size int64, opts ...Option) (*Image, error) {
 		}
 		return nil, err
 	}
-	return parse(data, opts)
+	return parse(data, o)
 }
 
 // Close releases the image's mapping; the Image must not be used after.

@@ -414,7 +414,7 @@ func TestInjectBackupAndOwner(t *testing.T) {
 		}
 	}
 	old := sha(t, img)
-	res, err := Inject(img, WithModules(fixture.TestModule(t, "kmodtest_marker")), WithBackup(""))
+	res, err := Inject(img, WithModules(fixture.TestModule(t, "kmodtest_marker")), WithBackup())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -432,7 +432,7 @@ func TestInjectBackupAndOwner(t *testing.T) {
 		t.Errorf("owner %d:%d", sys.Uid, sys.Gid)
 	}
 	// A second backup replaces the first.
-	if _, err := Inject(img, WithModules(fixture.TestModule(t, "kmodtest_base")), WithBackup(filepath.Join(dir, "keep.img"))); err != nil {
+	if _, err := Inject(img, WithModules(fixture.TestModule(t, "kmodtest_base")), WithBackupFile(filepath.Join(dir, "keep.img"))); err != nil {
 		t.Fatal(err)
 	}
 	if sha(t, filepath.Join(dir, "keep.img")) == old {
@@ -475,6 +475,9 @@ func TestInjectErrors(t *testing.T) {
 		{"no kernel", compressed(t, archive(t, dir("."), dir("conf"), reg("conf/initramfs.conf", "")), compress.Gzip), nil, "no lib/modules", nil},
 		{"other kernel", good, []InjectOption{WithKernelRelease("5.10.0-99-amd64")}, "no modules for kernel 5.10.0-99-amd64", nil},
 		{"bad mode", good, []InjectOption{WithMode("merge")}, "unknown mode", nil},
+		{"bad release", good, []InjectOption{WithKernelRelease("../5.10.0-99-amd64")}, "invalid kernel release", nil},
+		{"empty backup path", good, []InjectOption{WithBackupFile("")}, "empty backup path", nil},
+		{"negative limit", good, []InjectOption{WithInjectLimits(Limits{MaxTotal: -1})}, "negative limit", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			img := filepath.Join(t.TempDir(), "initrd.img")

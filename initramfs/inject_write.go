@@ -1,6 +1,7 @@
 package initramfs
 
 import (
+	"bufio"
 	"bytes"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"github.com/ulikunitz/xz"
 
 	"github.com/kmodctl/packer-plugin-kmod/compress"
+	"github.com/kmodctl/packer-plugin-kmod/initramfs/cpio"
 	"github.com/kmodctl/packer-plugin-kmod/internal/atomicfile"
 )
 
@@ -157,4 +159,247 @@ func makeBackup(path, backup string) error {
 		return fmt.Errorf("backup %s: %w", backup, err)
 	}
 	return nil
+}
+
+// appendCompression is that of the last archive when Inject can write it,
+// else zstd when the image already uses it, else gzip.
+func (j *injection) appendCompression() compress.Format {
+	segs := j.im.Segments
+	last := segs[len(segs)-1].Compression
+	if writableCompression(last) {
+		return last
+	}
+	for _, s := range segs {
+		if s.Compression == compress.Zstd {
+			return compress.Zstd
+		}
+	}
+	return compress.Gzip
+}
+
+// archive writes the planned records as one cpio archive.
+func writeRecords(w io.Writer, recs []plannedRecord) error {
+	cw := cpio.NewWriter(w)
+	for _, r := range recs {
+		rec := r.rec
+		if err := cw.WriteHeader(&rec); err != nil {
+			return err
+		}
+		if _, err := cw.Write(r.body); err != nil {
+			return err
+		}
+	}
+	if err := cw.WriteTrailer(); err != nil {
+		return err
+	}
+	return cw.PadTo(512)
+}
+
+// appendArchive compresses the planned records into the new archive and
+// checks that it reads back.
+func (j *injection) appendArchive() ([]byte, error) {
+	f := j.appendCompression()
+	j.res.Compression = Segment{Compression: f}.CompressionName()
+	var seg bytes.Buffer
+	sw, err := newSegmentWriter(&seg, f, effortDefault)
+	if err != nil {
+		return nil, err
+	}
+	if err := writeRecords(sw, j.recs); err != nil {
+		return nil, err
+	}
+	if err := sw.Close(); err != nil {
+		return nil, err
+	}
+	check, err := Read(bytes.NewReader(seg.Bytes()), int64(seg.Len()), WithName("appended archive"))
+	if err != nil {
+		return nil, fmt.Errorf("inject: the new archive does not read back: %w", err)
+	}
+	if len(check.Entries) != len(j.recs) {
+		return nil, fmt.Errorf("inject: the new archive reads back %d records, want %d", len(check.Entries), len(j.recs))
+	}
+	return seg.Bytes(), nil
+}
+
+// appendImage writes the old image (copied file to file), then seg.
+func (j *injection) appendImage(w *os.File, imagePath string, seg []byte) error {
+	src, err := os.Open(imagePath)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	n, err := io.Copy(w, src)
+	if err != nil {
+		return err
+	}
+	if n != j.res.SizeBefore {
+		return fmt.Errorf("%s changed while inject ran (%d bytes, was %d)", imagePath, n, j.res.SizeBefore)
+	}
+	// Compressed units follow each other directly: NUL padding after a
+	// gzip member or zstd frame is "trailing garbage" to gzip -d and zstd
+	// -d, which the distributions' listers run. An uncompressed archive
+	// must start 4-byte aligned; the kernel's lz4 reader needs 4 zero
+	// bytes after a unit that is not the last.
+	pad := 0
+	if compress.Detect(seg) == compress.None && kernelMagic(seg) == compress.None {
+		pad = int((4 - n&3) & 3)
+	}
+	if j.im.Segments[len(j.im.Segments)-1].Compression == compress.LZ4 {
+		pad += 4
+	}
+	if _, err := w.Write(make([]byte, pad)); err != nil {
+		return err
+	}
+	_, err = w.Write(seg)
+	return err
+}
+
+// rewriteImage writes the kept early archives and the model's merged tree.
+func (j *injection) rewriteImage(w *os.File) error {
+	segs := j.im.Segments
+	main := j.firstMerged
+	for i := j.firstMerged; i < len(segs); i++ {
+		if segs[i].Size > segs[main].Size {
+			main = i
+		}
+	}
+	f := segs[main].Compression
+	if !writableCompression(f) {
+		f = compress.Zstd
+	}
+	j.res.Compression = Segment{Compression: f}.CompressionName()
+	j.res.KeptSegments = j.firstMerged
+	bw := bufio.NewWriterSize(w, 1<<20)
+	if _, err := bw.Write(j.early); err != nil {
+		return err
+	}
+	effort := effortDefault
+	if j.cfg.best {
+		effort = effortBest
+	}
+	sw, err := newSegmentWriter(bw, f, effort)
+	if err != nil {
+		return err
+	}
+	if err := j.vt.serialize(sw, j.firstMerged); err != nil {
+		return err
+	}
+	if err := sw.Close(); err != nil {
+		return err
+	}
+	return bw.Flush()
+}
+
+// serialize writes the nodes the merged archives (index >= from) and Inject
+// touched, in creation order, as one cpio archive: records keep their
+// stored header fields; hard link groups keep their inode and carry the
+// body on the record that wrote it (else the last one); a group that lost
+// names gets its new link count; inode numbers that would join unrelated
+// groups are renumbered.
+func (t *vtree) serialize(w io.Writer, from int) error {
+	cw := cpio.NewWriter(w)
+	type group struct {
+		nodes   []*vnode
+		carrier *vnode
+		key     cpio.LinkKey
+		nlink   uint32
+	}
+	nodes := t.nodes()
+	var emit []*vnode
+	if t.root.archive >= from {
+		emit = append(emit, t.root)
+	}
+	for _, n := range nodes {
+		if n.archive >= from {
+			emit = append(emit, n)
+		}
+	}
+	groups := map[*vinode]*group{}
+	used := map[cpio.LinkKey]*vinode{}
+	next := t.maxIno + 1
+	for _, n := range emit {
+		if n.ino == nil {
+			continue
+		}
+		g, ok := groups[n.ino]
+		if !ok {
+			g = &group{key: n.rec.Key(), nlink: n.rec.Nlink}
+			groups[n.ino] = g
+		}
+		g.nodes = append(g.nodes, n)
+	}
+	// Deterministic: groups in the order of their first name.
+	var order []*vinode
+	for _, n := range emit {
+		if n.ino != nil && groups[n.ino].nodes[0] == n {
+			order = append(order, n.ino)
+		}
+	}
+	for _, ino := range order {
+		g := groups[ino]
+		g.carrier = g.nodes[len(g.nodes)-1]
+		for _, n := range g.nodes {
+			if n == ino.carrier {
+				g.carrier = n
+			}
+		}
+		if len(g.nodes) > 1 || g.nlink > 1 {
+			if len(g.nodes) != len(ino.nodes) || ino.lost {
+				g.nlink = uint32(len(g.nodes))
+			}
+			if other, ok := used[g.key]; ok && other != ino {
+				g.key.Ino = next
+				next++
+			}
+			used[g.key] = ino
+		}
+	}
+	for _, n := range emit {
+		rec := n.rec
+		if n != t.root {
+			rec.Name = keepStoredName(n.rec.Name, n.path())
+		}
+		var body []byte
+		switch {
+		case n.isSymlink():
+			body = []byte(n.target)
+		case n.ino != nil:
+			m := n.ino.meta
+			rec.Mode, rec.UID, rec.GID, rec.Mtime = m.Mode, m.UID, m.GID, m.Mtime
+			g := groups[n.ino]
+			if len(g.nodes) > 1 || rec.Nlink > 1 {
+				rec.Nlink = g.nlink
+				rec.Ino = g.key.Ino
+			}
+			if n.isRegular() && n == g.carrier {
+				body = n.ino.data
+			}
+		}
+		rec.FileSize = uint32(len(body))
+		if rec.Format == cpio.CRC {
+			rec.Check = 0
+			if rec.IsRegular() {
+				rec.Check = cpio.Checksum(body)
+			}
+		}
+		if err := cw.WriteHeader(&rec); err != nil {
+			return err
+		}
+		if _, err := cw.Write(body); err != nil {
+			return err
+		}
+	}
+	if err := cw.WriteTrailer(); err != nil {
+		return err
+	}
+	return cw.PadTo(512)
+}
+
+// keepStoredName keeps a record's stored name ("./x", "/x" or "x") when it
+// still denotes the node's path, else names the path.
+func keepStoredName(stored, p string) string {
+	if c, err := cleanName(stored); err == nil && c == p {
+		return stored
+	}
+	return p
 }

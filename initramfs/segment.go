@@ -41,11 +41,7 @@ type scanner struct {
 	total int64 // decompressed bytes so far
 }
 
-func parse(data []byte, opts []Option) (*Image, error) {
-	o := options{limits: DefaultLimits, name: "initramfs"}
-	for _, f := range opts {
-		f(&o)
-	}
+func parse(data []byte, o options) (*Image, error) {
 	im := &Image{Name: o.name, Size: int64(len(data)), data: data, limits: o.limits}
 	s := &scanner{im: im}
 	off := int64(0)

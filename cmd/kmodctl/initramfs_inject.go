@@ -91,8 +91,11 @@ func newInitramfsInjectCmd() *cobra.Command {
 			if best {
 				opts = append(opts, initramfs.WithBestCompression())
 			}
-			if doBackup || backup != "" {
-				opts = append(opts, initramfs.WithBackup(backup))
+			switch {
+			case backup != "":
+				opts = append(opts, initramfs.WithBackupFile(backup))
+			case doBackup:
+				opts = append(opts, initramfs.WithBackup())
 			}
 			if !asJSON {
 				opts = append(opts, initramfs.WithInjectWarnings(func(msg string) {
