@@ -9,7 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/kmodctl/packer-plugin-kmod/kmod"
+	"github.com/kmodctl/packer-plugin-kmod/kmod/depmod"
 )
 
 func newDepmodCmd() *cobra.Command {
@@ -46,7 +46,7 @@ func newDepmodCmd() *cobra.Command {
 				kver = strings.TrimSpace(string(b))
 			}
 			stderr := cmd.ErrOrStderr()
-			opts := []kmod.DepmodOption{kmod.WithDepmodErrors(func(msg string) {
+			opts := []depmod.Option{depmod.WithWarnings(func(msg string) {
 				fmt.Fprintf(stderr, "kmodctl depmod: WARNING: %s\n", msg)
 			})}
 			if len(configs) > 0 {
@@ -59,7 +59,7 @@ func newDepmodCmd() *cobra.Command {
 					}
 					abs[i] = a
 				}
-				opts = append(opts, kmod.WithDepmodConfigFS(os.DirFS("/"), abs...))
+				opts = append(opts, depmod.WithConfigFS(os.DirFS("/"), abs...))
 			}
 			if symvers != "" {
 				if !errsyms {
@@ -70,7 +70,7 @@ func newDepmodCmd() *cobra.Command {
 					if err != nil {
 						return err
 					}
-					opts = append(opts, kmod.WithDepmodSymvers(b))
+					opts = append(opts, depmod.WithSymvers(b))
 				}
 			} else if errsyms {
 				fmt.Fprintln(stderr, "kmodctl depmod: WARNING: -e needs -E")
@@ -79,13 +79,14 @@ func newDepmodCmd() *cobra.Command {
 				basedir = "/"
 			}
 			if !dryRun {
-				return kmod.Depmod(basedir, kver, opts...)
+				_, err := depmod.Write(basedir, kver, opts...)
+				return err
 			}
-			root, err := kmod.DepmodDir(basedir)
+			root, err := depmod.Dir(basedir)
 			if err != nil {
 				return err
 			}
-			out, err := kmod.GenerateDepmod(root, kver, opts...)
+			out, err := depmod.Generate(root, kver, opts...)
 			if err != nil {
 				return err
 			}
