@@ -43,8 +43,9 @@ var (
 	ErrBadSignature = errors.New("bad module signature trailer")
 )
 
-// ParseOption changes what Parse and ParseFile read.
-type ParseOption func(*parseConfig)
+// ParseOption changes what Parse and ParseFile read; one with a bad
+// argument makes them fail.
+type ParseOption func(*parseConfig) error
 
 type parseConfig struct {
 	infoOnly bool
@@ -53,27 +54,33 @@ type parseConfig struct {
 // InfoOnly reads only what modinfo shows (.modinfo and the signature) and
 // leaves Undefined, WeakUndefined, Exports and Versions empty: listing a
 // whole tree does not pay for the symbol tables.
-func InfoOnly() ParseOption { return func(c *parseConfig) { c.infoOnly = true } }
+func InfoOnly() ParseOption {
+	return func(c *parseConfig) error { c.infoOnly = true; return nil }
+}
 
-func newParseConfig(opts []ParseOption) parseConfig {
+func newParseConfig(opts []ParseOption) (parseConfig, error) {
 	var c parseConfig
 	for _, o := range opts {
-		o(&c)
+		if err := o(&c); err != nil {
+			return c, err
+		}
 	}
-	return c
+	return c, nil
 }
 
 // Parse parses a kernel module held in memory: a plain .ko or one
 // compressed with gzip, xz or zstd (detected by magic). The Module keeps no
 // reference to data.
 func Parse(data []byte, opts ...ParseOption) (*Module, error) {
-	cfg := newParseConfig(opts)
+	cfg, err := newParseConfig(opts)
+	if err != nil {
+		return nil, err
+	}
 	if len(data) == 0 {
 		return nil, ErrEmpty
 	}
 	m := &Module{Compression: compress.Detect(data)}
 	if m.Compression != compress.None {
-		var err error
 		if data, err = modfile.Decompress(data, m.Compression); err != nil {
 			return nil, err
 		}
@@ -93,7 +100,11 @@ func Parse(data []byte, opts ...ParseOption) (*Module, error) {
 // headers, the sections the Module needs and the signature are read.
 // Errors name the path.
 func ParseFile(path string, opts ...ParseOption) (*Module, error) {
-	m, err := parseFile(path, newParseConfig(opts))
+	cfg, err := newParseConfig(opts)
+	if err != nil {
+		return nil, err
+	}
+	m, err := parseFile(path, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
