@@ -26,6 +26,7 @@ type Source interface {
 // MemSource is module content already in memory.
 type MemSource []byte
 
+// At implements Source.
 func (m MemSource) At(off, n uint64) ([]byte, error) { return m[off : off+n : off+n], nil }
 
 // Sizes of the ELF structures this reader decodes.

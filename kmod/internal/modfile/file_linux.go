@@ -59,4 +59,5 @@ func (f File) ReadAt(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
+// Close closes the descriptor.
 func (f File) Close() error { return syscall.Close(int(f)) }

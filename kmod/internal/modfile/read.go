@@ -64,6 +64,8 @@ const (
 	maxTailRead = 256 << 10
 )
 
+// Decompress decompresses module content in format f, bounded by MaxSize;
+// its errors wrap ErrTooLarge, ErrCorruptCompressed or ErrEmpty.
 func Decompress(data []byte, f compress.Format) ([]byte, error) {
 	out, err := compress.Decompress(data, f, MaxSize)
 	if errors.Is(err, compress.ErrTooLarge) {
@@ -139,6 +141,8 @@ func GetScratch() *Scratch { return scratchPool.Get().(*Scratch) }
 // not pin memory.
 const maxPooledArena = 4 << 20
 
+// PutScratch returns sc to the pool; nothing taken from it may be used
+// afterwards.
 func PutScratch(sc *Scratch) {
 	if cap(sc.arena) > maxPooledArena {
 		sc.arena = nil
@@ -186,6 +190,7 @@ func (sc *Scratch) Get(all string, i int) string {
 	return all[start:sc.ends[i]]
 }
 
+// List is the names idx indexes, cut from all (nil for none).
 func (sc *Scratch) List(all string, idx []int) []string {
 	if len(idx) == 0 {
 		return nil
@@ -215,6 +220,7 @@ func NewFileSource(r io.ReaderAt, size uint64, sc *Scratch) *FileSource {
 	return &FileSource{r: r, size: size, sc: sc}
 }
 
+// At implements Source, serving the head and tail already read.
 func (s *FileSource) At(off, n uint64) ([]byte, error) {
 	if off >= s.TailOff && off+n <= s.TailOff+uint64(len(s.Tail)) {
 		return s.Tail[off-s.TailOff : off-s.TailOff+n], nil
@@ -231,6 +237,7 @@ func (s *FileSource) ReadRange(off, n uint64) ([]byte, error) {
 	return buf, s.ReadFull(buf, off)
 }
 
+// ReadFull reads len(buf) bytes at off; a file that shrank is ErrTruncated.
 func (s *FileSource) ReadFull(buf []byte, off uint64) error {
 	n, err := s.r.ReadAt(buf, int64(off))
 	if n == len(buf) {
