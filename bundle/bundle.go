@@ -98,12 +98,24 @@ type createOptions struct {
 // WithName and WithVersion name the bundle (Config.Name, Config.Version;
 // the version also goes to org.opencontainers.image.version).
 func WithName(name string) CreateOption {
-	return func(o *createOptions) error { o.name = name; return nil }
+	return func(o *createOptions) error {
+		if err := checkString("name", name); err != nil {
+			return err
+		}
+		o.name = name
+		return nil
+	}
 }
 
 // WithVersion sets the bundle's version.
 func WithVersion(version string) CreateOption {
-	return func(o *createOptions) error { o.version = version; return nil }
+	return func(o *createOptions) error {
+		if err := checkString("version", version); err != nil {
+			return err
+		}
+		o.version = version
+		return nil
+	}
 }
 
 // WithCreated sets the creation time. Without it, New takes

@@ -543,3 +543,29 @@ func TestConfigRefuses(t *testing.T) {
 		}
 	}
 }
+
+// TestOptionsRefuse: an option with an unusable argument is an error from
+// the option, not a silent default.
+func TestOptionsRefuse(t *testing.T) {
+	for name, opt := range map[string]Option{
+		"WithAuth(nil)":       WithAuth(nil),
+		"WithKeychain(nil)":   WithKeychain(nil),
+		"WithProgress(nil)":   WithProgress(nil),
+		"WithUserAgent(\"\")": WithUserAgent(""),
+		"WithTransport(nil)":  WithTransport(nil),
+		"WithJobs(0)":         WithJobs(0),
+		"WithRetries(-1)":     WithRetries(-1),
+	} {
+		if _, err := makeOptions([]Option{opt}); err == nil {
+			t.Errorf("%s accepted", name)
+		}
+	}
+	for name, opt := range map[string]CreateOption{
+		"WithName(control)":    WithName("a\x01"),
+		"WithVersion(control)": WithVersion("1\n"),
+	} {
+		if err := opt(&createOptions{}); err == nil {
+			t.Errorf("%s accepted", name)
+		}
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unicode"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -94,7 +95,13 @@ func WithToken(token string) Option {
 
 // WithAuth authenticates with any go-containerregistry authenticator.
 func WithAuth(a authn.Authenticator) Option {
-	return func(o *options) error { o.auth = a; return nil }
+	return func(o *options) error {
+		if a == nil {
+			return errors.New("registry authenticator is nil")
+		}
+		o.auth = a
+		return nil
+	}
 }
 
 // WithKeychain takes credentials from a keychain. The default, when no
@@ -102,7 +109,13 @@ func WithAuth(a authn.Authenticator) Option {
 // config ($DOCKER_CONFIG/config.json, ~/.docker/config.json), its
 // credential helpers, and $REGISTRY_AUTH_FILE / podman's auth.json.
 func WithKeychain(k authn.Keychain) Option {
-	return func(o *options) error { o.keychain = k; return nil }
+	return func(o *options) error {
+		if k == nil {
+			return errors.New("registry keychain is nil")
+		}
+		o.keychain = k
+		return nil
+	}
 }
 
 // WithAuthFile takes credentials from a Docker-style auth file (a
@@ -154,8 +167,15 @@ func WithTrustedCerts(certs ...*x509.Certificate) Option {
 }
 
 // WithProgress calls f as bytes move (from one goroutine at a time).
+// Without it nothing is reported.
 func WithProgress(f func(Progress)) Option {
-	return func(o *options) error { o.progress = f; return nil }
+	return func(o *options) error {
+		if f == nil {
+			return errors.New("progress function is nil")
+		}
+		o.progress = f
+		return nil
+	}
 }
 
 // WithJobs sets how many blobs move at once (default 8: module files are
@@ -185,7 +205,13 @@ func WithRetries(n int) Option {
 
 // WithUserAgent sets the User-Agent's product.
 func WithUserAgent(ua string) Option {
-	return func(o *options) error { o.userAgent = ua; return nil }
+	return func(o *options) error {
+		if ua == "" || strings.ContainsFunc(ua, unicode.IsControl) {
+			return fmt.Errorf("user agent %q: want a non-empty product without control characters", ua)
+		}
+		o.userAgent = ua
+		return nil
+	}
 }
 
 // WithLimits replaces the default limits; a zero field keeps its default.
@@ -228,7 +254,13 @@ func WithMerge() Option {
 // WithTransport replaces the base HTTP transport (TLS settings of
 // WithCAFile are then the caller's).
 func WithTransport(t http.RoundTripper) Option {
-	return func(o *options) error { o.transport = t; return nil }
+	return func(o *options) error {
+		if t == nil {
+			return errors.New("registry transport is nil")
+		}
+		o.transport = t
+		return nil
+	}
 }
 
 // baseTransport is the HTTP transport under everything: TLS with the

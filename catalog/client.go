@@ -132,7 +132,13 @@ func WithTimeout(d time.Duration) Option {
 // WithTransport replaces the HTTP transport (WithCAFile's TLS settings
 // are then the caller's).
 func WithTransport(t http.RoundTripper) Option {
-	return func(o *options) error { o.transport = t; return nil }
+	return func(o *options) error {
+		if t == nil {
+			return errors.New("catalog transport is nil")
+		}
+		o.transport = t
+		return nil
+	}
 }
 
 // New returns a client of the catalog at rawURL (https://host:port).

@@ -26,7 +26,7 @@ func TestRenderHookReport(t *testing.T) {
 			unit = string(f.Content)
 		}
 	}
-	for _, want := range []string{"After=network-online.target " + VerifyUnit + " " + FirstbootUnit + " " + PullUnit, "Wants=network-online.target",
+	for _, want := range []string{"After=network-online.target " + VerifyUnit + " " + RunUnit + " " + PullUnit, "Wants=network-online.target",
 		"ExecStart=" + DefaultAgentPath + " firstboot report", "WantedBy=multi-user.target"} {
 		if !strings.Contains(unit, want) {
 			t.Errorf("report unit lacks %q:\n%s", want, unit)

@@ -115,29 +115,25 @@ func unwrapPathError(err error) error {
 	return err
 }
 
-// donePath is where `firstboot run --once` records the instance it ran
-// for (units.go's FirstbootDonePath).
-const donePath = "/var/lib/kmodctl/firstboot.done"
-
-// FirstbootDone says whether the first-boot part already ran for the
+// Done says whether the first-boot part already ran for the
 // instance id names: the done file under root holds its InstanceID. An
 // identity without an InstanceID is never done.
-func FirstbootDone(root string, id Identity) bool {
+func Done(root string, id Identity) bool {
 	if id.InstanceID == "" {
 		return false
 	}
-	got, err := readID(root, donePath)
+	got, err := readID(root, DonePath)
 	return err == nil && got == id.InstanceID
 }
 
-// MarkFirstbootDone records that the first-boot part ran for id's
+// MarkDone records that the first-boot part ran for id's
 // instance (atomically, creating the folder). An identity without an
 // InstanceID is not recorded.
-func MarkFirstbootDone(root string, id Identity) error {
+func MarkDone(root string, id Identity) error {
 	if id.InstanceID == "" {
 		return errors.New("no instance ID to record: the first-boot part will run again")
 	}
-	p := hostPath(root, donePath)
+	p := hostPath(root, DonePath)
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 		return err
 	}

@@ -87,30 +87,27 @@ func TestIdentity(t *testing.T) {
 	}
 }
 
-func TestFirstbootDone(t *testing.T) {
+func TestDone(t *testing.T) {
 	t.Parallel()
-	if donePath != FirstbootDonePath {
-		t.Errorf("donePath %q, units.go says %q", donePath, FirstbootDonePath)
-	}
 	root := t.TempDir()
 	a := Identity{InstanceID: "i-a", Source: SourceCloudInit}
 	b := Identity{InstanceID: "i-b", Source: SourceCloudInit}
-	if FirstbootDone(root, a) {
+	if Done(root, a) {
 		t.Error("done before any run")
 	}
-	if err := MarkFirstbootDone(root, a); err != nil {
+	if err := MarkDone(root, a); err != nil {
 		t.Fatal(err)
 	}
-	if !FirstbootDone(root, a) || FirstbootDone(root, b) {
+	if !Done(root, a) || Done(root, b) {
 		t.Error("done for the wrong instance")
 	}
-	if err := MarkFirstbootDone(root, b); err != nil {
+	if err := MarkDone(root, b); err != nil {
 		t.Fatal(err)
 	}
-	if FirstbootDone(root, a) || !FirstbootDone(root, b) {
+	if Done(root, a) || !Done(root, b) {
 		t.Error("a new instance did not replace the old")
 	}
-	if err := MarkFirstbootDone(root, Identity{}); err == nil || FirstbootDone(root, Identity{}) {
+	if err := MarkDone(root, Identity{}); err == nil || Done(root, Identity{}) {
 		t.Error("an identity without instance ID was recorded or is done")
 	}
 }

@@ -26,7 +26,7 @@ import (
 	"github.com/kmodctl/packer-plugin-kmod/initramfs"
 	"github.com/kmodctl/packer-plugin-kmod/internal/atomicfile"
 	"github.com/kmodctl/packer-plugin-kmod/internal/jsonstrict"
-	"github.com/kmodctl/packer-plugin-kmod/kmod"
+	"github.com/kmodctl/packer-plugin-kmod/kmod/depmod"
 	"github.com/kmodctl/packer-plugin-kmod/kmod/loadconf"
 	"github.com/kmodctl/packer-plugin-kmod/kmod/manifest"
 )
@@ -699,7 +699,8 @@ func loadPulled(ctx context.Context, o PullOptions, p *PullResult) {
 // follow a usr-merged tree's absolute /lib link out of it).
 func execDepmod(ctx context.Context, root, kernel string) error {
 	if root != "/" {
-		return kmod.Depmod(root, kernel)
+		_, err := depmod.Write(root, kernel)
+		return err
 	}
 	args := []string{"-a", kernel}
 	prog := "depmod"

@@ -91,15 +91,16 @@ const (
 const (
 	hookUnitDir      = "/etc/systemd/system"
 	VerifyUnit       = "kmodctl-verify.service"
-	FirstbootUnit    = "kmodctl-firstboot.service"
+	RunUnit          = "kmodctl-firstboot.service"
 	LockdownUnit     = "kmodctl-lockdown.service"
 	PullUnit         = "kmodctl-pull.service"
 	CloudInitOnceDir = "/var/lib/cloud/scripts/per-instance"
 	CloudInitBootDir = "/var/lib/cloud/scripts/per-boot"
 	CloudInitScript  = "kmodctl-firstboot"
-	// FirstbootDonePath records the instance the first-boot part last ran
-	// for (the contract of `firstboot run --once`, see RenderHook).
-	FirstbootDonePath = "/var/lib/kmodctl/firstboot.done"
+	// DonePath records the instance the first-boot part last ran for
+	// (the contract of `firstboot run --once`, see RenderHook; Done and
+	// MarkDone read and write it).
+	DonePath = "/var/lib/kmodctl/firstboot.done"
 )
 
 // hookManifestDir is the directory of manifest.Path, a path the verify
@@ -223,7 +224,7 @@ func (s HookSettings) normalize() (HookSettings, error) {
 //
 // The once-per-instance contract of `firstboot run --once` (Mode "once"),
 // implemented by the agent: the agent writes the instance ID it ran for
-// (ReadIdentity) to FirstbootDonePath once it has run, and when that file
+// (ReadIdentity) to DonePath once it has run, and when that file
 // already holds the current instance ID it exits 0 at once with a note in
 // the journal, checking and loading nothing. With the cloud-init hook,
 // cloud-init also runs the script once per instance; --once is passed all
@@ -265,7 +266,7 @@ func RenderHook(s HookSettings) ([]File, []Link, error) {
 	}
 	unit(VerifyUnit, "sysinit.target", hookRenderVerify(s, verifyPolicy))
 	if s.Hook == HookSystemd {
-		unit(FirstbootUnit, "multi-user.target", hookRenderFirstboot(s, run))
+		unit(RunUnit, "multi-user.target", hookRenderFirstboot(s, run))
 	} else {
 		dir := CloudInitOnceDir
 		if s.Mode == ModeEveryBoot {
@@ -293,7 +294,7 @@ func RenderHook(s HookSettings) ([]File, []Link, error) {
 func hookRenderReport(s HookSettings) string {
 	after := VerifyUnit
 	if s.Hook == HookSystemd {
-		after += " " + FirstbootUnit
+		after += " " + RunUnit
 	}
 	if s.Pull {
 		after += " " + PullUnit
@@ -368,7 +369,7 @@ func hookRenderPull(s HookSettings) string {
 	if s.Hook == HookSystemd && !s.NetworkDriver {
 		// The first-boot part then finds the pulled modules (with a
 		// network driver it runs before the network: it cannot wait).
-		before = "Before=" + FirstbootUnit + "\n"
+		before = "Before=" + RunUnit + "\n"
 	}
 	return hookHeader("pulls the signed modules of a kernel the image does not cover") + `#
 # When the running kernel is not one the image's manifest covers (a newer
@@ -481,7 +482,7 @@ func hookOnceNote(s HookSettings) string {
 	}
 	return `# Once per instance (--once): the agent records the instance ID it ran for
 # (cloud-init's instance-id, else /etc/machine-id) in
-# ` + FirstbootDonePath + ` and, when that file already holds the
+# ` + DonePath + ` and, when that file already holds the
 # current instance ID, exits 0 at once with a note in the journal.
 `
 }
@@ -506,7 +507,7 @@ func hookRenderFirstboot(s HookSettings, run string) string {
 # loaded. It does without the default dependencies: cloud-init brings the
 # network up before sysinit.target, so a unit after sysinit.target and
 # before network-pre.target would make an ordering cycle. It is after
-# local-fs.target (so ` + path.Dir(FirstbootDonePath) + ` is writable) and
+# local-fs.target (so ` + path.Dir(DonePath) + ` is writable) and
 # cloud-init-local.service (which may write the instance ID).
 `)
 	}
@@ -548,7 +549,7 @@ WantedBy=multi-user.target
 }
 
 func hookRenderLockdown(s HookSettings) string {
-	after, why := FirstbootUnit, `# It does without the default dependencies, like with the cloud-init hook
+	after, why := RunUnit, `# It does without the default dependencies, like with the cloud-init hook
 # (where it follows cloud-final.service): multi-user.target does not wait
 # for it.
 `

@@ -240,8 +240,8 @@ exec /opt/kmodctl/bin/kmodctl firstboot run --on-drift=warn --on-uncovered=warn
 				// The once-per-instance contract is in the file that runs
 				// the first-boot part.
 				once := strings.Contains(hookDirectives(f.Content), "--once")
-				if hasDone := strings.Contains(string(f.Content), FirstbootDonePath); once != hasDone {
-					t.Errorf("%s: --once %v but mentions %s %v", f.Path, once, FirstbootDonePath, hasDone)
+				if hasDone := strings.Contains(string(f.Content), DonePath); once != hasDone {
+					t.Errorf("%s: --once %v but mentions %s %v", f.Path, once, DonePath, hasDone)
 				}
 				if !bytes.HasSuffix(f.Content, []byte("\n")) {
 					t.Errorf("%s does not end with a newline", f.Path)
@@ -727,7 +727,7 @@ func TestRenderHookSystemdAnalyze(t *testing.T) {
 		defer func() { h.t = parent }()
 		files, links := mustRender(t, HookSettings{AgentPath: "/usr/libexec/kmodctl/missing"})
 		defer h.install(files, links)()
-		out, _ := h.verify(VerifyUnit, FirstbootUnit)
+		out, _ := h.verify(VerifyUnit, RunUnit)
 		if !strings.Contains(out, "/usr/libexec/kmodctl/missing") {
 			t.Errorf("systemd-analyze verify does not see the missing agent:\n%s", out)
 		}
@@ -794,11 +794,11 @@ func TestRenderHookPull(t *testing.T) {
 	for _, f := range files {
 		got[f.Path] = string(f.Content)
 	}
-	verify, first, pull := got[hookUnitDir+"/"+VerifyUnit], got[hookUnitDir+"/"+FirstbootUnit], got[hookUnitDir+"/"+PullUnit]
+	verify, first, pull := got[hookUnitDir+"/"+VerifyUnit], got[hookUnitDir+"/"+RunUnit], got[hookUnitDir+"/"+PullUnit]
 	if !strings.Contains(verify, "--on-uncovered=warn") || !strings.Contains(first, "--on-uncovered=fail") {
 		t.Errorf("policies:\nverify: %s\nfirstboot: %s", verify, first)
 	}
-	if !strings.Contains(pull, "After=network-online.target") || !strings.Contains(pull, "Before="+FirstbootUnit) || !strings.Contains(first, PullUnit) {
+	if !strings.Contains(pull, "After=network-online.target") || !strings.Contains(pull, "Before="+RunUnit) || !strings.Contains(first, PullUnit) {
 		t.Errorf("ordering:\n%s\n%s", pull, first)
 	}
 	if hook, ok := got[KernelHookPath]; !ok || !strings.Contains(hook, "|| true") {

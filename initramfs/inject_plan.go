@@ -10,6 +10,7 @@ import (
 
 	"github.com/kmodctl/packer-plugin-kmod/initramfs/cpio"
 	"github.com/kmodctl/packer-plugin-kmod/kmod"
+	"github.com/kmodctl/packer-plugin-kmod/kmod/depmod"
 )
 
 // imageModules indexes the module files of the image's tree by name.
@@ -284,9 +285,9 @@ func (j *injection) plan(rec cpio.Record, body []byte) error {
 // planDepmod regenerates the depmod files over the model of the result and
 // plans those that changed.
 func (j *injection) planDepmod() error {
-	// GenerateDepmod reads lib/modules/KVER (through the lib symlink of a
+	// depmod.Generate reads lib/modules/KVER (through the lib symlink of a
 	// merged /usr, which the tree's fs.FS follows).
-	out, err := kmod.GenerateDepmod(treeFS{j.vt}, j.kver, kmod.WithDepmodErrors(func(msg string) {
+	out, err := depmod.Generate(treeFS{j.vt}, j.kver, depmod.WithWarnings(func(msg string) {
 		j.warnf("depmod: %s", msg)
 	}))
 	if err != nil {

@@ -12,132 +12,10 @@ import (
 	"testing"
 
 	"github.com/kmodctl/packer-plugin-kmod/compress"
+	"github.com/kmodctl/packer-plugin-kmod/internal/elftest"
 	"github.com/kmodctl/packer-plugin-kmod/internal/fixture"
+	"github.com/kmodctl/packer-plugin-kmod/kmod/internal/modfile"
 )
-
-// A tiny ELF writer for hand-made modules: seeds for FuzzParse and the
-// ELF32/ELF64 × LE/BE cases the fixtures do not all cover.
-
-type testSection struct {
-	name string
-	typ  elf.SectionType
-	data []byte
-	link uint32
-}
-
-type testSym struct {
-	name  string
-	value uint64
-	shndx uint16
-	bind  elf.SymBind
-	typ   elf.SymType
-}
-
-// buildELF lays out a relocatable object: header, section data, then the
-// section header table; .shstrtab is appended as the last section.
-func buildELF(class elf.Class, bo binary.ByteOrder, typ elf.Type, secs []testSection) []byte {
-	is64 := class == elf.ELFCLASS64
-	ehsize, shentsize := ehdr32Size, shdr32Size
-	if is64 {
-		ehsize, shentsize = ehdr64Size, shdr64Size
-	}
-	var shstr bytes.Buffer
-	shstr.WriteByte(0)
-	secs = append(slices.Clone(secs), testSection{name: ".shstrtab", typ: elf.SHT_STRTAB})
-	names := make([]int, len(secs))
-	for i, s := range secs {
-		names[i] = shstr.Len()
-		shstr.WriteString(s.name)
-		shstr.WriteByte(0)
-	}
-	secs[len(secs)-1].data = shstr.Bytes()
-
-	out := make([]byte, ehsize)
-	offsets := make([]int, len(secs))
-	for i, s := range secs {
-		for len(out)%8 != 0 {
-			out = append(out, 0)
-		}
-		offsets[i] = len(out)
-		if s.typ != elf.SHT_NOBITS {
-			out = append(out, s.data...)
-		}
-	}
-	for len(out)%8 != 0 {
-		out = append(out, 0)
-	}
-	shoff := len(out)
-	out = append(out, make([]byte, shentsize*(len(secs)+1))...)
-	for i, s := range secs {
-		h := out[shoff+shentsize*(i+1):]
-		bo.PutUint32(h[0:], uint32(names[i]))
-		bo.PutUint32(h[4:], uint32(s.typ))
-		if is64 {
-			bo.PutUint64(h[24:], uint64(offsets[i]))
-			bo.PutUint64(h[32:], uint64(len(s.data)))
-			bo.PutUint32(h[40:], s.link)
-		} else {
-			bo.PutUint32(h[16:], uint32(offsets[i]))
-			bo.PutUint32(h[20:], uint32(len(s.data)))
-			bo.PutUint32(h[24:], s.link)
-		}
-	}
-	copy(out, elf.ELFMAG)
-	out[elf.EI_CLASS] = byte(class)
-	out[elf.EI_DATA] = byte(elf.ELFDATA2LSB)
-	if bo == binary.BigEndian {
-		out[elf.EI_DATA] = byte(elf.ELFDATA2MSB)
-	}
-	out[elf.EI_VERSION] = byte(elf.EV_CURRENT)
-	bo.PutUint16(out[16:], uint16(typ))
-	bo.PutUint16(out[18:], uint16(elf.EM_X86_64))
-	bo.PutUint32(out[20:], uint32(elf.EV_CURRENT))
-	if is64 {
-		bo.PutUint64(out[40:], uint64(shoff))
-		bo.PutUint16(out[52:], uint16(ehsize))
-		bo.PutUint16(out[58:], uint16(shentsize))
-		bo.PutUint16(out[60:], uint16(len(secs)+1))
-		bo.PutUint16(out[62:], uint16(len(secs)))
-	} else {
-		bo.PutUint32(out[32:], uint32(shoff))
-		bo.PutUint16(out[40:], uint16(ehsize))
-		bo.PutUint16(out[46:], uint16(shentsize))
-		bo.PutUint16(out[48:], uint16(len(secs)+1))
-		bo.PutUint16(out[50:], uint16(len(secs)))
-	}
-	return out
-}
-
-// symtab encodes syms (after the null symbol) and their string table.
-func symtab(class elf.Class, bo binary.ByteOrder, syms []testSym) (tab, strs []byte) {
-	strs = []byte{0}
-	size := sym32Size
-	if class == elf.ELFCLASS64 {
-		size = sym64Size
-	}
-	tab = make([]byte, size*(len(syms)+1))
-	for i, s := range syms {
-		b := tab[size*(i+1):]
-		name := 0
-		if s.name != "" {
-			name = len(strs)
-			strs = append(append(strs, s.name...), 0)
-		}
-		info := byte(s.bind)<<4 | byte(s.typ)
-		if class == elf.ELFCLASS64 {
-			bo.PutUint32(b, uint32(name))
-			b[4] = info
-			bo.PutUint16(b[6:], s.shndx)
-			bo.PutUint64(b[8:], s.value)
-		} else {
-			bo.PutUint32(b, uint32(name))
-			bo.PutUint32(b[4:], uint32(s.value))
-			b[12] = info
-			bo.PutUint16(b[14:], s.shndx)
-		}
-	}
-	return tab, strs
-}
 
 // tinyModule is a hand-made module with two exports (one GPL and
 // namespaced, with a CRC in __kcrctab; one with an absolute CRC), three
@@ -159,28 +37,28 @@ func tinyModule(class elf.Class, bo binary.ByteOrder) []byte {
 	// Section indexes: 1 .modinfo, 2 __versions, 3 __ksymtab, 4
 	// __ksymtab_gpl, 5 __kcrctab_gpl, 6 __ksymtab_strings, 7 .symtab,
 	// 8 .strtab.
-	tab, strs := symtab(class, bo, []testSym{
-		{name: "", shndx: 1, typ: elf.STT_SECTION},
-		{name: "printk", bind: elf.STB_GLOBAL},
-		{name: "maybe_there", bind: elf.STB_WEAK},
-		{name: "", bind: elf.STB_GLOBAL},
-		{name: "__ksymtab_plain", shndx: 3},
-		{name: "__crc_plain", shndx: uint16(elf.SHN_ABS), value: 0x12345678},
-		{name: "__ksymtab_gplsym", shndx: 4},
-		{name: "__crc_gplsym", shndx: 5, value: 4},
-		{name: "__kstrtabns_gplsym", shndx: 6, value: 7},
-		{name: "__kstrtabns_plain", shndx: 6, value: 6},
-		{name: "vfree", bind: elf.STB_GLOBAL, typ: elf.STT_FUNC},
+	tab, strs := elftest.Symtab(class, bo, []elftest.Sym{
+		{Name: "", Shndx: 1, Type: elf.STT_SECTION},
+		{Name: "printk", Bind: elf.STB_GLOBAL},
+		{Name: "maybe_there", Bind: elf.STB_WEAK},
+		{Name: "", Bind: elf.STB_GLOBAL},
+		{Name: "__ksymtab_plain", Shndx: 3},
+		{Name: "__crc_plain", Shndx: uint16(elf.SHN_ABS), Value: 0x12345678},
+		{Name: "__ksymtab_gplsym", Shndx: 4},
+		{Name: "__crc_gplsym", Shndx: 5, Value: 4},
+		{Name: "__kstrtabns_gplsym", Shndx: 6, Value: 7},
+		{Name: "__kstrtabns_plain", Shndx: 6, Value: 6},
+		{Name: "vfree", Bind: elf.STB_GLOBAL, Type: elf.STT_FUNC},
 	})
-	return buildELF(class, bo, elf.ET_REL, []testSection{
-		{name: ".modinfo", typ: elf.SHT_PROGBITS, data: []byte("\x00\x00parmtype=p:int\x00parm=p:a param\x00name=tiny\x00depends=\x00license=GPL\x00\x00")},
-		{name: "__versions", typ: elf.SHT_PROGBITS, data: versions},
-		{name: "__ksymtab", typ: elf.SHT_PROGBITS, data: make([]byte, 12)},
-		{name: "__ksymtab_gpl", typ: elf.SHT_PROGBITS, data: make([]byte, 12)},
-		{name: "__kcrctab_gpl", typ: elf.SHT_PROGBITS, data: kcrctab},
-		{name: "__ksymtab_strings", typ: elf.SHT_PROGBITS, data: []byte("plain\x00\x00MY_NS\x00gplsym\x00")},
-		{name: ".symtab", typ: elf.SHT_SYMTAB, data: tab, link: 8},
-		{name: ".strtab", typ: elf.SHT_STRTAB, data: strs},
+	return elftest.Build(class, bo, elf.ET_REL, []elftest.Section{
+		{Name: ".modinfo", Type: elf.SHT_PROGBITS, Data: []byte("\x00\x00parmtype=p:int\x00parm=p:a param\x00name=tiny\x00depends=\x00license=GPL\x00\x00")},
+		{Name: "__versions", Type: elf.SHT_PROGBITS, Data: versions},
+		{Name: "__ksymtab", Type: elf.SHT_PROGBITS, Data: make([]byte, 12)},
+		{Name: "__ksymtab_gpl", Type: elf.SHT_PROGBITS, Data: make([]byte, 12)},
+		{Name: "__kcrctab_gpl", Type: elf.SHT_PROGBITS, Data: kcrctab},
+		{Name: "__ksymtab_strings", Type: elf.SHT_PROGBITS, Data: []byte("plain\x00\x00MY_NS\x00gplsym\x00")},
+		{Name: ".symtab", Type: elf.SHT_SYMTAB, Data: tab, Link: 8},
+		{Name: ".strtab", Type: elf.SHT_STRTAB, Data: strs},
 	})
 }
 
@@ -304,7 +182,7 @@ func FuzzParse(f *testing.F) {
 		}
 		// Bounded output: every string comes from the input.
 		if m.Compression == compress.None {
-			if len(m.Info) > len(data) || len(m.Undefined)+len(m.WeakUndefined) > len(data)/sym32Size || len(m.Versions) > len(data)/64 || len(m.Exports) > len(data)/sym32Size {
+			if len(m.Info) > len(data) || len(m.Undefined)+len(m.WeakUndefined) > len(data)/modfile.Sym32Size || len(m.Versions) > len(data)/64 || len(m.Exports) > len(data)/modfile.Sym32Size {
 				t.Fatalf("output larger than input: %d info, %d undefined, %d versions, %d exports", len(m.Info), len(m.Undefined), len(m.Versions), len(m.Exports))
 			}
 		}

@@ -4,6 +4,7 @@ import (
 	"encoding/asn1"
 	"strings"
 
+	"github.com/kmodctl/packer-plugin-kmod/kmod/internal/modfile"
 	"github.com/kmodctl/packer-plugin-kmod/kmod/modsig"
 )
 
@@ -145,9 +146,9 @@ func kmodSigner(issuer []byte) (signer string, ok bool) {
 			}
 			last, found = value.Bytes, true
 			if oid.Equal(oidCommonName) {
-				return string(cbytes(last)), true
+				return string(modfile.CBytes(last)), true
 			}
 		}
 	}
-	return string(cbytes(last)), found
+	return string(modfile.CBytes(last)), found
 }

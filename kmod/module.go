@@ -5,10 +5,10 @@ package kmod
 import (
 	"debug/elf"
 	"encoding/binary"
-	"errors"
 	"strings"
 
 	"github.com/kmodctl/packer-plugin-kmod/compress"
+	"github.com/kmodctl/packer-plugin-kmod/kmod/internal/modfile"
 	"github.com/kmodctl/packer-plugin-kmod/kmod/modsig"
 )
 
@@ -66,7 +66,7 @@ type Module struct {
 }
 
 // ErrNotELF is returned for input that is not an ELF relocatable module.
-var ErrNotELF = errors.New("not an ELF kernel module")
+var ErrNotELF = modfile.ErrNotELF
 
 // Get returns the value of the first .modinfo field named key, the one the
 // kernel's get_modinfo finds.

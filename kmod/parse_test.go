@@ -23,6 +23,7 @@ import (
 
 	"github.com/kmodctl/packer-plugin-kmod/compress"
 	"github.com/kmodctl/packer-plugin-kmod/internal/fixture"
+	"github.com/kmodctl/packer-plugin-kmod/kmod/internal/modfile"
 )
 
 // symversRow is one line of a Module.symvers.
@@ -567,7 +568,7 @@ func sectionHeaderOffset(t *testing.T, data []byte, name string) int {
 	}
 	for i, s := range f.Sections {
 		if s.Name == name {
-			return int(binary.LittleEndian.Uint64(data[40:])) + i*shdr64Size
+			return int(binary.LittleEndian.Uint64(data[40:])) + i*modfile.Shdr64Size
 		}
 	}
 	t.Fatalf("no section %s", name)

@@ -40,6 +40,7 @@ func splitVersion(v string) (epoch int64, upstream, revision string) {
 }
 
 func isDigit(c byte) bool { return c >= '0' && c <= '9' }
+func isAlpha(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
 
 // verOrder is dpkg's character weight; the end of a string weighs 0.
 func verOrder(s string, i int) int {

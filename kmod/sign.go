@@ -58,21 +58,48 @@ type signConfig struct {
 	maxSize  int64
 }
 
-// SignOption configures NewSigner.
-type SignOption func(*signConfig)
+// SignOption configures NewSigner; one with a bad argument makes NewSigner
+// fail.
+type SignOption func(*signConfig) error
 
 // WithHash sets the digest: crypto.SHA256 (default, Debian's
 // CONFIG_MODULE_SIG_HASH), crypto.SHA384 or crypto.SHA512. Use the target
 // kernel's CONFIG_MODULE_SIG_HASH when it differs; the hash must be built
 // into that kernel.
-func WithHash(h crypto.Hash) SignOption { return func(c *signConfig) { c.hash = h } }
+func WithHash(h crypto.Hash) SignOption {
+	return func(c *signConfig) error {
+		if err := modsig.CheckHash(h); err != nil {
+			return err
+		}
+		c.hash = h
+		return nil
+	}
+}
 
 // WithIfSigned sets the policy for modules that are already signed.
-func WithIfSigned(p IfSigned) SignOption { return func(c *signConfig) { c.ifSigned = p } }
+func WithIfSigned(p IfSigned) SignOption {
+	return func(c *signConfig) error {
+		switch p {
+		case Replace, Skip, Fail:
+		default:
+			return fmt.Errorf("unknown IfSigned policy %d", int(p))
+		}
+		c.ifSigned = p
+		return nil
+	}
+}
 
 // WithMaxModuleSize bounds the decompressed module size (default
-// DefaultMaxModuleSize).
-func WithMaxModuleSize(n int64) SignOption { return func(c *signConfig) { c.maxSize = n } }
+// DefaultMaxModuleSize); n must be positive.
+func WithMaxModuleSize(n int64) SignOption {
+	return func(c *signConfig) error {
+		if n <= 0 {
+			return fmt.Errorf("max module size %d: want a positive number of bytes", n)
+		}
+		c.maxSize = n
+		return nil
+	}
+}
 
 // Signer signs module files the way Kbuild and DKMS do: decompress, strip
 // the old signature, sign the ELF with sign-file's exact format, compress
@@ -88,15 +115,9 @@ type Signer struct {
 func NewSigner(key crypto.Signer, cert *x509.Certificate, opts ...SignOption) (*Signer, error) {
 	cfg := signConfig{hash: crypto.SHA256, ifSigned: Replace, maxSize: DefaultMaxModuleSize}
 	for _, o := range opts {
-		o(&cfg)
-	}
-	switch cfg.ifSigned {
-	case Replace, Skip, Fail:
-	default:
-		return nil, fmt.Errorf("unknown IfSigned policy %d", int(cfg.ifSigned))
-	}
-	if cfg.maxSize <= 0 {
-		cfg.maxSize = DefaultMaxModuleSize
+		if err := o(&cfg); err != nil {
+			return nil, err
+		}
 	}
 	s, err := modsig.NewSigner(key, cert, cfg.hash)
 	if err != nil {

@@ -410,6 +410,9 @@ func TestNewSignerRefuses(t *testing.T) {
 	if _, err := kmod.NewSigner(k.Signer, k.Cert, kmod.WithIfSigned(7)); err == nil {
 		t.Error("bad policy accepted")
 	}
+	if _, err := kmod.NewSigner(k.Signer, k.Cert, kmod.WithMaxModuleSize(0)); err == nil || !strings.Contains(err.Error(), "max module size 0") {
+		t.Errorf("max size 0: %v", err)
+	}
 }
 
 // BenchmarkSignFiles signs 100 copies of a fixture module in place

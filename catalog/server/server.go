@@ -127,7 +127,13 @@ func WithBatch(n int) Option {
 
 // WithHealth sets what /v1/health reports (the node's id and leader).
 func WithHealth(f func(ctx context.Context) catalog.Health) Option {
-	return func(o *options) error { o.health = f; return nil }
+	return func(o *options) error {
+		if f == nil {
+			return errors.New("health function is nil")
+		}
+		o.health = f
+		return nil
+	}
 }
 
 // WithLeader tells the server where the leader's API is (and whether
@@ -137,7 +143,13 @@ func WithHealth(f func(ctx context.Context) catalog.Health) Option {
 // batches from several nodes contend there for the one write
 // transaction, which dqlite does not queue: forwarding keeps one writer.)
 func WithLeader(leader func() (apiURL string, self bool), rt http.RoundTripper) Option {
-	return func(o *options) error { o.leader, o.forwardRT = leader, rt; return nil }
+	return func(o *options) error {
+		if leader == nil || rt == nil {
+			return errors.New("leader function or transport is nil")
+		}
+		o.leader, o.forwardRT = leader, rt
+		return nil
+	}
 }
 
 // forwardedHeader marks a request a follower forwarded: never forwarded
@@ -186,7 +198,13 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, path string, bo
 
 // WithLogf logs server errors (default: the log package).
 func WithLogf(f func(format string, args ...any)) Option {
-	return func(o *options) error { o.logf = f; return nil }
+	return func(o *options) error {
+		if f == nil {
+			return errors.New("log function is nil")
+		}
+		o.logf = f
+		return nil
+	}
 }
 
 // New returns a Server on store; Close stops its writer.

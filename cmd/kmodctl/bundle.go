@@ -547,7 +547,7 @@ func writeJSON(w io.Writer, v any) error {
 func progressOption(cmd *cobra.Command) bundle.Option {
 	f, ok := cmd.ErrOrStderr().(*os.File)
 	if !ok || !term.IsTerminal(int(f.Fd())) {
-		return bundle.WithProgress(nil)
+		return bundle.WithProgress(func(bundle.Progress) {})
 	}
 	var last time.Time
 	return bundle.WithProgress(func(p bundle.Progress) {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -9,15 +10,15 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/kmodctl/packer-plugin-kmod/kmod"
+	"github.com/kmodctl/packer-plugin-kmod/kmod/depmod"
 )
 
 func newDepmodCmd() *cobra.Command {
 	var basedir, symvers string
 	var configs []string
-	var dryRun, errsyms, all bool
+	var dryRun, errsyms, all, asJSON bool
 	cmd := &cobra.Command{
-		Use:   "depmod [-b BASEDIR] [-C CONFIG]... [-n] [-e -E Module.symvers] [KVER]",
+		Use:   "depmod [-b BASEDIR] [-C CONFIG]... [-n] [-e -E Module.symvers] [--json] [KVER]",
 		Short: "Generate modules.dep and the module indexes, byte-identical to kmod 30's depmod",
 		Long: "Writes modules.dep, modules.dep.bin, modules.alias(.bin), modules.softdep, " +
 			"modules.symbols(.bin), modules.builtin.bin, modules.builtin.alias.bin and " +
@@ -28,7 +29,12 @@ func newDepmodCmd() *cobra.Command {
 			"configuration comes from inside BASEDIR (etc/depmod.d, run/depmod.d, " +
 			"usr/local/lib/depmod.d, lib/depmod.d); -C names host paths instead, as with depmod. " +
 			"A module file that cannot be read is an error naming it (depmod warns and lists the " +
-			"module without dependencies).",
+			"module without dependencies).\n\n" +
+			"--json prints one object instead of the warnings (and, with -n, instead of the text " +
+			"files): {\"kernel\": KVER, \"basedir\": BASEDIR, \"written\": false with -n, " +
+			"\"files\": [{\"name\": \"modules.dep\", \"size\": BYTES}, ...] in the order " +
+			"depmod writes them, \"warnings\": [MESSAGE, ...]}. A failure prints no object: the " +
+			"error goes to standard error. Exit status: 0 ok, 1 failed, 2 bad command line.",
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			_ = all // depmod -a: all modules, which is what this command always does
@@ -36,7 +42,7 @@ func newDepmodCmd() *cobra.Command {
 			if len(args) == 1 {
 				kver = args[0]
 				if !versionNumber.MatchString(kver) {
-					return fmt.Errorf("bad version passed %s", kver)
+					return usagef("bad version passed %s", kver)
 				}
 			} else {
 				b, err := os.ReadFile("/proc/sys/kernel/osrelease")
@@ -46,9 +52,15 @@ func newDepmodCmd() *cobra.Command {
 				kver = strings.TrimSpace(string(b))
 			}
 			stderr := cmd.ErrOrStderr()
-			opts := []kmod.DepmodOption{kmod.WithDepmodErrors(func(msg string) {
-				fmt.Fprintf(stderr, "kmodctl depmod: WARNING: %s\n", msg)
-			})}
+			warnings := []string{}
+			warn := func(msg string) {
+				if asJSON {
+					warnings = append(warnings, msg)
+				} else {
+					fmt.Fprintf(stderr, "kmodctl depmod: WARNING: %s\n", msg)
+				}
+			}
+			opts := []depmod.Option{depmod.WithWarnings(warn)}
 			if len(configs) > 0 {
 				// Host paths, relative ones to the working folder.
 				abs := make([]string, len(configs))
@@ -59,7 +71,7 @@ func newDepmodCmd() *cobra.Command {
 					}
 					abs[i] = a
 				}
-				opts = append(opts, kmod.WithDepmodConfigFS(os.DirFS("/"), abs...))
+				opts = append(opts, depmod.WithConfigFS(os.DirFS("/"), abs...))
 			}
 			if symvers != "" {
 				if !errsyms {
@@ -70,27 +82,43 @@ func newDepmodCmd() *cobra.Command {
 					if err != nil {
 						return err
 					}
-					opts = append(opts, kmod.WithDepmodSymvers(b))
+					opts = append(opts, depmod.WithSymvers(b))
 				}
 			} else if errsyms {
-				fmt.Fprintln(stderr, "kmodctl depmod: WARNING: -e needs -E")
+				warn("-e needs -E")
 			}
 			if basedir == "" {
 				basedir = "/"
 			}
+			var out *depmod.Output
+			if dryRun {
+				root, err := depmod.Dir(basedir)
+				if err != nil {
+					return err
+				}
+				if out, err = depmod.Generate(root, kver, opts...); err != nil {
+					return err
+				}
+			} else {
+				var err error
+				if out, err = depmod.Write(basedir, kver, opts...); err != nil {
+					return err
+				}
+			}
+			w := cmd.OutOrStdout()
+			if asJSON {
+				r := depmodReport{Kernel: kver, Basedir: basedir, Written: !dryRun, Files: []depmodFile{}, Warnings: warnings}
+				for _, f := range out.Files {
+					r.Files = append(r.Files, depmodFile{Name: f.Name, Size: len(f.Data)})
+				}
+				enc := json.NewEncoder(w)
+				enc.SetIndent("", "  ")
+				return enc.Encode(r)
+			}
 			if !dryRun {
-				return kmod.Depmod(basedir, kver, opts...)
-			}
-			root, err := kmod.DepmodDir(basedir)
-			if err != nil {
-				return err
-			}
-			out, err := kmod.GenerateDepmod(root, kver, opts...)
-			if err != nil {
-				return err
+				return nil
 			}
 			// depmod -n: the text files, in order, on standard output.
-			w := cmd.OutOrStdout()
 			for _, f := range out.Files {
 				if strings.HasSuffix(f.Name, ".bin") {
 					continue
@@ -109,7 +137,22 @@ func newDepmodCmd() *cobra.Command {
 	f.BoolVarP(&errsyms, "errsyms", "e", false, "report symbols no module nor vmlinux supplies, and CRC mismatches (needs -E)")
 	f.StringVarP(&symvers, "symvers", "E", "", "the kernel's Module.symvers, for -e")
 	f.BoolVarP(&all, "all", "a", false, "probe all modules (always the case)")
+	f.BoolVar(&asJSON, "json", false, "print what was generated, and the warnings, as JSON")
 	return cmd
+}
+
+// depmodReport is what depmod --json prints.
+type depmodReport struct {
+	Kernel   string       `json:"kernel"`
+	Basedir  string       `json:"basedir"`
+	Written  bool         `json:"written"`
+	Files    []depmodFile `json:"files"`
+	Warnings []string     `json:"warnings"`
+}
+
+type depmodFile struct {
+	Name string `json:"name"`
+	Size int    `json:"size"`
 }
 
 // versionNumber is depmod's test of a release, sscanf("%u.%u") == 2.

@@ -2,9 +2,11 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -94,6 +96,34 @@ func TestDepmodCLI(t *testing.T) {
 		t.Errorf("-n printed %d bytes, depmod -n %d", len(got), len(want))
 	}
 
+	// --json: the files in kmod's order and their sizes; with -n nothing
+	// is written and the text files are not printed.
+	stdout, stderr, code := kmodctl(t, "depmod", "-n", "--json", "-b", root, "-C", empty, kver)
+	if code != 0 {
+		t.Fatalf("-n --json: exit %d: %s", code, stderr)
+	}
+	var rep struct {
+		Kernel, Basedir string
+		Written         bool
+		Files           []struct {
+			Name string
+			Size int
+		}
+		Warnings []string
+	}
+	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
+		t.Fatalf("-n --json: %v\n%s", err, stdout)
+	}
+	if rep.Kernel != kver || rep.Basedir != root || rep.Written || len(rep.Files) != len(names) || rep.Warnings == nil {
+		t.Errorf("-n --json: %s", stdout)
+	}
+	for i, f := range rep.Files {
+		st, err := os.Stat(filepath.Join(moddir, names[i]))
+		if f.Name != names[i] || err != nil || st.Size() != int64(f.Size) {
+			t.Errorf("-n --json: file %d is %s, %d bytes; want %s (%v)", i, f.Name, f.Size, names[i], err)
+		}
+	}
+
 	// -e -E reports unknown symbols.
 	unresolved := filepath.Join(moddir, "updates/kmodtest_unresolved.ko")
 	if err := os.Link(fixture.TestModule(t, "kmodtest_unresolved"), unresolved); err != nil {
@@ -103,6 +133,13 @@ func TestDepmodCLI(t *testing.T) {
 	_, stderr, code = kmodctl(t, "depmod", "-b", root, "-C", empty, "-e", "-E", symvers, kver)
 	if code != 0 || !strings.Contains(stderr, unresolved+" needs unknown symbol kallsyms_lookup_name") {
 		t.Errorf("-e -E: exit %d: %s", code, stderr)
+	}
+	// With --json the warnings go into the object, not to standard error.
+	stdout, stderr, code = kmodctl(t, "depmod", "--json", "-b", root, "-C", empty, "-e", "-E", symvers, kver)
+	rep.Warnings = nil
+	if err := json.Unmarshal([]byte(stdout), &rep); code != 0 || err != nil || !rep.Written || stderr != "" ||
+		!slices.Contains(rep.Warnings, unresolved+" needs unknown symbol kallsyms_lookup_name") {
+		t.Errorf("-e -E --json: exit %d (%v): %s\nstderr: %s", code, err, stdout, stderr)
 	}
 }
 
@@ -135,8 +172,14 @@ func TestDepmodCLIRelativeConfig(t *testing.T) {
 func TestDepmodCLIErrors(t *testing.T) {
 	kver := fixture.KVER(t)
 	root, moddir := depmodTree(t)
-	if _, stderr, code := kmodctl(t, "depmod", "-b", root, "notaversion"); code == 0 || !strings.Contains(stderr, "bad version") {
+	if _, stderr, code := kmodctl(t, "depmod", "-b", root, "notaversion"); code != 2 || !strings.Contains(stderr, "bad version") {
 		t.Errorf("bad version: exit %d: %s", code, stderr)
+	}
+	if _, stderr, code := kmodctl(t, "depmod", "-b", root, kver, kver); code != 2 {
+		t.Errorf("two releases: exit %d: %s", code, stderr)
+	}
+	if _, stderr, code := kmodctl(t, "depmod", "--no-such-flag", kver); code != 2 {
+		t.Errorf("unknown flag: exit %d: %s", code, stderr)
 	}
 	if _, stderr, code := kmodctl(t, "depmod", "-b", root, "9.9.9-none"); code == 0 || !strings.Contains(stderr, "9.9.9-none") {
 		t.Errorf("missing tree: exit %d: %s", code, stderr)

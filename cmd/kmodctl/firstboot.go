@@ -166,7 +166,7 @@ func newFirstbootRunCmd() *cobra.Command {
 			var id firstboot.Identity
 			if once {
 				id = firstboot.ReadIdentity(root)
-				if firstboot.FirstbootDone(root, id) {
+				if firstboot.Done(root, id) {
 					fmt.Fprintf(cmd.OutOrStdout(), "kmodctl: the first-boot part already ran for instance %s: nothing to do\n", id.InstanceID)
 					return nil
 				}
@@ -182,7 +182,7 @@ func newFirstbootRunCmd() *cobra.Command {
 			ferr := f.finish(cmd, path, r, func(p string) error { return firstboot.WriteReport(p, r) },
 				r.SummaryLine, r.Status, r.Modules, append(r.Errors, r.Warnings...))
 			if once && cmd.Context().Err() == nil {
-				if err := firstboot.MarkFirstbootDone(root, id); err != nil {
+				if err := firstboot.MarkDone(root, id); err != nil {
 					fmt.Fprintf(cmd.ErrOrStderr(), "kmodctl: --once: %v\n", err)
 				}
 			}

@@ -38,6 +38,20 @@ type Signer struct {
 
 var version1 = []byte{idInteger, 1, 1}
 
+// CheckHash refuses a digest NewSigner does not sign with: SHA-256,
+// SHA-384 and SHA-512 are the ones the kernel's module signing uses.
+func CheckHash(hash crypto.Hash) error {
+	switch hash {
+	case crypto.SHA256, crypto.SHA384, crypto.SHA512:
+		return nil
+	}
+	name := "0"
+	if hash != 0 {
+		name = HashName(hash)
+	}
+	return fmt.Errorf("hash %s is not supported for signing modules: use sha256, sha384 or sha512", name)
+}
+
 // NewSigner checks key, cert and hash and prepares a Signer. It accepts RSA
 // keys (PKCS#1 v1.5 signatures, as sign-file makes) and ECDSA keys on P-256
 // or P-384, with SHA-256, SHA-384 or SHA-512. The certificate identifies
@@ -50,14 +64,8 @@ func NewSigner(key crypto.Signer, cert *x509.Certificate, hash crypto.Hash) (*Si
 	if cert == nil {
 		return nil, errors.New("no signing certificate")
 	}
-	switch hash {
-	case crypto.SHA256, crypto.SHA384, crypto.SHA512:
-	default:
-		name := "0"
-		if hash != 0 {
-			name = HashName(hash)
-		}
-		return nil, fmt.Errorf("hash %s is not supported for signing modules: use sha256, sha384 or sha512", name)
+	if err := CheckHash(hash); err != nil {
+		return nil, err
 	}
 	if len(cert.RawIssuer) == 0 || cert.SerialNumber == nil {
 		return nil, errors.New("certificate has no raw issuer or serial number (parse it from DER or PEM)")

@@ -1,4 +1,4 @@
-package kmod
+package depmod
 
 import (
 	"bytes"
@@ -16,26 +16,26 @@ import (
 
 // output renders the files, the independent ones on separate goroutines.
 // Warnings keep kmod's order: each job collects its own.
-func (d *depmodRun) output(syms *symbolTable) {
-	f := make([]DepmodFile, 10)
+func (d *generation) output(syms *symbolTable) {
+	f := make([]File, 10)
 	names := []string{"modules.dep", "modules.dep.bin", "modules.alias", "modules.alias.bin",
 		"modules.softdep", "modules.symbols", "modules.symbols.bin",
 		"modules.builtin.bin", "modules.builtin.alias.bin", "modules.devname"}
 	for i, n := range names {
 		f[i].Name = n
 	}
-	jobs := []func(d *depmodRun){
-		func(d *depmodRun) {
+	jobs := []func(d *generation){
+		func(d *generation) {
 			var lines []string
 			f[0].Data, lines = d.outputDeps()
 			f[1].Data = d.outputDepsBin(lines)
 		},
-		func(d *depmodRun) { f[2].Data, f[3].Data = d.outputAliases() },
-		func(d *depmodRun) { f[4].Data = d.outputSoftdeps() },
-		func(d *depmodRun) { f[5].Data, f[6].Data = d.outputSymbols(syms) },
-		func(d *depmodRun) { f[7].Data = d.outputBuiltinBin() },
-		func(d *depmodRun) { f[8].Data = d.outputBuiltinAliasBin() },
-		func(d *depmodRun) { f[9].Data = d.outputDevname() },
+		func(d *generation) { f[2].Data, f[3].Data = d.outputAliases() },
+		func(d *generation) { f[4].Data = d.outputSoftdeps() },
+		func(d *generation) { f[5].Data, f[6].Data = d.outputSymbols(syms) },
+		func(d *generation) { f[7].Data = d.outputBuiltinBin() },
+		func(d *generation) { f[8].Data = d.outputBuiltinAliasBin() },
+		func(d *generation) { f[9].Data = d.outputDevname() },
 	}
 	warnings := make([][]string, len(jobs))
 	var wg sync.WaitGroup
@@ -56,7 +56,7 @@ func (d *depmodRun) output(syms *symbolTable) {
 			d.opts.warn(w)
 		}
 	}
-	d.out = &DepmodOutput{Files: f}
+	d.out = &Output{Files: f}
 }
 
 // depPath is mod_get_compressed_path: the path below the module folder,
@@ -72,7 +72,7 @@ func (m *depmodMod) depPath() string {
 // modules it needs directly or not, in dependency order (the ones closest
 // to it first). It returns the text and each module's line without the
 // newline, the value modules.dep.bin stores.
-func (d *depmodRun) outputDeps() ([]byte, []string) {
+func (d *generation) outputDeps() ([]byte, []string) {
 	size := 0
 	for _, m := range d.mods {
 		size += len(m.depPath()) + 2
@@ -118,7 +118,7 @@ func (d *depmodRun) outputDeps() ([]byte, []string) {
 	return buf, lines
 }
 
-func (d *depmodRun) outputDepsBin(lines []string) []byte {
+func (d *generation) outputDepsBin(lines []string) []byte {
 	var b indexBuilder
 	b.entries = make([]indexEntry, 0, len(d.mods))
 	for i, m := range d.mods {
@@ -130,7 +130,7 @@ func (d *depmodRun) outputDepsBin(lines []string) []byte {
 }
 
 // checkKey refuses index keys kmod cannot store (bytes ≥ 128).
-func (d *depmodRun) checkKey(key string) bool {
+func (d *generation) checkKey(key string) bool {
 	if validIndexKey(key) {
 		return true
 	}
@@ -138,7 +138,7 @@ func (d *depmodRun) checkKey(key string) bool {
 	return false
 }
 
-func (d *depmodRun) outputAliases() ([]byte, []byte) {
+func (d *generation) outputAliases() ([]byte, []byte) {
 	const header = "# Aliases extracted from modules themselves.\n"
 	n, size := 0, len(header)
 	for _, m := range d.mods {
@@ -201,7 +201,7 @@ func aliasNormalize(alias string) (string, bool) {
 	return string(buf), true
 }
 
-func (d *depmodRun) outputSoftdeps() []byte {
+func (d *generation) outputSoftdeps() []byte {
 	text := []byte("# Soft dependencies extracted from modules themselves.\n")
 	for _, m := range d.mods {
 		for _, s := range m.facts.softdeps {
@@ -218,7 +218,7 @@ func (d *depmodRun) outputSoftdeps() []byte {
 // outputSymbols writes modules.symbols and its index: the symbols modules
 // export, in the order of depmod's symbol hash table (2048 buckets, names
 // sorted in a bucket), each owned by the last module that exports it.
-func (d *depmodRun) outputSymbols(t *symbolTable) ([]byte, []byte) {
+func (d *generation) outputSymbols(t *symbolTable) ([]byte, []byte) {
 	type owned struct {
 		hash uint32
 		sym  *depmodSymbol
@@ -271,7 +271,7 @@ func (d *depmodRun) outputSymbols(t *symbolTable) ([]byte, []byte) {
 // outputBuiltinBin indexes modules.builtin: one key per line, the module
 // name of the line's base name, with an empty value. Without the file the
 // index is an empty file.
-func (d *depmodRun) outputBuiltinBin() []byte {
+func (d *generation) outputBuiltinBin() []byte {
 	data, err := fs.ReadFile(d.root, d.moddir+"/modules.builtin")
 	if err != nil {
 		d.warnf("could not open modules.builtin at %s: %v", d.display(d.dirname), unwrapPathError(err))
@@ -306,7 +306,7 @@ func isAlpha(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' 
 // modules.builtin.modinfo ("modname.alias=value" strings), parsed with
 // kmod 30's stream reader and its quirks (a string without '=' makes it
 // skip the next string too).
-func (d *depmodRun) outputBuiltinAliasBin() []byte {
+func (d *generation) outputBuiltinAliasBin() []byte {
 	data, err := fs.ReadFile(d.root, d.moddir+"/modules.builtin.modinfo")
 	if err != nil {
 		d.warnf("could not open modules.builtin.modinfo at %s: %v", d.display(d.dirname), unwrapPathError(err))
@@ -371,7 +371,7 @@ func (d *depmodRun) outputBuiltinAliasBin() []byte {
 // outputDevname writes modules.devname: for each module with a
 // devname:NAME alias and a char-major-M-m or block-major-M-m alias, one
 // "modname NAME cM:m" line; the header only when there is a line.
-func (d *depmodRun) outputDevname() []byte {
+func (d *generation) outputDevname() []byte {
 	var text []byte
 	for _, m := range d.mods {
 		devname, have := "", false

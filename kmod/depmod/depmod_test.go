@@ -1,4 +1,4 @@
-package kmod
+package depmod
 
 import (
 	"bytes"
@@ -18,15 +18,17 @@ import (
 
 	"github.com/kmodctl/packer-plugin-kmod/compress"
 
+	"github.com/kmodctl/packer-plugin-kmod/internal/elftest"
 	"github.com/kmodctl/packer-plugin-kmod/internal/fixture"
+	"github.com/kmodctl/packer-plugin-kmod/kmod"
 )
 
 // These tests run kmod's own depmod (kmod 30 on the build machine) and
-// GenerateDepmod/Depmod over the same trees and require every output file
+// Generate/Write over the same trees and require every output file
 // to be byte-identical.
 
 // depmodOutputNames are the files kmod 30's depmod writes, in its order.
-var depmodOutputNames = []string{
+var outputNames = []string{
 	"modules.dep", "modules.dep.bin", "modules.alias", "modules.alias.bin",
 	"modules.softdep", "modules.symbols", "modules.symbols.bin",
 	"modules.builtin.bin", "modules.builtin.alias.bin", "modules.devname",
@@ -82,23 +84,23 @@ func depmodSupportsGzip(t testing.TB) bool {
 }
 
 // hostDepmodExtensions is the module file endings of the installed depmod.
-func hostDepmodExtensions(t testing.TB) DepmodOption {
+func hostDepmodExtensions(t testing.TB) Option {
 	if depmodSupportsGzip(t) {
-		return WithDepmodExtensions(defaultDepmodExtensions...)
+		return WithExtensions(defaultExtensions...)
 	}
-	return WithDepmodExtensions(".ko", ".ko.xz", ".ko.zst")
+	return WithExtensions(".ko", ".ko.xz", ".ko.zst")
 }
 
 // compareDepmod checks that out holds exactly the files kmod wrote into
 // moddir, byte for byte.
-func compareDepmod(t testing.TB, moddir string, out *DepmodOutput) {
+func compareDepmod(t testing.TB, moddir string, out *Output) {
 	t.Helper()
 	var names []string
 	for _, f := range out.Files {
 		names = append(names, f.Name)
 	}
-	if !slices.Equal(names, depmodOutputNames) {
-		t.Errorf("files %v, want %v", names, depmodOutputNames)
+	if !slices.Equal(names, outputNames) {
+		t.Errorf("files %v, want %v", names, outputNames)
 	}
 	total := 0
 	defer func() { t.Logf("compared %d files, %d bytes", len(out.Files), total) }()
@@ -122,7 +124,7 @@ func compareDepmod(t testing.TB, moddir string, out *DepmodOutput) {
 		n := e.Name()
 		if strings.HasPrefix(n, "modules.") && !slices.Contains(names, n) &&
 			n != "modules.order" && n != "modules.builtin" && n != "modules.builtin.modinfo" {
-			t.Errorf("kmod wrote %s, GenerateDepmod did not", n)
+			t.Errorf("kmod wrote %s, Generate did not", n)
 		}
 	}
 }
@@ -166,16 +168,16 @@ func window(b []byte, i int) []byte {
 	return b[lo:min(len(b), i+24)]
 }
 
-// TestDepmodFullTree: the whole fixture kernel (about 4000 modules with
+// TestFullTree: the whole fixture kernel (about 4000 modules with
 // modules.order, modules.builtin and modules.builtin.modinfo).
-func TestDepmodFullTree(t *testing.T) {
+func TestFullTree(t *testing.T) {
 	kver := fixture.KVER(t)
 	src := fixture.KernelRoot(t)
 	ref := filepath.Join(t.TempDir(), "ref")
 	linkTree(t, src, ref)
 	realDepmod(t, ref, kver, nil)
 	var warnings []string
-	out, err := GenerateDepmod(os.DirFS(src), kver, hostDepmodExtensions(t), WithDepmodErrors(func(m string) { warnings = append(warnings, m) }))
+	out, err := Generate(os.DirFS(src), kver, hostDepmodExtensions(t), WithWarnings(func(m string) { warnings = append(warnings, m) }))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,20 +186,20 @@ func TestDepmodFullTree(t *testing.T) {
 		t.Errorf("warnings: %q", warnings)
 	}
 
-	// Depmod on another copy writes the same files.
+	// Write on another copy writes the same files.
 	ours := filepath.Join(t.TempDir(), "ours")
 	linkTree(t, src, ours)
-	if err := Depmod(ours, kver, hostDepmodExtensions(t), WithDepmodConfig()); err != nil {
+	if _, err := Write(ours, kver, hostDepmodExtensions(t), WithoutConfig()); err != nil {
 		t.Fatal(err)
 	}
-	for _, n := range depmodOutputNames {
+	for _, n := range outputNames {
 		got, err := os.ReadFile(filepath.Join(ours, "lib/modules", kver, n))
 		if err != nil {
 			t.Fatal(err)
 		}
 		want, _ := os.ReadFile(filepath.Join(ref, "lib/modules", kver, n))
 		if msg := diffBytes(n, got, want); msg != "" {
-			t.Error("Depmod: " + msg)
+			t.Error("Write: " + msg)
 		}
 	}
 }
@@ -218,7 +220,7 @@ func loadFixtureDeps(t testing.TB) ([]string, map[string][]string) {
 		return fixtureDeps.order, fixtureDeps.deps
 	}
 	kver := fixture.KVER(t)
-	out, err := GenerateDepmod(os.DirFS(fixture.KernelRoot(t)), kver)
+	out, err := Generate(os.DirFS(fixture.KernelRoot(t)), kver)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -317,8 +319,8 @@ func initramfsSubset(t testing.TB, n int) []string {
 }
 
 // compareWithKmod runs kmod's depmod on a hard-linked copy of root, then
-// GenerateDepmod on the same copy, and compares all files.
-func compareWithKmod(t *testing.T, root string, cfg []string, opts ...DepmodOption) *DepmodOutput {
+// Generate on the same copy, and compares all files.
+func compareWithKmod(t *testing.T, root string, cfg []string, opts ...Option) *Output {
 	t.Helper()
 	kver := fixture.KVER(t)
 	ref := filepath.Join(t.TempDir(), "ref")
@@ -328,18 +330,18 @@ func compareWithKmod(t *testing.T, root string, cfg []string, opts ...DepmodOpti
 		hostCfg = append(hostCfg, filepath.Join(ref, c))
 	}
 	realDepmod(t, ref, kver, hostCfg)
-	if cfg != nil {
-		opts = append([]DepmodOption{WithDepmodConfig(cfg...)}, opts...)
+	if len(cfg) > 0 {
+		opts = append([]Option{WithConfig(cfg...)}, opts...)
 	} else {
-		opts = append([]DepmodOption{WithDepmodConfig()}, opts...)
+		opts = append([]Option{WithoutConfig()}, opts...)
 	}
 	// The tree kmod read, listed in the same readdir order (which decides
 	// between two files of a module name at equal rank).
-	dir, err := DepmodDir(ref)
+	dir, err := Dir(ref)
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := GenerateDepmod(dir, kver, append([]DepmodOption{hostDepmodExtensions(t)}, opts...)...)
+	out, err := Generate(dir, kver, append([]Option{hostDepmodExtensions(t)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -347,9 +349,9 @@ func compareWithKmod(t *testing.T, root string, cfg []string, opts ...DepmodOpti
 	return out
 }
 
-// TestDepmodSubset: an initramfs-sized tree of about 60 modules with
+// TestSubset: an initramfs-sized tree of about 60 modules with
 // dependencies and a matching modules.order.
-func TestDepmodSubset(t *testing.T) {
+func TestSubset(t *testing.T) {
 	paths := initramfsSubset(t, 60)
 	if len(paths) < 50 {
 		t.Fatalf("only %d modules picked", len(paths))
@@ -407,9 +409,9 @@ func updatesTree(t *testing.T) (root, moddir, shadowed string) {
 	return root, moddir, shadowed
 }
 
-// TestDepmodUpdates: out-of-tree modules below updates/ and updates/dkms,
+// TestUpdates: out-of-tree modules below updates/ and updates/dkms,
 // one of them shadowing an in-tree module.
-func TestDepmodUpdates(t *testing.T) {
+func TestUpdates(t *testing.T) {
 	root, _, shadowed := updatesTree(t)
 	out := compareWithKmod(t, root, nil)
 	dep := string(out.File("modules.dep"))
@@ -421,10 +423,10 @@ func TestDepmodUpdates(t *testing.T) {
 	}
 }
 
-// TestDepmodCompressed: modules compressed with xz and zstd (and gzip,
+// TestCompressed: modules compressed with xz and zstd (and gzip,
 // which Debian's kmod ignores) keep their file names in modules.dep, and
 // modules.order still orders them.
-func TestDepmodCompressed(t *testing.T) {
+func TestCompressed(t *testing.T) {
 	paths := initramfsSubset(t, 60)
 	root := subsetTree(t, paths)
 	moddir := filepath.Join(root, "lib/modules", fixture.KVER(t))
@@ -460,7 +462,7 @@ func TestDepmodCompressed(t *testing.T) {
 		}
 	}
 	// With every decompressor (the default), .ko.gz modules count too.
-	all, err := GenerateDepmod(os.DirFS(root), fixture.KVER(t), WithDepmodConfig())
+	all, err := Generate(os.DirFS(root), fixture.KVER(t), WithoutConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -469,13 +471,13 @@ func TestDepmodCompressed(t *testing.T) {
 	}
 }
 
-// TestDepmodModprobe: kmod's modprobe finds modules, dependencies, soft
-// dependencies, aliases and symbols in what Depmod wrote.
-func TestDepmodModprobe(t *testing.T) {
+// TestModprobe: kmod's modprobe finds modules, dependencies, soft
+// dependencies, aliases and symbols in what Write wrote.
+func TestModprobe(t *testing.T) {
 	modprobe := fixture.Tool(t, "/usr/sbin/modprobe")
 	kver := fixture.KVER(t)
 	root, moddir, _ := updatesTree(t)
-	if err := Depmod(root, kver, WithDepmodConfig()); err != nil {
+	if _, err := Write(root, kver, WithoutConfig()); err != nil {
 		t.Fatal(err)
 	}
 	empty := filepath.Join(t.TempDir(), "modprobe.d")
@@ -515,11 +517,11 @@ func TestDepmodModprobe(t *testing.T) {
 	}
 }
 
-// TestDepmodConfig: depmod.d search, override, exclude and external lines,
+// TestConfig: depmod.d search, override, exclude and external lines,
 // against kmod given the same files with -C.
-func TestDepmodConfig(t *testing.T) {
+func TestConfig(t *testing.T) {
 	kver := fixture.KVER(t)
-	// An external folder: kmod reads its path on the host, GenerateDepmod
+	// An external folder: kmod reads its path on the host, Generate
 	// inside the root, so the test puts the same modules at both places.
 	ext := filepath.Join(t.TempDir(), "ext")
 	for _, c := range []struct {
@@ -585,7 +587,7 @@ func TestDepmodConfig(t *testing.T) {
 					dirs = append(dirs, d)
 				}
 			}
-			// kmod gets the folders with -C; GenerateDepmod finds them at
+			// kmod gets the folders with -C; Generate finds them at
 			// the default places in the root.
 			out := compareWithKmod(t, root, dirs)
 			t.Logf("%s", firstLines(out.File("modules.dep"), "updates/", "extra/", ext))
@@ -635,18 +637,18 @@ func (m synthMod) build() []byte {
 	if class == elf.ELFCLASSNONE {
 		class, bo = elf.ELFCLASS64, binary.LittleEndian
 	}
-	var syms []testSym
+	var syms []elftest.Sym
 	for i, e := range m.exports {
-		syms = append(syms, testSym{name: "__crc_" + e, shndx: uint16(elf.SHN_ABS), value: uint64(0x1000 + i), bind: elf.STB_GLOBAL})
+		syms = append(syms, elftest.Sym{Name: "__crc_" + e, Shndx: uint16(elf.SHN_ABS), Value: uint64(0x1000 + i), Bind: elf.STB_GLOBAL})
 	}
 	for _, n := range m.needs {
-		syms = append(syms, testSym{name: n, bind: elf.STB_GLOBAL})
+		syms = append(syms, elftest.Sym{Name: n, Bind: elf.STB_GLOBAL})
 	}
 	for _, n := range m.weak {
-		syms = append(syms, testSym{name: n, bind: elf.STB_WEAK})
+		syms = append(syms, elftest.Sym{Name: n, Bind: elf.STB_WEAK})
 	}
-	syms = append(syms, testSym{name: "", bind: elf.STB_GLOBAL}, testSym{shndx: 1, typ: elf.STT_SECTION})
-	secs := []testSection{{name: ".modinfo", typ: elf.SHT_PROGBITS, data: []byte(m.modinfo)}}
+	syms = append(syms, elftest.Sym{Name: "", Bind: elf.STB_GLOBAL}, elftest.Sym{Shndx: 1, Type: elf.STT_SECTION})
+	secs := []elftest.Section{{Name: ".modinfo", Type: elf.SHT_PROGBITS, Data: []byte(m.modinfo)}}
 	if len(m.versions) > 0 {
 		crcSize := 4
 		if class == elf.ELFCLASS64 {
@@ -657,16 +659,16 @@ func (m synthMod) build() []byte {
 			bo.PutUint32(v[i*64+crcSize-4:], uint32(0xabc0+i))
 			copy(v[i*64+crcSize:], n)
 		}
-		secs = append(secs, testSection{name: "__versions", typ: elf.SHT_PROGBITS, data: v})
+		secs = append(secs, elftest.Section{Name: "__versions", Type: elf.SHT_PROGBITS, Data: v})
 	}
 	if m.ksymStrings != "" {
-		secs = append(secs, testSection{name: "__ksymtab_strings", typ: elf.SHT_PROGBITS, data: []byte(m.ksymStrings)})
+		secs = append(secs, elftest.Section{Name: "__ksymtab_strings", Type: elf.SHT_PROGBITS, Data: []byte(m.ksymStrings)})
 	}
-	tab, strs := symtab(class, bo, syms)
+	tab, strs := elftest.Symtab(class, bo, syms)
 	secs = append(secs,
-		testSection{name: ".symtab", typ: elf.SHT_SYMTAB, data: tab, link: uint32(len(secs) + 2)},
-		testSection{name: ".strtab", typ: elf.SHT_STRTAB, data: strs})
-	return buildELF(class, bo, elf.ET_REL, secs)
+		elftest.Section{Name: ".symtab", Type: elf.SHT_SYMTAB, Data: tab, Link: uint32(len(secs) + 2)},
+		elftest.Section{Name: ".strtab", Type: elf.SHT_STRTAB, Data: strs})
+	return elftest.Build(class, bo, elf.ET_REL, secs)
 }
 
 // synthTree writes modules and other files below a new root's module
@@ -684,9 +686,9 @@ func synthTree(t *testing.T, mods map[string]synthMod, files map[string]string) 
 	return root
 }
 
-// TestDepmodSynthetic: hand-made modules and inputs for the corners of
+// TestSynthetic: hand-made modules and inputs for the corners of
 // kmod 30's rules, against kmod.
-func TestDepmodSynthetic(t *testing.T) {
+func TestSynthetic(t *testing.T) {
 	long := strings.Repeat("long_symbol_", 92) // 1104 characters
 	mods := map[string]synthMod{
 		"kernel/a/alpha.ko": {
@@ -808,9 +810,9 @@ func readIndex(t *testing.T, data []byte) map[string][]string {
 	return out
 }
 
-// TestDepmodLongSymbol: kmod 30 keys every symbol after the first one
+// TestLongSymbol: kmod 30 keys every symbol after the first one
 // longer than 1016 characters (in hash order) with the last shorter key.
-func TestDepmodLongSymbol(t *testing.T) {
+func TestLongSymbol(t *testing.T) {
 	long := strings.Repeat("long_symbol_", 92)
 	mods := map[string]synthMod{"kernel/longsym.ko": {exports: []string{long}}}
 	var short []string
@@ -832,10 +834,10 @@ func TestDepmodLongSymbol(t *testing.T) {
 	}
 }
 
-// TestDepmodIndexesMatchText: on the full tree every line of the text
+// TestIndexesMatchText: on the full tree every line of the text
 // files is in its index, and nothing else is.
-func TestDepmodIndexesMatchText(t *testing.T) {
-	out, err := GenerateDepmod(os.DirFS(fixture.KernelRoot(t)), fixture.KVER(t))
+func TestIndexesMatchText(t *testing.T) {
+	out, err := Generate(os.DirFS(fixture.KernelRoot(t)), fixture.KVER(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -868,7 +870,7 @@ func TestDepmodIndexesMatchText(t *testing.T) {
 	}
 	depKey := func(s string) string {
 		p, _, _ := strings.Cut(s, ":")
-		return ModuleNameFromPath(p) + " " + s
+		return kmod.ModuleNameFromPath(p) + " " + s
 	}
 	for _, c := range []struct {
 		bin  string
@@ -885,9 +887,9 @@ func TestDepmodIndexesMatchText(t *testing.T) {
 	}
 }
 
-// TestDepmodCycle: modules that need each other make kmod fail; so does
-// GenerateDepmod, naming them.
-func TestDepmodCycle(t *testing.T) {
+// TestCycle: modules that need each other make kmod fail; so does
+// Generate, naming them.
+func TestCycle(t *testing.T) {
 	root := synthTree(t, map[string]synthMod{
 		"kernel/cyc_a.ko": {exports: []string{"a_fn"}, needs: []string{"b_fn"}},
 		"kernel/cyc_b.ko": {exports: []string{"b_fn"}, needs: []string{"c_fn"}},
@@ -900,7 +902,7 @@ func TestDepmodCycle(t *testing.T) {
 	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "Cycle detected") {
 		t.Fatalf("kmod's depmod: %v\n%s", err, out)
 	}
-	_, err := GenerateDepmod(os.DirFS(root), kver, WithDepmodConfig())
+	_, err := Generate(os.DirFS(root), kver, WithoutConfig())
 	if err == nil {
 		t.Fatal("no error")
 	}
@@ -915,9 +917,9 @@ func TestDepmodCycle(t *testing.T) {
 	t.Log(err)
 }
 
-// TestDepmodCorruptModule: a file named like a module that is not one is
+// TestCorruptModule: a file named like a module that is not one is
 // an error naming it (kmod only warns and lists it without dependencies).
-func TestDepmodCorruptModule(t *testing.T) {
+func TestCorruptModule(t *testing.T) {
 	kver := fixture.KVER(t)
 	for name, data := range map[string][]byte{
 		"kernel/drivers/bad.ko":       []byte("this is not an ELF file"),
@@ -930,20 +932,20 @@ func TestDepmodCorruptModule(t *testing.T) {
 			root := synthTree(t, map[string]synthMod{"kernel/good.ko": {exports: []string{"g"}}}, map[string]string{name: string(data)})
 			for _, fsys := range []func() fs.FS{
 				func() fs.FS { return os.DirFS(root) },
-				func() fs.FS { d, _ := DepmodDir(root); return d },
+				func() fs.FS { d, _ := Dir(root); return d },
 				func() fs.FS { return mapFSOf(t, root) },
 			} {
-				_, err := GenerateDepmod(fsys(), kver, WithDepmodConfig())
+				_, err := Generate(fsys(), kver, WithoutConfig())
 				if err == nil || !strings.Contains(err.Error(), "lib/modules/"+kver+"/"+name+":") {
 					t.Errorf("error %v does not name %s", err, name)
 				}
 			}
-			err := Depmod(root, kver, WithDepmodConfig())
+			_, err := Write(root, kver, WithoutConfig())
 			if err == nil || !strings.Contains(err.Error(), filepath.Join(root, "lib/modules", kver, name)+":") {
-				t.Errorf("Depmod: error %v does not name the file by its path", err)
+				t.Errorf("Write: error %v does not name the file by its path", err)
 			}
 			if _, err := os.Stat(filepath.Join(root, "lib/modules", kver, "modules.dep")); !errors.Is(err, fs.ErrNotExist) {
-				t.Errorf("Depmod wrote modules.dep after failing (%v)", err)
+				t.Errorf("Write wrote modules.dep after failing (%v)", err)
 			}
 		})
 	}
@@ -971,10 +973,10 @@ func mapFSOf(t *testing.T, dir string) fstest.MapFS {
 	return m
 }
 
-// TestDepmodMapFS: an in-memory tree below usr/lib/modules (a merged /usr
+// TestMapFS: an in-memory tree below usr/lib/modules (a merged /usr
 // whose lib link the fs.FS lacks), with its depmod.d below usr/lib too,
 // gives what kmod gives on disk.
-func TestDepmodMapFS(t *testing.T) {
+func TestMapFS(t *testing.T) {
 	kver := fixture.KVER(t)
 	root, _, _ := updatesTree(t)
 	writeTestFile(t, filepath.Join(root, "lib/depmod.d/search.conf"), "search built-in updates\n")
@@ -986,16 +988,16 @@ func TestDepmodMapFS(t *testing.T) {
 	for name, f := range mapFSOf(t, root) {
 		mem["usr/"+name] = f
 	}
-	out, err := GenerateDepmod(mem, kver, hostDepmodExtensions(t))
+	out, err := Generate(mem, kver, hostDepmodExtensions(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	compareDepmod(t, filepath.Join(ref, "lib/modules", kver), out)
 }
 
-// TestDepmodSymversWarnings: with Module.symvers, the unknown-symbol and
+// TestSymversWarnings: with Module.symvers, the unknown-symbol and
 // CRC warnings are kmod's `depmod -e -E` ones, in its order.
-func TestDepmodSymversWarnings(t *testing.T) {
+func TestSymversWarnings(t *testing.T) {
 	kver := fixture.KVER(t)
 	symvers := filepath.Join(fixture.Headers(t), "Module.symvers")
 	root, moddir, _ := updatesTree(t)
@@ -1021,12 +1023,12 @@ func TestDepmodSymversWarnings(t *testing.T) {
 		t.Fatal(err)
 	}
 	var got []string
-	dir, err := DepmodDir(ref)
+	dir, err := Dir(ref)
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := GenerateDepmod(dir, kver, hostDepmodExtensions(t), WithDepmodSymvers(data),
-		WithDepmodErrors(func(m string) { got = append(got, m) }))
+	out, err := Generate(dir, kver, hostDepmodExtensions(t), WithSymvers(data),
+		WithWarnings(func(m string) { got = append(got, m) }))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1037,19 +1039,23 @@ func TestDepmodSymversWarnings(t *testing.T) {
 	t.Logf("%d warnings:\n%s", len(got), strings.Join(got, "\n"))
 }
 
-// TestDepmodWrites: Depmod replaces the files in place, mode 0644, leaves
-// no temporary files, and writes what GenerateDepmod returns.
-func TestDepmodWrites(t *testing.T) {
+// TestWrites: Write replaces the files in place, mode 0644, leaves
+// no temporary files, and writes (and returns) what Generate returns.
+func TestWrites(t *testing.T) {
 	kver := fixture.KVER(t)
 	root := subsetTree(t, initramfsSubset(t, 30))
 	moddir := filepath.Join(root, "lib/modules", kver)
 	writeTestFile(t, filepath.Join(moddir, "modules.dep"), "stale\n")
-	if err := Depmod(root, kver); err != nil {
-		t.Fatal(err)
-	}
-	out, err := GenerateDepmod(os.DirFS(root), kver)
+	written, err := Write(root, kver)
 	if err != nil {
 		t.Fatal(err)
+	}
+	out, err := Generate(os.DirFS(root), kver)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(written.Files) != len(out.Files) {
+		t.Errorf("Write returned %d files, Generate %d", len(written.Files), len(out.Files))
 	}
 	for _, f := range out.Files {
 		st, err := os.Stat(filepath.Join(moddir, f.Name))
@@ -1076,14 +1082,14 @@ func TestDepmodWrites(t *testing.T) {
 	if err := os.Chdir(filepath.Dir(root)); err != nil {
 		t.Fatal(err)
 	}
-	if err := Depmod(filepath.Base(root), kver); err != nil {
+	if _, err := Write(filepath.Base(root), kver); err != nil {
 		t.Fatal(err)
 	}
 }
 
-// TestDepmodInputFiles: modules.order, modules.builtin and
+// TestInputFiles: modules.order, modules.builtin and
 // modules.builtin.modinfo missing, empty or odd, against kmod.
-func TestDepmodInputFiles(t *testing.T) {
+func TestInputFiles(t *testing.T) {
 	mods := map[string]synthMod{
 		"kernel/a/one.ko":   {exports: []string{"one_fn"}},
 		"kernel/a/two.ko":   {needs: []string{"one_fn"}},
@@ -1107,16 +1113,16 @@ func TestDepmodInputFiles(t *testing.T) {
 	}
 }
 
-// TestDepmodSymlinkLoop: a folder linking to itself ends the walk with a
+// TestSymlinkLoop: a folder linking to itself ends the walk with a
 // warning instead of recursing forever.
-func TestDepmodSymlinkLoop(t *testing.T) {
+func TestSymlinkLoop(t *testing.T) {
 	kver := fixture.KVER(t)
 	root := synthTree(t, map[string]synthMod{"kernel/a/one.ko": {exports: []string{"x"}}}, nil)
 	if err := os.Symlink(".", filepath.Join(root, "lib/modules", kver, "kernel/a/loop")); err != nil {
 		t.Fatal(err)
 	}
 	var warnings []string
-	out, err := GenerateDepmod(os.DirFS(root), kver, WithDepmodConfig(), WithDepmodErrors(func(m string) { warnings = append(warnings, m) }))
+	out, err := Generate(os.DirFS(root), kver, WithoutConfig(), WithWarnings(func(m string) { warnings = append(warnings, m) }))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1130,9 +1136,9 @@ func TestDepmodSymlinkLoop(t *testing.T) {
 	}
 }
 
-// TestDepmodDiffReport: the comparison names the first differing line of
+// TestDiffReport: the comparison names the first differing line of
 // a text file and the first differing offset of an index.
-func TestDepmodDiffReport(t *testing.T) {
+func TestDiffReport(t *testing.T) {
 	msg := diffBytes("modules.dep", []byte("a.ko:\nb.ko: a.ko\n"), []byte("a.ko:\nb.ko: c.ko\n"))
 	if !strings.Contains(msg, "line 2") || !strings.Contains(msg, `"b.ko: a.ko"`) || !strings.Contains(msg, `"b.ko: c.ko"`) {
 		t.Errorf("text report: %s", msg)
@@ -1143,5 +1149,29 @@ func TestDepmodDiffReport(t *testing.T) {
 	}
 	if diffBytes("x", []byte("same"), []byte("same")) != "" {
 		t.Error("equal inputs reported as different")
+	}
+}
+
+// TestOptionErrors: an option with a bad argument fails Generate and Write
+// before anything is read, naming the option.
+func TestOptionErrors(t *testing.T) {
+	for _, c := range []struct {
+		opt  Option
+		want string
+	}{
+		{WithConfig(), "WithConfig: no path given"},
+		{WithConfig("/etc/depmod.d", ""), `WithConfig: bad path ""`},
+		{WithConfigFS(nil, "/etc/depmod.d"), "WithConfigFS: nil fs.FS"},
+		{WithConfigFS(fstest.MapFS{}), "WithConfigFS: no path given"},
+		{WithWarnings(nil), "WithWarnings: nil function"},
+		{WithExtensions(), "WithExtensions: no file name ending given"},
+		{WithExtensions(".ko", "ko"), `WithExtensions: "ko" is not`},
+	} {
+		if _, err := Generate(fstest.MapFS{}, "6.1.0", c.opt); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("Generate: error %v, want one containing %q", err, c.want)
+		}
+		if _, err := Write(t.TempDir(), "6.1.0", c.opt); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("Write: error %v, want one containing %q", err, c.want)
+		}
 	}
 }

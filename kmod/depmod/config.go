@@ -1,4 +1,4 @@
-package kmod
+package depmod
 
 import (
 	"bytes"
@@ -16,7 +16,7 @@ import (
 
 // defaultDepmodConfigDirs is kmod 30's search list (SYSCONFDIR=/etc), here
 // resolved inside the image root. kmod ≥ 31 also reads /usr/lib/depmod.d.
-var defaultDepmodConfigDirs = []string{"/etc/depmod.d", "/run/depmod.d", "/usr/local/lib/depmod.d", "/lib/depmod.d"}
+var defaultConfigDirs = []string{"/etc/depmod.d", "/run/depmod.d", "/usr/local/lib/depmod.d", "/lib/depmod.d"}
 
 type searchType uint8
 
@@ -31,10 +31,10 @@ type cfgSearch struct {
 	path string
 }
 
-// depmodCfg is the parsed configuration. The lists are in kmod's order:
+// config is the parsed configuration. The lists are in kmod's order:
 // kmod prepends every entry, so they run from the last configured one to
 // the first.
-type depmodCfg struct {
+type config struct {
 	kver      string
 	overrides []string // subdir + "/" + module name, no extension
 	searches  []cfgSearch
@@ -46,8 +46,8 @@ type depmodCfg struct {
 // or files) in fsys: the files of all folders sorted by file name, a name
 // seen in an earlier path hiding later ones. Without any search line the
 // search list is "updates" (then "built-in" is implicit and lowest).
-func loadDepmodConfig(fsys fs.FS, paths []string, kver string, warn func(string)) (*depmodCfg, error) {
-	cfg := &depmodCfg{kver: kver}
+func loadConfig(fsys fs.FS, paths []string, kver string, warn func(string)) (*config, error) {
+	cfg := &config{kver: kver}
 	type cfgFile struct{ name, path string }
 	var files []cfgFile
 	insert := func(name, p string) {
@@ -120,7 +120,7 @@ func isDirEntryDir(fsys fs.FS, full string, e fs.DirEntry) bool {
 }
 
 // parse reads one configuration file in the entries' file order.
-func (cfg *depmodCfg) parse(name string, data []byte, warn func(string)) {
+func (cfg *config) parse(name string, data []byte, warn func(string)) {
 	linenum := 0
 	for len(data) > 0 {
 		var line []byte
@@ -206,7 +206,7 @@ func readWrappedLine(data []byte, linenum int) (line, rest []byte, n int) {
 
 // kernelMatches is cfg_kernel_matches: "*" or an extended regular
 // expression found anywhere in the kernel release.
-func (cfg *depmodCfg) kernelMatches(pattern string) bool {
+func (cfg *config) kernelMatches(pattern string) bool {
 	if pattern == "*" {
 		return true
 	}
@@ -219,7 +219,7 @@ func (cfg *depmodCfg) kernelMatches(pattern string) bool {
 
 // excluded is should_exclude_dir: names depmod skips at every level of the
 // tree, files included.
-func (cfg *depmodCfg) excluded(name string) bool {
+func (cfg *config) excluded(name string) bool {
 	if name == "." || name == ".." || name == "build" || name == "source" {
 		return true
 	}
@@ -235,7 +235,7 @@ func startsWithDir(p string, n int, prefix string) bool {
 // found (oldPath) wins over newPath of the same module name. Both are
 // absolute paths in the image; nameLen is the module name's length. Paths
 // are compared up to the end of the module name in the file name.
-func (cfg *depmodCfg) keepOld(dirname, oldPath, newPath string, nameLen int) bool {
+func (cfg *config) keepOld(dirname, oldPath, newPath string, nameLen int) bool {
 	newLen := strings.LastIndexByte(newPath, '/') + 1 + nameLen
 	oldLen := strings.LastIndexByte(oldPath, '/') + 1 + nameLen
 	relNew, relNewLen := "", 0

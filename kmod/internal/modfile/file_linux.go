@@ -1,6 +1,6 @@
 //go:build linux
 
-package kmod
+package modfile
 
 import (
 	"fmt"
@@ -8,15 +8,15 @@ import (
 	"syscall"
 )
 
-// moduleFile is a module file read with pread(2) on a bare descriptor. An
+// File is a module file read with pread(2) on a bare descriptor. An
 // os.File would register the descriptor with the runtime poller (epoll_ctl,
 // several fcntl calls) on every open, which cost more than the reads when
 // parsing a whole module tree.
-type moduleFile int
+type File int
 
-// openModuleFile opens path for reading and returns its size. O_NONBLOCK
+// OpenFile opens path for reading and returns its size. O_NONBLOCK
 // keeps the open of a FIFO from blocking; it is refused as not regular.
-func openModuleFile(path string) (moduleFile, int64, error) {
+func OpenFile(path string) (File, int64, error) {
 	var fd int
 	var err error
 	for {
@@ -37,11 +37,11 @@ func openModuleFile(path string) (moduleFile, int64, error) {
 		syscall.Close(fd)
 		return -1, 0, fmt.Errorf("not a regular file (mode %#o)", st.Mode)
 	}
-	return moduleFile(fd), st.Size, nil
+	return File(fd), st.Size, nil
 }
 
 // ReadAt implements io.ReaderAt.
-func (f moduleFile) ReadAt(p []byte, off int64) (int, error) {
+func (f File) ReadAt(p []byte, off int64) (int, error) {
 	n := 0
 	for n < len(p) {
 		m, err := syscall.Pread(int(f), p[n:], off+int64(n))
@@ -59,4 +59,5 @@ func (f moduleFile) ReadAt(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
-func (f moduleFile) Close() error { return syscall.Close(int(f)) }
+// Close closes the descriptor.
+func (f File) Close() error { return syscall.Close(int(f)) }

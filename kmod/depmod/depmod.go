@@ -1,4 +1,4 @@
-package kmod
+package depmod
 
 import (
 	"cmp"
@@ -16,9 +16,10 @@ import (
 	"sync/atomic"
 
 	"github.com/kmodctl/packer-plugin-kmod/internal/atomicfile"
+	"github.com/kmodctl/packer-plugin-kmod/kmod/internal/modfile"
 )
 
-// GenerateDepmod computes what kmod 30's `depmod -b BASEDIR KVER` writes,
+// Generate computes what kmod 30's `depmod -b BASEDIR KVER` writes,
 // byte for byte, without writing anything. root is BASEDIR: the modules
 // are read from lib/modules/KVER in it or, when that is missing (a merged
 // /usr whose lib symbolic link the fs.FS does not follow), from
@@ -37,29 +38,31 @@ import (
 // or .ko.zst below the module folder, except below folders (or files)
 // named build, source or excluded by configuration, with symbolic links
 // followed; modules.order, modules.builtin, modules.builtin.modinfo; the
-// depmod.d configuration (see WithDepmodConfig). When two files give the
+// depmod.d configuration (see WithConfig). When two files give the
 // same module name, the search order decides (by default "updates" first,
 // then the rest, "built-in"); at equal rank the listing order of folders
 // decides (kmod keeps the first file found, except that of two files below
 // the same search path the later one wins). kmod lists folders in readdir
 // order, this function in fs.ReadDir's order: sorted for most fs.FS, kmod's
-// order for DepmodDir and Depmod.
+// order for Dir and Write.
 //
-// Where kmod only warns, GenerateDepmod fails: a module file that is not a
+// Where kmod only warns, Generate fails: a module file that is not a
 // readable kernel module (the error names it), a dependency cycle, more
-// than 65534 modules. Warnings go to the WithDepmodErrors callback.
-func GenerateDepmod(root fs.FS, kver string, opts ...DepmodOption) (*DepmodOutput, error) {
-	d, err := generateDepmod(root, kver, opts)
+// than 65534 modules. Warnings go to the WithWarnings callback.
+func Generate(root fs.FS, kver string, opts ...Option) (*Output, error) {
+	d, err := generate(root, kver, opts)
 	if err != nil {
 		return nil, err
 	}
 	return d.out, nil
 }
 
-func generateDepmod(root fs.FS, kver string, opts []DepmodOption) (*depmodRun, error) {
-	o := &depmodOptions{}
+func generate(root fs.FS, kver string, opts []Option) (*generation, error) {
+	o := &options{}
 	for _, opt := range opts {
-		opt(o)
+		if err := opt(o); err != nil {
+			return nil, err
+		}
 	}
 	if o.warn == nil {
 		o.warn = func(string) {}
@@ -70,18 +73,18 @@ func generateDepmod(root fs.FS, kver string, opts []DepmodOption) (*depmodRun, e
 	if kver == "" || kver == "." || kver == ".." || strings.ContainsAny(kver, "/\x00") {
 		return nil, fmt.Errorf("depmod: bad kernel release %q", kver)
 	}
-	d := &depmodRun{root: root, opts: o}
+	d := &generation{root: root, opts: o}
 	if err := d.run(kver); err != nil {
 		return nil, err
 	}
 	return d, nil
 }
 
-// DepmodDir is the host folder basedir as an fs.FS for GenerateDepmod that
-// reads it the way Depmod does: folders in readdir order (kmod's order,
+// Dir is the host folder basedir as an fs.FS for Generate that
+// reads it the way Write does: folders in readdir order (kmod's order,
 // which decides between two files of one module name at equal rank),
 // modules with pread, and messages naming paths below basedir.
-func DepmodDir(basedir string) (fs.FS, error) {
+func Dir(basedir string) (fs.FS, error) {
 	abs, err := filepath.Abs(basedir)
 	if err != nil {
 		return nil, err
@@ -96,19 +99,20 @@ func DepmodDir(basedir string) (fs.FS, error) {
 	return hostFS{dir: abs, display: strings.TrimSuffix(display, "/")}, nil
 }
 
-// Depmod runs GenerateDepmod on the folder basedir (see DepmodDir) and
+// Write runs Generate on the folder basedir (see Dir) and
 // replaces the files in basedir/lib/modules/KVER (or usr/lib/modules/KVER,
-// see GenerateDepmod) atomically: each is written to a temporary file,
+// see Generate) atomically: each is written to a temporary file,
 // fsynced, and renamed over the old one (mode 0644 for a new file, the old
 // file's mode and owner otherwise); the folder is fsynced once at the end.
-func Depmod(basedir, kver string, opts ...DepmodOption) error {
-	root, err := DepmodDir(basedir)
+// It returns the files written.
+func Write(basedir, kver string, opts ...Option) (*Output, error) {
+	root, err := Dir(basedir)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	d, err := generateDepmod(root, kver, opts)
+	d, err := generate(root, kver, opts)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	dir := filepath.Join(root.(hostFS).dir, filepath.FromSlash(d.moddir))
 	errs := make([]error, len(d.out.Files))
@@ -122,24 +126,27 @@ func Depmod(basedir, kver string, opts ...DepmodOption) error {
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
-		return err
+		return nil, err
 	}
-	return atomicfile.SyncDir(dir)
+	if err := atomicfile.SyncDir(dir); err != nil {
+		return nil, err
+	}
+	return d.out, nil
 }
 
-// DepmodFile is one output file of depmod.
-type DepmodFile struct {
+// File is one output file of depmod.
+type File struct {
 	Name string
 	Data []byte
 }
 
-// DepmodOutput is the set of files depmod writes, in kmod's order.
-type DepmodOutput struct {
-	Files []DepmodFile
+// Output is the set of files depmod writes, in kmod's order.
+type Output struct {
+	Files []File
 }
 
 // File returns the content of the named file (nil when there is none).
-func (o *DepmodOutput) File(name string) []byte {
+func (o *Output) File(name string) []byte {
 	for _, f := range o.Files {
 		if f.Name == name {
 			return f.Data
@@ -148,89 +155,143 @@ func (o *DepmodOutput) File(name string) []byte {
 	return nil
 }
 
-// DepmodOption changes what GenerateDepmod and Depmod read or report.
-type DepmodOption func(*depmodOptions)
+// Option changes what Generate and Write read or report. An option with a
+// bad argument makes Generate and Write fail before they read anything.
+type Option func(*options) error
 
-type depmodOptions struct {
+type options struct {
 	configSet   bool
 	configFS    fs.FS // nil: the root
 	configPaths []string
 	warn        func(string)
 	symvers     []byte
 	exts        []string
-	// displayRoot prefixes the image paths in messages (Depmod: basedir).
+	// displayRoot prefixes the image paths in messages (Write: basedir).
 	displayRoot string
 }
 
-// WithDepmodConfig reads the depmod.d configuration from these paths
+// WithConfig reads the depmod.d configuration from these paths
 // inside the root (folders of *.conf files, or single files), like
 // `depmod -C` but resolved in the image. Without this option the paths
 // are kmod 30's: /etc/depmod.d, /run/depmod.d, /usr/local/lib/depmod.d and
 // /lib/depmod.d, inside the root (lib/ falls back to usr/lib/ when the
 // fs.FS holds no lib folder). This differs from the host's depmod, which
-// reads the host's own /etc/depmod.d even with -b unless given -C. With no
-// paths at all, no configuration is read. Supported: search (with
+// reads the host's own /etc/depmod.d even with -b unless given -C.
+// WithoutConfig reads none. Supported: search (with
 // built-in and external), override (the kernel pattern a POSIX extended
 // regular expression, or *), external, exclude; include and
 // make_map_files are ignored, as kmod 30 ignores them. An external folder
 // is read inside the root too, and its modules are listed in modules.dep
 // by their absolute path in the image; kmod with -b reads the external
 // folder on the host.
-func WithDepmodConfig(paths ...string) DepmodOption {
-	return func(o *depmodOptions) {
+func WithConfig(paths ...string) Option {
+	return func(o *options) error {
+		if err := checkConfigPaths("WithConfig", paths); err != nil {
+			return err
+		}
 		o.configSet, o.configFS, o.configPaths = true, nil, slices.Clone(paths)
+		return nil
 	}
 }
 
-// WithDepmodConfigFS reads the depmod.d configuration from paths in fsys
+// WithConfigFS reads the depmod.d configuration from paths in fsys
 // instead of the root: `depmod -C` with host paths is
-// WithDepmodConfigFS(os.DirFS("/"), paths...).
-func WithDepmodConfigFS(fsys fs.FS, paths ...string) DepmodOption {
-	return func(o *depmodOptions) {
+// WithConfigFS(os.DirFS("/"), paths...).
+func WithConfigFS(fsys fs.FS, paths ...string) Option {
+	return func(o *options) error {
+		if fsys == nil {
+			return errors.New("depmod: WithConfigFS: nil fs.FS")
+		}
+		if err := checkConfigPaths("WithConfigFS", paths); err != nil {
+			return err
+		}
 		o.configSet, o.configFS, o.configPaths = true, fsys, slices.Clone(paths)
+		return nil
 	}
 }
 
-// WithDepmodErrors receives the warnings depmod prints, without its
+// WithoutConfig reads no depmod.d configuration at all: the default
+// search order ("updates", then the rest) and no overrides, externals or
+// exclusions.
+func WithoutConfig() Option {
+	return func(o *options) error {
+		o.configSet, o.configFS, o.configPaths = true, nil, nil
+		return nil
+	}
+}
+
+func checkConfigPaths(opt string, paths []string) error {
+	if len(paths) == 0 {
+		return fmt.Errorf("depmod: %s: no path given (WithoutConfig reads no configuration)", opt)
+	}
+	for _, p := range paths {
+		if p == "" || strings.ContainsRune(p, 0) {
+			return fmt.Errorf("depmod: %s: bad path %q", opt, p)
+		}
+	}
+	return nil
+}
+
+// WithWarnings receives the warnings depmod prints, without its
 // "depmod: WARNING: " prefix: missing inputs ("could not open
 // modules.order at …"), bad configuration and modules.builtin lines,
 // unmatched brackets in aliases, devnames without a device number, and,
-// with WithDepmodSymvers, "PATH needs unknown symbol SYM" and "PATH
+// with WithSymvers, "PATH needs unknown symbol SYM" and "PATH
 // disagrees about version of symbol SYM" (like depmod -e -E). Paths are
-// the module's path in the image (with Depmod: below basedir, as kmod
-// prints them).
-func WithDepmodErrors(f func(msg string)) DepmodOption {
-	return func(o *depmodOptions) { o.warn = f }
+// the module's path in the image (with Write: below basedir, as kmod
+// prints them). Without this option the warnings are dropped.
+func WithWarnings(f func(msg string)) Option {
+	return func(o *options) error {
+		if f == nil {
+			return errors.New("depmod: WithWarnings: nil function")
+		}
+		o.warn = f
+		return nil
+	}
 }
 
-// WithDepmodSymvers gives the kernel's Module.symvers (the vmlinux rows
+// WithSymvers gives the kernel's Module.symvers (the vmlinux rows
 // count), like `depmod -E FILE -e`: dependencies on symbols neither
 // vmlinux nor a module exports, and CRCs that disagree with the
-// exporter's, are reported to the WithDepmodErrors callback. The output
+// exporter's, are reported to the WithWarnings callback. The output
 // files do not change.
-func WithDepmodSymvers(moduleSymvers []byte) DepmodOption {
-	return func(o *depmodOptions) { o.symvers = moduleSymvers }
+func WithSymvers(moduleSymvers []byte) Option {
+	return func(o *options) error {
+		o.symvers = moduleSymvers
+		return nil
+	}
 }
 
-// WithDepmodExtensions sets the file name endings taken as modules. The
+// WithExtensions sets the file name endings taken as modules. The
 // default, ".ko", ".ko.gz", ".ko.xz", ".ko.zst", is kmod built with every
 // decompressor; Debian's kmod 30 lacks zlib and ignores .ko.gz files:
-// WithDepmodExtensions(".ko", ".ko.xz", ".ko.zst") reproduces it.
-func WithDepmodExtensions(exts ...string) DepmodOption {
-	return func(o *depmodOptions) { o.exts = slices.Clone(exts) }
+// WithExtensions(".ko", ".ko.xz", ".ko.zst") reproduces it.
+func WithExtensions(exts ...string) Option {
+	return func(o *options) error {
+		if len(exts) == 0 {
+			return errors.New("depmod: WithExtensions: no file name ending given")
+		}
+		for _, e := range exts {
+			if len(e) < 2 || e[0] != '.' || strings.ContainsAny(e, "/\x00") {
+				return fmt.Errorf("depmod: WithExtensions: %q is not a file name ending like .ko or .ko.xz", e)
+			}
+		}
+		o.exts = slices.Clone(exts)
+		return nil
+	}
 }
 
-var defaultDepmodExtensions = []string{".ko", ".ko.gz", ".ko.xz", ".ko.zst"}
+var defaultExtensions = []string{".ko", ".ko.gz", ".ko.xz", ".ko.zst"}
 
-// depmodRun is one depmod computation.
-type depmodRun struct {
+// generation is one depmod computation.
+type generation struct {
 	root fs.FS
-	opts *depmodOptions
-	cfg  *depmodCfg
+	opts *options
+	cfg  *config
 	// moddir is the module folder in root; dirname is its image path.
 	moddir, dirname string
 	mods            []*depmodMod
-	out             *DepmodOutput
+	out             *Output
 }
 
 // depmodMod is a module of the tree.
@@ -250,12 +311,12 @@ type depmodMod struct {
 	depSortIdx int
 }
 
-func (d *depmodRun) warnf(format string, args ...any) { d.opts.warn(fmt.Sprintf(format, args...)) }
+func (d *generation) warnf(format string, args ...any) { d.opts.warn(fmt.Sprintf(format, args...)) }
 
 // display is an image path as messages show it.
-func (d *depmodRun) display(p string) string { return d.opts.displayRoot + p }
+func (d *generation) display(p string) string { return d.opts.displayRoot + p }
 
-func (d *depmodRun) run(kver string) error {
+func (d *generation) run(kver string) error {
 	d.moddir = path.Join("lib/modules", kver)
 	if st, err := fs.Stat(d.root, d.moddir); err != nil || !st.IsDir() {
 		alt := path.Join("usr/lib/modules", kver)
@@ -269,7 +330,7 @@ func (d *depmodRun) run(kver string) error {
 	}
 	d.dirname = "/" + d.moddir
 
-	cfgFS, cfgPaths := d.root, defaultDepmodConfigDirs
+	cfgFS, cfgPaths := d.root, defaultConfigDirs
 	if d.opts.configSet {
 		cfgPaths = d.opts.configPaths
 		if d.opts.configFS != nil {
@@ -277,11 +338,11 @@ func (d *depmodRun) run(kver string) error {
 		}
 	}
 	var err error
-	if d.cfg, err = loadDepmodConfig(cfgFS, cfgPaths, kver, d.opts.warn); err != nil {
+	if d.cfg, err = loadConfig(cfgFS, cfgPaths, kver, d.opts.warn); err != nil {
 		return err
 	}
 	if d.opts.exts == nil {
-		d.opts.exts = defaultDepmodExtensions
+		d.opts.exts = defaultExtensions
 	}
 
 	found := map[string]*depmodMod{}
@@ -333,7 +394,7 @@ func (d *depmodRun) run(kver string) error {
 const maxSearchDepth = 64
 
 // search walks a folder of root like depmod_modules_search_path.
-func (d *depmodRun) search(dir string, found map[string]*depmodMod, depth int) {
+func (d *generation) search(dir string, found map[string]*depmodMod, depth int) {
 	if depth > maxSearchDepth {
 		d.warnf("%s: more than %d folder levels (a symbolic link loop?), not searched", d.display("/"+dir), maxSearchDepth)
 		return
@@ -389,7 +450,7 @@ func (d *depmodRun) search(dir string, found map[string]*depmodMod, depth int) {
 	}
 }
 
-func (d *depmodRun) hasModuleExt(name string) bool {
+func (d *generation) hasModuleExt(name string) bool {
 	for _, ext := range d.opts.exts {
 		if len(name) > len(ext) && strings.HasSuffix(name, ext) {
 			return true
@@ -435,7 +496,7 @@ const pathMax = 4096
 // applyOrder is depmod_modules_sort: the modules listed in modules.order
 // come first, in its order (a later duplicate line wins); a line without
 // its newline stops the sort altogether.
-func (d *depmodRun) applyOrder() {
+func (d *generation) applyOrder() {
 	data, err := fs.ReadFile(d.root, d.moddir+"/modules.order")
 	if err != nil {
 		d.warnf("could not open modules.order at %s: %v", d.display(d.dirname), unwrapPathError(err))
@@ -484,14 +545,14 @@ func unwrapPathError(err error) error {
 }
 
 // scan reads every module, on GOMAXPROCS goroutines.
-func (d *depmodRun) scan() error {
+func (d *generation) scan() error {
 	n := len(d.mods)
 	errs := make([]error, n)
 	var next atomic.Int64
 	var failed atomic.Bool
 	host, isHost := d.root.(hostFS)
 	work := func() {
-		w := &depmodScanner{wantCRC: d.opts.symvers != nil}
+		w := &scanner{wantCRC: d.opts.symvers != nil}
 		for !failed.Load() {
 			i := int(next.Add(1) - 1)
 			if i >= n {
@@ -531,7 +592,7 @@ func (d *depmodRun) scan() error {
 
 // scanFS reads a module through the fs.FS: piecewise when its files can
 // read at offsets, else whole.
-func (d *depmodRun) scanFS(w *depmodScanner, name string) (*depmodFacts, error) {
+func (d *generation) scanFS(w *scanner, name string) (*depmodFacts, error) {
 	f, err := d.root.Open(name)
 	if err != nil {
 		return nil, unwrapPathError(err)
@@ -547,7 +608,7 @@ func (d *depmodRun) scanFS(w *depmodScanner, name string) (*depmodFacts, error) 
 		}
 		return w.scanReaderAt(ra, st.Size())
 	}
-	data, err := io.ReadAll(io.LimitReader(f, MaxModuleSize+1))
+	data, err := io.ReadAll(io.LimitReader(f, modfile.MaxSize+1))
 	if err != nil {
 		return nil, unwrapPathError(err)
 	}
@@ -586,9 +647,9 @@ func (t *symbolTable) find(name string) *depmodSymbol {
 }
 
 // loadSymbols fills the symbol table: Module.symvers's vmlinux rows (with
-// WithDepmodSymvers) and kmod's fake symbols, then each module's exports
+// WithSymvers) and kmod's fake symbols, then each module's exports
 // in module order.
-func (d *depmodRun) loadSymbols() *symbolTable {
+func (d *generation) loadSymbols() *symbolTable {
 	n := 0
 	for _, m := range d.mods {
 		n += len(m.facts.exports)
@@ -610,7 +671,7 @@ func (d *depmodRun) loadSymbols() *symbolTable {
 }
 
 // loadSymvers is depmod_load_symvers: "0xCRC SYMBOL vmlinux …" rows.
-func (d *depmodRun) loadSymvers(t *symbolTable) {
+func (d *generation) loadSymvers(t *symbolTable) {
 	fgetsChunks(d.opts.symvers, 10240, func(line []byte) {
 		f := strings.FieldsFunc(string(line), func(r rune) bool { return r == ' ' || r == '\t' })
 		if len(f) < 3 || f[2] != "vmlinux" {
@@ -685,7 +746,7 @@ func hexDigit(c byte) int {
 
 // loadDependencies turns each module's needed symbols into dependencies on
 // their exporters (depmod_load_dependencies).
-func (d *depmodRun) loadDependencies(t *symbolTable) {
+func (d *generation) loadDependencies(t *symbolTable) {
 	check := d.opts.symvers != nil
 	stamp := make([]int32, len(d.mods))
 	for i, m := range d.mods {
@@ -713,7 +774,7 @@ func (d *depmodRun) loadDependencies(t *symbolTable) {
 // sortDependencies is depmod_calculate_dependencies: a topological order
 // (Kahn's algorithm with a LIFO stack of modules nobody uses, seeded in
 // module order) that lists users before the modules they need.
-func (d *depmodRun) sortDependencies() error {
+func (d *generation) sortDependencies() error {
 	n := len(d.mods)
 	users := make([]int, n)
 	roots := make([]int32, 0, n)
@@ -744,7 +805,7 @@ func (d *depmodRun) sortDependencies() error {
 
 // cycleError names the modules Kahn's algorithm could not order and one
 // cycle among them.
-func (d *depmodRun) cycleError(users []int) error {
+func (d *generation) cycleError(users []int) error {
 	var left []string
 	inLeft := make([]bool, len(d.mods))
 	for i, u := range users {
@@ -793,7 +854,7 @@ func (d *depmodRun) cycleError(users []int) error {
 		strings.Join(cycle, " -> "), len(left), strings.Join(left, " "))
 }
 
-// hostFS is a host folder as an fs.FS for Depmod: folders are listed in
+// hostFS is a host folder as an fs.FS for Write: folders are listed in
 // readdir order (not sorted), as kmod lists them, and modules are read by
 // path with pread.
 type hostFS struct{ dir, display string }

@@ -1,4 +1,4 @@
-package kmod
+package depmod
 
 import (
 	"bytes"
@@ -7,6 +7,7 @@ import (
 	"io"
 
 	"github.com/kmodctl/packer-plugin-kmod/compress"
+	"github.com/kmodctl/packer-plugin-kmod/kmod/internal/modfile"
 )
 
 // This file reads what depmod needs from a module, with kmod 30's rules
@@ -47,9 +48,9 @@ type depmodFacts struct {
 	depCRCs []uint64
 }
 
-// depmodScanner reads modules for depmod; one per goroutine, as it keeps
+// scanner reads modules for depmod; one per goroutine, as it keeps
 // buffers from one module to the next.
-type depmodScanner struct {
+type scanner struct {
 	wantCRC bool
 	// Indexes of strings in the scratch name buffer.
 	aliases, softdeps, exports, depNames []int
@@ -63,15 +64,15 @@ type depmodScanner struct {
 	visited  []bool
 }
 
-func (w *depmodScanner) reset() {
+func (w *scanner) reset() {
 	w.aliases, w.softdeps, w.exports, w.depNames = w.aliases[:0], w.softdeps[:0], w.exports[:0], w.depNames[:0]
 	w.depWeak, w.exportCRCs, w.depCRCs = w.depWeak[:0], w.exportCRCs[:0], w.depCRCs[:0]
 	w.verNames, w.verEnds, w.visited = w.verNames[:0], w.verEnds[:0], w.visited[:0]
 }
 
 // scanFile reads the module at a host path.
-func (w *depmodScanner) scanFile(path string) (*depmodFacts, error) {
-	f, size, err := openModuleFile(path)
+func (w *scanner) scanFile(path string) (*depmodFacts, error) {
+	f, size, err := modfile.OpenFile(path)
 	if err != nil {
 		return nil, err
 	}
@@ -81,46 +82,46 @@ func (w *depmodScanner) scanFile(path string) (*depmodFacts, error) {
 
 // scanReaderAt reads a size-byte module through r: an uncompressed one
 // piecewise, a compressed one whole.
-func (w *depmodScanner) scanReaderAt(r io.ReaderAt, size int64) (*depmodFacts, error) {
+func (w *scanner) scanReaderAt(r io.ReaderAt, size int64) (*depmodFacts, error) {
 	if size == 0 {
-		return nil, ErrEmpty
+		return nil, modfile.ErrEmpty
 	}
-	if size > MaxModuleSize {
-		return nil, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, size, MaxModuleSize)
+	if size > modfile.MaxSize {
+		return nil, fmt.Errorf("%w: %d bytes, the limit is %d", modfile.ErrTooLarge, size, modfile.MaxSize)
 	}
-	sc := getScratch()
-	defer putScratch(sc)
-	src := &fileSource{r: r, size: uint64(size), sc: sc}
+	sc := modfile.GetScratch()
+	defer modfile.PutScratch(sc)
+	src := modfile.NewFileSource(r, uint64(size), sc)
 	var err error
 	if size <= wholeRead {
 		// One read costs less than the five a piecewise parse makes.
-		data := sc.alloc(uint64(size))
-		if err := src.read(data, 0); err != nil {
+		data := sc.Alloc(uint64(size))
+		if err := src.ReadFull(data, 0); err != nil {
 			return nil, err
 		}
 		if c := compress.Detect(data); c != compress.None {
-			if data, err = decompressModule(data, c); err != nil {
+			if data, err = modfile.Decompress(data, c); err != nil {
 				return nil, err
 			}
 		}
-		return w.scanELF(memSource(data), uint64(len(data)), sc)
+		return w.scanELF(modfile.MemSource(data), uint64(len(data)), sc)
 	}
-	if src.head, err = src.readAt(0, min(uint64(size), 64)); err != nil {
+	if src.Head, err = src.ReadRange(0, min(uint64(size), 64)); err != nil {
 		return nil, err
 	}
-	if c := compress.Detect(src.head); c != compress.None {
+	if c := compress.Detect(src.Head); c != compress.None {
 		raw := make([]byte, size)
-		if err := src.read(raw, 0); err != nil {
+		if err := src.ReadFull(raw, 0); err != nil {
 			return nil, err
 		}
-		data, err := decompressModule(raw, c)
+		data, err := modfile.Decompress(raw, c)
 		if err != nil {
 			return nil, err
 		}
-		return w.scanELF(memSource(data), uint64(len(data)), sc)
+		return w.scanELF(modfile.MemSource(data), uint64(len(data)), sc)
 	}
-	src.tailOff = tailStart(src.head, uint64(size))
-	if src.tail, err = src.readAt(src.tailOff, uint64(size)-src.tailOff); err != nil {
+	src.TailOff = modfile.TailStart(src.Head, uint64(size))
+	if src.Tail, err = src.ReadRange(src.TailOff, uint64(size)-src.TailOff); err != nil {
 		return nil, err
 	}
 	return w.scanELF(src, uint64(size), sc)
@@ -130,37 +131,37 @@ func (w *depmodScanner) scanReaderAt(r io.ReaderAt, size int64) (*depmodFacts, e
 const wholeRead = 32 << 10
 
 // scanBytes reads a module held in memory (plain or compressed).
-func (w *depmodScanner) scanBytes(data []byte) (*depmodFacts, error) {
+func (w *scanner) scanBytes(data []byte) (*depmodFacts, error) {
 	if len(data) == 0 {
-		return nil, ErrEmpty
+		return nil, modfile.ErrEmpty
 	}
 	if c := compress.Detect(data); c != compress.None {
 		var err error
-		if data, err = decompressModule(data, c); err != nil {
+		if data, err = modfile.Decompress(data, c); err != nil {
 			return nil, err
 		}
-	} else if len(data) > MaxModuleSize {
-		return nil, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, len(data), MaxModuleSize)
+	} else if len(data) > modfile.MaxSize {
+		return nil, fmt.Errorf("%w: %d bytes, the limit is %d", modfile.ErrTooLarge, len(data), modfile.MaxSize)
 	}
-	sc := getScratch()
-	defer putScratch(sc)
-	return w.scanELF(memSource(data), uint64(len(data)), sc)
+	sc := modfile.GetScratch()
+	defer modfile.PutScratch(sc)
+	return w.scanELF(modfile.MemSource(data), uint64(len(data)), sc)
 }
 
-func (w *depmodScanner) scanELF(src source, size uint64, sc *scratch) (*depmodFacts, error) {
+func (w *scanner) scanELF(src modfile.Source, size uint64, sc *modfile.Scratch) (*depmodFacts, error) {
 	w.reset()
-	e, err := openELF(src, size, "end of file")
+	e, err := modfile.OpenELF(src, size, "end of file")
 	if err != nil {
 		return nil, err
 	}
 	modinfo, strtab, symtab, versions, ksymStrings := -1, -1, -1, -1, -1
-	for i := 1; i < e.shnum; i++ {
-		s, err := e.namedSection(i)
-		if err != nil || e.check(s, "") != nil {
+	for i := 1; i < e.Shnum; i++ {
+		s, err := e.NamedSection(i)
+		if err != nil || e.Check(s, "") != nil {
 			continue // kmod skips sections it cannot name or read
 		}
 		var slot *int
-		switch string(s.name) {
+		switch string(s.Name) {
 		case ".modinfo":
 			slot = &modinfo
 		case ".strtab":
@@ -179,7 +180,7 @@ func (w *depmodScanner) scanELF(src source, size uint64, sc *scratch) (*depmodFa
 		}
 	}
 	if modinfo >= 0 {
-		b, err := e.data(e.section(modinfo))
+		b, err := e.Data(e.Section(modinfo))
 		if err != nil {
 			return nil, err
 		}
@@ -189,11 +190,11 @@ func (w *depmodScanner) scanELF(src source, size uint64, sc *scratch) (*depmodFa
 	// __versions: 64-byte entries, a CRC of the word size, then the name.
 	var vers []byte
 	crcLen := 4
-	if e.is64 {
+	if e.Is64 {
 		crcLen = 8
 	}
 	if versions >= 0 {
-		if vers, err = e.data(e.section(versions)); err != nil {
+		if vers, err = e.Data(e.Section(versions)); err != nil {
 			return nil, err
 		}
 		if len(vers)%64 != 0 {
@@ -206,8 +207,8 @@ func (w *depmodScanner) scanELF(src source, size uint64, sc *scratch) (*depmodFa
 
 	exportsFallback, depsValid := true, false
 	if symtab >= 0 && strtab >= 0 {
-		symSec, strSec := e.section(symtab), e.section(strtab)
-		syms, strs, err := e.data2(symSec, strSec)
+		symSec, strSec := e.Section(symtab), e.Section(strtab)
+		syms, strs, err := e.Data2(symSec, strSec)
 		if err != nil {
 			return nil, err
 		}
@@ -218,12 +219,12 @@ func (w *depmodScanner) scanELF(src source, size uint64, sc *scratch) (*depmodFa
 	if exportsFallback {
 		w.exports, w.exportCRCs = w.exports[:0], w.exportCRCs[:0]
 		if ksymStrings >= 0 {
-			b, err := e.data(e.section(ksymStrings))
+			b, err := e.Data(e.Section(ksymStrings))
 			if err != nil {
 				return nil, err
 			}
 			forEachCString(b, func(s []byte) {
-				w.exports = append(w.exports, sc.add(s))
+				w.exports = append(w.exports, sc.Add(s))
 				w.exportCRCs = append(w.exportCRCs, 0)
 			})
 		}
@@ -235,17 +236,17 @@ func (w *depmodScanner) scanELF(src source, size uint64, sc *scratch) (*depmodFa
 				continue
 			}
 			ent := vers[i*64:]
-			w.depNames = append(w.depNames, sc.add(cbytes(ent[crcLen:])))
+			w.depNames = append(w.depNames, sc.Add(modfile.CBytes(ent[crcLen:])))
 			w.depWeak = append(w.depWeak, false)
 			w.depCRCs = append(w.depCRCs, versionCRC(e, ent, crcLen))
 		}
 	}
 
-	all := string(sc.names)
+	all := string(sc.Names)
 	f := &depmodFacts{
-		aliases:  sc.list(all, w.aliases),
-		softdeps: sc.list(all, w.softdeps),
-		exports:  sc.list(all, w.exports),
+		aliases:  sc.List(all, w.aliases),
+		softdeps: sc.List(all, w.softdeps),
+		exports:  sc.List(all, w.exports),
 	}
 	if w.wantCRC && len(w.exportCRCs) > 0 {
 		f.exportCRCs = append([]uint64(nil), w.exportCRCs...)
@@ -253,7 +254,7 @@ func (w *depmodScanner) scanELF(src source, size uint64, sc *scratch) (*depmodFa
 	if len(w.depNames) > 0 {
 		f.deps = make([]depSym, len(w.depNames))
 		for i, n := range w.depNames {
-			f.deps[i] = depSym{name: sc.get(all, n), weak: w.depWeak[i]}
+			f.deps[i] = depSym{name: sc.Get(all, n), weak: w.depWeak[i]}
 		}
 		if w.wantCRC {
 			f.depCRCs = append([]uint64(nil), w.depCRCs...)
@@ -262,16 +263,16 @@ func (w *depmodScanner) scanELF(src source, size uint64, sc *scratch) (*depmodFa
 	return f, nil
 }
 
-func versionCRC(e *elfFile, ent []byte, crcLen int) uint64 {
+func versionCRC(e *modfile.ELF, ent []byte, crcLen int) uint64 {
 	if crcLen == 8 {
-		return e.bo.Uint64(ent)
+		return e.ByteOrder.Uint64(ent)
 	}
-	return uint64(e.bo.Uint32(ent))
+	return uint64(e.ByteOrder.Uint32(ent))
 }
 
 // readModinfo keeps the alias= and softdep= values of .modinfo, split the
 // way kmod_elf_get_strings splits it.
-func (w *depmodScanner) readModinfo(b []byte, sc *scratch) {
+func (w *scanner) readModinfo(b []byte, sc *modfile.Scratch) {
 	forEachCString(b, func(s []byte) {
 		// The key runs up to the first '='; without one the value is empty.
 		key, val := s, []byte(nil)
@@ -280,9 +281,9 @@ func (w *depmodScanner) readModinfo(b []byte, sc *scratch) {
 		}
 		switch string(key) {
 		case "alias":
-			w.aliases = append(w.aliases, sc.add(val))
+			w.aliases = append(w.aliases, sc.Add(val))
 		case "softdep":
-			w.softdeps = append(w.softdeps, sc.add(val))
+			w.softdeps = append(w.softdeps, sc.Add(val))
 		}
 	})
 }
@@ -315,10 +316,10 @@ func forEachCString(b []byte, f func([]byte)) {
 
 // indexVersions fills the table from __versions names to their first
 // entry.
-func (w *depmodScanner) indexVersions(vers []byte, crcLen int) {
+func (w *scanner) indexVersions(vers []byte, crcLen int) {
 	n := len(vers) / 64
 	for off := 0; off < len(vers); off += 64 {
-		w.verNames = append(w.verNames, cbytes(vers[off+crcLen:])...)
+		w.verNames = append(w.verNames, modfile.CBytes(vers[off+crcLen:])...)
 		w.verEnds = append(w.verEnds, len(w.verNames))
 	}
 	w.visited = append(w.visited, make([]bool, n)...)
@@ -348,7 +349,7 @@ func (w *depmodScanner) indexVersions(vers []byte, crcLen int) {
 	}
 }
 
-func (w *depmodScanner) verName(i int) []byte {
+func (w *scanner) verName(i int) []byte {
 	start := 0
 	if i > 0 {
 		start = w.verEnds[i-1]
@@ -357,7 +358,7 @@ func (w *depmodScanner) verName(i int) []byte {
 }
 
 // findVersion is the first __versions entry named name, or -1.
-func (w *depmodScanner) findVersion(name []byte) int {
+func (w *scanner) findVersion(name []byte) int {
 	mask := uint32(len(w.verSlots) - 1)
 	for h := fnv32(name) & mask; ; h = (h + 1) & mask {
 		j := int(w.verSlots[h]) - 1
@@ -382,19 +383,19 @@ const stRegister = 13 // STT_REGISTER of SPARC
 // dependency symbols (undefined ones). It reports whether the exports must
 // come from __ksymtab_strings instead and whether kmod would accept the
 // dependency symbols at all.
-func (w *depmodScanner) readSymtab(e *elfFile, syms, strs, vers []byte, crcLen int, sc *scratch) (exportsFallback, depsValid bool, err error) {
-	entsize := sym32Size
-	if e.is64 {
-		entsize = sym64Size
+func (w *scanner) readSymtab(e *modfile.ELF, syms, strs, vers []byte, crcLen int, sc *modfile.Scratch) (exportsFallback, depsValid bool, err error) {
+	entsize := modfile.Sym32Size
+	if e.Is64 {
+		entsize = modfile.Sym64Size
 	}
 	if len(syms)%entsize != 0 {
 		return true, false, nil
 	}
-	sparc := e.mach == elf.EM_SPARC || e.mach == elf.EM_SPARCV9
+	sparc := e.Machine == elf.EM_SPARC || e.Machine == elf.EM_SPARCV9
 	badName, badUndefName := false, false
 	count := len(syms) / entsize
 	for i := 1; i < count; i++ {
-		nameOff, info, shndx, value := e.symbol(syms, i)
+		nameOff, info, shndx, value := e.Symbol(syms, i)
 		undef := shndx == uint16(elf.SHN_UNDEF) && !(sparc && info&0xf == stRegister)
 		if uint64(nameOff) >= uint64(len(strs)) {
 			badName = true
@@ -408,7 +409,7 @@ func (w *depmodScanner) readSymtab(e *elfFile, syms, strs, vers []byte, crcLen i
 		if !undef && !isCRC {
 			continue // most symbols: defined, not a CRC
 		}
-		name := cbytes(rest)
+		name := modfile.CBytes(rest)
 		if undef {
 			if len(name) == 0 {
 				continue
@@ -420,13 +421,13 @@ func (w *depmodScanner) readSymtab(e *elfFile, syms, strs, vers []byte, crcLen i
 					crc = versionCRC(e, vers[int(vi)*64:], crcLen)
 				}
 			}
-			w.depNames = append(w.depNames, sc.add(name))
+			w.depNames = append(w.depNames, sc.Add(name))
 			w.depWeak = append(w.depWeak, elf.SymBind(info>>4) == elf.STB_WEAK)
 			w.depCRCs = append(w.depCRCs, crc)
 			// An undefined __crc_ symbol still counts as an export below.
 		}
 		if isCRC && len(name) >= 6 {
-			w.exports = append(w.exports, sc.add(name[6:]))
+			w.exports = append(w.exports, sc.Add(name[6:]))
 			if w.wantCRC {
 				crc, err := resolveCRC(e, value, shndx)
 				if err != nil {
@@ -445,16 +446,16 @@ func (w *depmodScanner) readSymtab(e *elfFile, syms, strs, vers []byte, crcLen i
 // resolveCRC is kmod_elf_resolve_crc: the value of an absolute or
 // undefined __crc_ symbol, else the 32-bit word it points at; all ones
 // when it points nowhere.
-func resolveCRC(e *elfFile, value uint64, shndx uint16) (uint64, error) {
+func resolveCRC(e *modfile.ELF, value uint64, shndx uint16) (uint64, error) {
 	if shndx == uint16(elf.SHN_ABS) || shndx == uint16(elf.SHN_UNDEF) {
 		return value, nil
 	}
-	b, err := e.symbolData(symRef{shndx: uint32(shndx), value: value}, 4)
+	b, err := e.SymbolData(modfile.SymRef{Shndx: uint32(shndx), Value: value}, 4)
 	if err != nil {
 		return 0, err
 	}
 	if len(b) < 4 {
 		return ^uint64(0), nil
 	}
-	return uint64(e.bo.Uint32(b)), nil
+	return uint64(e.ByteOrder.Uint32(b)), nil
 }
