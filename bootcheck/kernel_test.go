@@ -3,7 +3,6 @@ package bootcheck
 import (
 	"bytes"
 	"context"
-	"io"
 	"math/rand"
 	"os"
 	"os/exec"
@@ -260,25 +259,6 @@ func mountFixture(t testing.TB) (string, *diskimage.Tracker) {
 	return dir, tr
 }
 
-func copyFile(t testing.TB, src, dst string) {
-	t.Helper()
-	in, err := os.Open(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Close()
-	out, err := os.Create(dst)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		t.Fatal(err)
-	}
-	if err := out.Close(); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // fixtureKernel finds the fixture image's kernel and root= the way the
 // builder does (mounted image, FindKernels, RootArg), checks them, copies
 // the kernel and initrd out and unmounts.
@@ -304,8 +284,8 @@ func fixtureKernel(t testing.TB) (Kernel, string) {
 	}
 	out := t.TempDir()
 	k := Kernel{Release: kver, Vmlinuz: filepath.Join(out, "vmlinuz"), Initrd: filepath.Join(out, "initrd.img")}
-	copyFile(t, ks[0].Vmlinuz, k.Vmlinuz)
-	copyFile(t, ks[0].Initrd, k.Initrd)
+	fixture.CopyFile(t, ks[0].Vmlinuz, k.Vmlinuz)
+	fixture.CopyFile(t, ks[0].Initrd, k.Initrd)
 	if _, err := tr.Release(); err != nil {
 		t.Fatal(err)
 	}
