@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kmodctl/packer-plugin-kmod/internal/shquote"
 )
 
 // Loop is a loop device attached to a byte range of an image file.
@@ -170,7 +172,7 @@ func CleanupCommands(loops []LoopInfo) string {
 		}
 		sortDeepestFirst(ms)
 		for _, m := range ms {
-			fmt.Fprintf(&b, "umount -R %s\n", shellQuote(m))
+			fmt.Fprintf(&b, "umount -R %s\n", shquote.Quote(m))
 		}
 	}
 	for _, l := range loops {
@@ -220,13 +222,6 @@ func runCmd(ctx context.Context, name string, args ...string) (string, error) {
 		return out.String(), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, msg)
 	}
 	return out.String(), nil
-}
-
-func shellQuote(s string) string {
-	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-+=:") == "" {
-		return s
-	}
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // Holders says who keeps a block device busy: processes with it open and

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
+
+	"github.com/kmodctl/packer-plugin-kmod/internal/shquote"
 )
 
 // target runs commands and moves files on the image through the Packer
@@ -140,12 +142,8 @@ func firstLine(s string) string {
 	return s
 }
 
-func shQuote(s string) string {
-	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./=:@+,") == "" {
-		return s
-	}
-	return "'" + strings.ReplaceAll(s, "'", `'"'"'`) + "'"
-}
+// shQuote quotes s for the target's /bin/sh (shquote.Quote).
+func shQuote(s string) string { return shquote.Quote(s) }
 
 // lineWriter sends complete lines to say.
 type lineWriter struct {
