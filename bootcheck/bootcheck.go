@@ -74,14 +74,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/kmodctl/packer-plugin-kmod/diskimage"
@@ -501,7 +499,15 @@ func noBootloader(image string, bi bootInfo) error {
 // raw images, with qemu-img convert otherwise.
 func throwawayCopy(ctx context.Context, image, format, dst string) error {
 	if format == "raw" {
-		return sparseCopy(ctx, image, dst)
+		out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return err
+		}
+		if err := diskimage.SparseCopy(ctx, out, image, nil); err != nil {
+			out.Close()
+			return err
+		}
+		return out.Close()
 	}
 	var stderr bytes.Buffer
 	cmd := exec.CommandContext(ctx, "qemu-img", "convert", "-f", format, "-O", "raw", image, dst)
@@ -511,73 +517,6 @@ func throwawayCopy(ctx context.Context, image, format, dst string) error {
 			return ctx.Err()
 		}
 		return fmt.Errorf("qemu-img convert: %w: %s", err, strings.TrimSpace(stderr.String()))
-	}
-	return nil
-}
-
-// Linux lseek whences.
-const (
-	seekData = 3
-	seekHole = 4
-)
-
-// sparseCopy copies src to the new file dst, skipping src's holes
-// (SEEK_DATA/SEEK_HOLE) and all-zero megabytes, so the copy takes only the
-// room of the data.
-func sparseCopy(ctx context.Context, src, dst string) (err error) {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	st, err := in.Stat()
-	if err != nil {
-		return err
-	}
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if cerr := out.Close(); cerr != nil && err == nil {
-			err = cerr
-		}
-	}()
-	size := st.Size()
-	if err := out.Truncate(size); err != nil {
-		return err
-	}
-	const chunk = 1 << 20
-	buf, zero := make([]byte, chunk), make([]byte, chunk)
-	for off := int64(0); off < size; {
-		data, err := in.Seek(off, seekData)
-		hole := size
-		switch {
-		case errors.Is(err, syscall.ENXIO):
-			return nil // only a hole is left
-		case err != nil:
-			data = off // no SEEK_DATA: read everything
-		default:
-			if h, err := in.Seek(data, seekHole); err == nil {
-				hole = h
-			}
-		}
-		for p := data; p < hole; {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			n := int(min(int64(chunk), hole-p))
-			if _, err := in.ReadAt(buf[:n], p); err != nil && !(err == io.EOF && p+int64(n) >= size) {
-				return err
-			}
-			if !bytes.Equal(buf[:n], zero[:n]) {
-				if _, err := out.WriteAt(buf[:n], p); err != nil {
-					return err
-				}
-			}
-			p += int64(n)
-		}
-		off = hole
 	}
 	return nil
 }
