@@ -82,6 +82,8 @@ import (
 	"strings"
 	"time"
 
+	securejoin "github.com/cyphar/filepath-securejoin"
+
 	"github.com/kmodctl/packer-plugin-kmod/diskimage"
 	"github.com/kmodctl/packer-plugin-kmod/internal/qemu"
 )
@@ -637,25 +639,10 @@ func writeProbeUnit(root, nonce string) error {
 // root, following the image's symbolic links inside it, and returns its
 // host path.
 func mkdirIn(root, p string) (string, error) {
-	cur := "/"
-	host := root
-	for _, c := range strings.Split(strings.Trim(p, "/"), "/") {
-		cur = filepath.Join(cur, c)
-		h, err := resolveIn(root, cur)
-		if errors.Is(err, os.ErrNotExist) {
-			h = filepath.Join(host, c)
-			if err = os.Mkdir(h, 0o755); err != nil {
-				return "", err
-			}
-		} else if err != nil {
-			return "", err
-		}
-		if st, err := os.Stat(h); err != nil || !st.IsDir() {
-			return "", fmt.Errorf("%s in the image is not a directory", cur)
-		}
-		host = h
+	if err := securejoin.MkdirAll(root, p, 0o755); err != nil {
+		return "", fmt.Errorf("make %s in the image: %w", p, err)
 	}
-	return host, nil
+	return securejoin.SecureJoin(root, p)
 }
 
 // ovmfPairs are UEFI firmware code and variable store images as

@@ -1,8 +1,6 @@
 package bootcheck
 
 import (
-	"bufio"
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -11,9 +9,10 @@ import (
 	"path"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"syscall"
+
+	securejoin "github.com/cyphar/filepath-securejoin"
 
 	"github.com/kmodctl/packer-plugin-kmod/diskimage"
 	"github.com/kmodctl/packer-plugin-kmod/kmod"
@@ -44,6 +43,10 @@ type Kernel struct {
 // image (/boot/vmlinuz-x -> /boot/real) points into root, never at the
 // host. No kernel at all is not an error: the list is empty.
 func FindKernels(root string) ([]Kernel, error) {
+	root, err := filepath.Abs(root)
+	if err != nil {
+		return nil, fmt.Errorf("find kernels: %w", err)
+	}
 	st, err := os.Stat(root)
 	if err != nil {
 		return nil, fmt.Errorf("find kernels: %w", err)
@@ -123,10 +126,11 @@ func skipRelease(rel string) bool {
 	return false
 }
 
-// listDirIn lists the names in the image directory p; a missing p (or one
-// that is not a directory) lists nothing.
+// listDirIn lists the names in the image directory p (symbolic links
+// resolved inside root); a missing p (or one that is not a directory) lists
+// nothing.
 func listDirIn(root, p string) ([]string, error) {
-	h, err := resolveIn(root, p)
+	h, err := securejoin.SecureJoin(root, p)
 	if err == nil {
 		var es []os.DirEntry
 		if es, err = os.ReadDir(h); err == nil {
@@ -143,10 +147,11 @@ func listDirIn(root, p string) ([]string, error) {
 	return nil, err
 }
 
-// regularIn resolves p inside root and reports whether it is a non-empty
-// regular file.
+// regularIn resolves p inside root (symbolic links followed, absolute
+// targets and ".." never leaving root) and reports whether it is a
+// non-empty regular file.
 func regularIn(root, p string) (string, bool) {
-	h, err := resolveIn(root, p)
+	h, err := securejoin.SecureJoin(root, p)
 	if err != nil {
 		return "", false
 	}
@@ -155,61 +160,6 @@ func regularIn(root, p string) (string, bool) {
 		return "", false
 	}
 	return h, true
-}
-
-// errLoop reports too many symbolic links while resolving a path.
-var errLoop = errors.New("too many levels of symbolic links")
-
-// resolveIn resolves the absolute image path p inside the tree at root, as
-// if root were "/": symbolic links are followed, absolute targets and ".."
-// never leave root. It returns the host path of p's final target; the error
-// wraps os.ErrNotExist when a component is missing.
-func resolveIn(root, p string) (string, error) {
-	parts := strings.Split(p, "/")
-	var cur []string
-	hops := 0
-	for len(parts) > 0 {
-		c := parts[0]
-		parts = parts[1:]
-		switch c {
-		case "", ".":
-			continue
-		case "..":
-			if len(cur) > 0 {
-				cur = cur[:len(cur)-1]
-			}
-			continue
-		}
-		host := filepath.Join(root, filepath.Join(cur...), c)
-		st, err := os.Lstat(host)
-		if err != nil {
-			return "", err
-		}
-		if st.Mode()&os.ModeSymlink == 0 {
-			if len(parts) > 0 && !st.IsDir() {
-				// A file in the middle of the path.
-				for _, r := range parts {
-					if r != "" && r != "." {
-						return "", &os.PathError{Op: "resolve", Path: host, Err: syscall.ENOTDIR}
-					}
-				}
-			}
-			cur = append(cur, c)
-			continue
-		}
-		if hops++; hops > 40 {
-			return "", &os.PathError{Op: "resolve", Path: p, Err: errLoop}
-		}
-		t, err := os.Readlink(host)
-		if err != nil {
-			return "", err
-		}
-		if strings.HasPrefix(t, "/") {
-			cur = nil
-		}
-		parts = append(strings.Split(t, "/"), parts...)
-	}
-	return filepath.Join(root, filepath.Join(cur...)), nil
 }
 
 // RootArg returns the root= value that boots the image mounted at root: the
@@ -236,35 +186,31 @@ func RootArg(root, fallbackUUID string) (string, error) {
 		}
 		return "UUID=" + u, nil
 	}
-	fstab, err := resolveIn(root, "/etc/fstab")
+	root, err := filepath.Abs(root)
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return fallback("no /etc/fstab in the image")
-		}
 		return "", fmt.Errorf("root=: %w", err)
 	}
-	data, err := os.ReadFile(fstab)
+	fstab, err := securejoin.SecureJoin(root, "/etc/fstab")
 	if err != nil {
 		return "", fmt.Errorf("root=: %w", err)
+	}
+	f, err := os.Open(fstab)
+	if errors.Is(err, os.ErrNotExist) {
+		return fallback("no /etc/fstab in the image")
+	}
+	if err != nil {
+		return "", fmt.Errorf("root=: %w", err)
+	}
+	entries, err := diskimage.ParseFstab(f)
+	f.Close()
+	if err != nil && !errors.Is(err, diskimage.ErrBadFstabLine) {
+		return "", fmt.Errorf("root=: read %s: %w", fstab, err)
 	}
 	spec, line := "", 0
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for n := 1; sc.Scan(); n++ {
-		l := strings.TrimSpace(sc.Text())
-		if l == "" || strings.HasPrefix(l, "#") {
-			continue
+	for _, e := range entries {
+		if path.Clean(e.File) == "/" {
+			spec, line = e.Spec, e.Line
 		}
-		f := strings.Fields(l)
-		if len(f) < 2 {
-			continue
-		}
-		if mp := path.Clean(unescapeFstab(f[1])); mp == "/" {
-			spec, line = unescapeFstab(f[0]), n
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return "", fmt.Errorf("root=: read %s: %w", fstab, err)
 	}
 	if spec == "" {
 		return fallback("/etc/fstab has no entry for /")
@@ -307,25 +253,6 @@ func unquote(s string) string {
 		return s[1 : len(s)-1]
 	}
 	return s
-}
-
-// unescapeFstab decodes fstab's octal escapes (\040 for a space).
-func unescapeFstab(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // checkCmdlineValue refuses what cannot be one kernel command line word.

@@ -135,10 +135,12 @@ func TestFindKernelsSynthetic(t *testing.T) {
 	}
 }
 
-func TestResolveIn(t *testing.T) {
+// TestResolveInside: image paths resolve inside the tree (securejoin), as
+// if it were "/".
+func TestResolveInside(t *testing.T) {
 	root := t.TempDir()
 	writeTree(t, root, map[string]string{
-		"etc/real/file": "",
+		"etc/real/file": "x",
 		"etc/abs":       "->/etc/real",
 		"etc/rel":       "->real",
 		"etc/up":        "->../../../../etc/real",
@@ -146,26 +148,31 @@ func TestResolveIn(t *testing.T) {
 		"loop2":         "->loop1",
 	})
 	for p, want := range map[string]string{
-		"/etc/abs/file":    "etc/real/file",
-		"/etc/rel/file":    "etc/real/file",
-		"/etc/up/file":     "etc/real/file",
-		"/../../etc/abs":   "etc/real",
-		"etc/./rel/../abs": "etc/real",
+		"/etc/abs/file":         "etc/real/file",
+		"/etc/rel/file":         "etc/real/file",
+		"/etc/up/file":          "etc/real/file",
+		"/../../etc/abs/file":   "etc/real/file",
+		"etc/./rel/../abs/file": "etc/real/file",
 	} {
-		h, err := resolveIn(root, p)
-		if err != nil {
-			t.Errorf("%s: %v", p, err)
-			continue
-		}
-		if h != filepath.Join(root, want) {
-			t.Errorf("%s: %s, want %s", p, h, want)
+		if h, ok := regularIn(root, p); !ok || h != filepath.Join(root, want) {
+			t.Errorf("regularIn(%s) = %s, %v; want %s", p, h, ok, want)
 		}
 	}
-	if _, err := resolveIn(root, "/loop1/x"); err == nil || !strings.Contains(err.Error(), "symbolic links") {
-		t.Errorf("link loop: %v", err)
+	for _, p := range []string{"/loop1/x", "/etc/missing", "/etc/real/file/x", "/etc/abs"} {
+		if h, ok := regularIn(root, p); ok {
+			t.Errorf("regularIn(%s) = %s", p, h)
+		}
 	}
-	if _, err := resolveIn(root, "/etc/missing"); !os.IsNotExist(err) {
-		t.Errorf("missing: %v", err)
+	if names, err := listDirIn(root, "/etc/up"); err != nil || len(names) != 1 || names[0] != "file" {
+		t.Errorf("listDirIn(/etc/up) = %v, %v", names, err)
+	}
+	for _, p := range []string{"/etc/missing", "/etc/real/file"} {
+		if names, err := listDirIn(root, p); err != nil || names != nil {
+			t.Errorf("listDirIn(%s) = %v, %v; want nothing", p, names, err)
+		}
+	}
+	if _, err := listDirIn(root, "/loop1"); err == nil || !strings.Contains(err.Error(), "too many levels of symbolic links") {
+		t.Errorf("listDirIn(/loop1): %v", err)
 	}
 }
 
@@ -182,6 +189,7 @@ func TestRootArg(t *testing.T) {
 		{"by-label", "/dev/disk/by-label/root / ext4 defaults 0 0\n", "", "LABEL=root", ""},
 		{"trailing slash", "UUID=x //  ext4 defaults 0 0\n", "", "UUID=x", ""},
 		{"last wins", "UUID=old / ext4 defaults 0 0\nUUID=new / ext4 defaults 0 0\n", "", "UUID=new", ""},
+		{"line that is no entry skipped", "lonely\nUUID=x / ext4 defaults 0 0\n", "", "UUID=x", ""},
 		{"device", "/dev/sda1 / ext4 defaults 0 1\n", "f", "", "device name /dev/sda1"},
 		{"mapper", "/dev/mapper/vg-root / ext4 defaults 0 1\n", "", "", "device name /dev/mapper/vg-root"},
 		{"space", `LABEL=my\040root / ext4 defaults 0 1` + "\n", "", "", "blanks"},

@@ -19,6 +19,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	securejoin "github.com/cyphar/filepath-securejoin"
 )
 
 // CreateOptions describes a new GPT disk made from a root filesystem tree.
@@ -769,12 +771,16 @@ type createFstab struct {
 // createInspectFstab reads the tree's /etc/fstab (following symlinks inside
 // the tree) and tells whether it has an entry for "/".
 func createInspectFstab(root string) (*createFstab, error) {
-	p, err := createResolveIn(root, "/etc/fstab")
+	host, err := securejoin.SecureJoin(root, "/etc/fstab")
 	if err != nil {
 		return nil, err
 	}
+	rel, err := filepath.Rel(root, host)
+	if err != nil {
+		return nil, err
+	}
+	p := "/" + filepath.ToSlash(rel)
 	f := &createFstab{path: p, mode: 0o644}
-	host := filepath.Join(root, p)
 	fi, err := os.Lstat(host)
 	switch {
 	case err == nil:
@@ -803,9 +809,12 @@ func createInspectFstab(root string) (*createFstab, error) {
 	default:
 		return nil, err
 	}
-	for _, l := range strings.Split(string(f.old), "\n") {
-		fields := strings.Fields(l)
-		if len(fields) >= 2 && !strings.HasPrefix(fields[0], "#") && fields[1] == "/" {
+	entries, err := ParseFstab(bytes.NewReader(f.old))
+	if err != nil && !errors.Is(err, ErrBadFstabLine) {
+		return nil, fmt.Errorf("%s in the tree: %w", p, err)
+	}
+	for _, e := range entries {
+		if path.Clean(e.File) == "/" {
 			f.hasRoot = true
 		}
 	}
@@ -887,54 +896,6 @@ func createFileMode(m uint32) fs.FileMode {
 		fm |= fs.ModeSticky
 	}
 	return fm
-}
-
-// createResolveIn resolves the absolute path p inside the tree at root as
-// the tree's own system would: symlinks (absolute ones relative to root)
-// are followed, ".." stops at root. Missing components are kept as they
-// are. It returns a clean absolute path without symlinks.
-func createResolveIn(root, p string) (string, error) {
-	todo := strings.Split(strings.Trim(p, "/"), "/")
-	var cur []string
-	for links := 0; len(todo) > 0; {
-		c := todo[0]
-		todo = todo[1:]
-		switch c {
-		case "", ".":
-			continue
-		case "..":
-			if len(cur) > 0 {
-				cur = cur[:len(cur)-1]
-			}
-			continue
-		}
-		next := append(cur[:len(cur):len(cur)], c)
-		host := filepath.Join(append([]string{root}, next...)...)
-		fi, err := os.Lstat(host)
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				cur = next
-				continue
-			}
-			return "", err
-		}
-		if fi.Mode()&fs.ModeSymlink == 0 {
-			cur = next
-			continue
-		}
-		if links++; links > 40 {
-			return "", fmt.Errorf("resolve %s in %s: too many levels of symbolic links", p, root)
-		}
-		target, err := os.Readlink(host)
-		if err != nil {
-			return "", err
-		}
-		if strings.HasPrefix(target, "/") {
-			cur = nil
-		}
-		todo = append(strings.Split(target, "/"), todo...)
-	}
-	return "/" + strings.Join(cur, "/"), nil
 }
 
 // ---- processes ----
