@@ -40,7 +40,7 @@
 //
 // # Firmware mode
 //
-// The image boots through its own bootloader (HasBootloader must find one:
+// The image boots through its own bootloader (diskimage.DetectBootloader must find one:
 // BIOS boot code, or an EFI System Partition with EFI/BOOT/BOOTX64.EFI, then
 // booted with OVMF when it is installed). The kernel command line is the
 // bootloader's, so the probe goes in through a throwaway copy: the image is
@@ -451,11 +451,11 @@ func missingModules(expect, loaded []string) []string {
 func runFirmware(ctx context.Context, o Options, nonce string) (res *Result, err error) {
 	if o.Format == "raw" {
 		// Refuse early, before copying gigabytes.
-		bi, err := detectBoot(o.Image)
+		bi, err := diskimage.DetectBootloader(o.Image)
 		if err != nil {
 			return nil, fmt.Errorf("boot check: %w", err)
 		}
-		if !bi.bios && !bi.efi {
+		if !bi.Bootable() {
 			return nil, noBootloader(o.Image, bi)
 		}
 	}
@@ -472,29 +472,29 @@ func runFirmware(ctx context.Context, o Options, nonce string) (res *Result, err
 	if err := throwawayCopy(ctx, o.Image, o.Format, disk); err != nil {
 		return nil, fmt.Errorf("boot check: copy the image: %w", err)
 	}
-	bi, err := detectBoot(disk)
+	bi, err := diskimage.DetectBootloader(disk)
 	if err != nil {
 		return nil, fmt.Errorf("boot check: %w", err)
 	}
-	if !bi.bios && !bi.efi {
+	if !bi.Bootable() {
 		return nil, noBootloader(o.Image, bi)
 	}
 	if err := injectProbe(ctx, disk, tmp, nonce); err != nil {
 		return nil, fmt.Errorf("boot check: %w", err)
 	}
 	cfg := qemu.Config{Disks: []qemu.Disk{{Path: disk, Format: "raw"}}}
-	if !bi.bios {
+	if !bi.BIOS {
 		args, err := ovmfArgs(tmp)
 		if err != nil {
-			return nil, fmt.Errorf("boot check: %s: %w", bi.why, err)
+			return nil, fmt.Errorf("boot check: %s: %w", bi.Why, err)
 		}
 		cfg.Args = args
 	}
 	return boot(ctx, o, cfg, nonce)
 }
 
-func noBootloader(image string, bi bootInfo) error {
-	return fmt.Errorf("boot check: %w in %s (%s): firmware mode boots the image through its own bootloader; use direct mode (boot a kernel and initrd copied out of the image) instead", ErrNoBootloader, image, bi.why)
+func noBootloader(image string, bi diskimage.Bootloader) error {
+	return fmt.Errorf("boot check: %w in %s (%s): firmware mode boots the image through its own bootloader; use direct mode (boot a kernel and initrd copied out of the image) instead", ErrNoBootloader, image, bi.Why)
 }
 
 // throwawayCopy copies image into dst as a raw image: sparsely in Go for

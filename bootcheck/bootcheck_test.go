@@ -371,8 +371,8 @@ func TestRunFirmwareNoBootloader(t *testing.T) {
 func TestRunFirmwareCancel(t *testing.T) {
 	fixture.NeedRoot(t)
 	img := synthImage(t, map[string]string{"etc/os-release": "ID=test\n"}, false, true)
-	if ok, why, err := HasBootloader(img); err != nil || !ok {
-		t.Fatalf("HasBootloader = %v, %q, %v", ok, why, err)
+	if bl, err := diskimage.DetectBootloader(img); err != nil || !bl.Bootable() {
+		t.Fatalf("DetectBootloader = %+v, %v", bl, err)
 	}
 	before := fileSum(t, img)
 	log := filepath.Join(t.TempDir(), "console.log")
@@ -462,7 +462,7 @@ func TestRunFirmwareGRUB(t *testing.T) {
 		t.Skipf("set %s=1 to boot a GRUB-installed copy of the fixture (needs grub-pc-bin)", firmwareEnv)
 	}
 	fixture.NeedRoot(t)
-	wantTool(t, "grub-mkimage")
+	fixture.WantTools(t, "grub-mkimage")
 	const grubDir = "/usr/lib/grub/i386-pc"
 	bootImg, err := os.ReadFile(filepath.Join(grubDir, "boot.img"))
 	if err != nil {
@@ -505,8 +505,8 @@ func TestRunFirmwareGRUB(t *testing.T) {
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if ok, why, err := HasBootloader(img); err != nil || !ok {
-		t.Fatalf("HasBootloader = %v, %q, %v", ok, why, err)
+	if bl, err := diskimage.DetectBootloader(img); err != nil || !bl.Bootable() {
+		t.Fatalf("DetectBootloader = %+v, %v", bl, err)
 	}
 	before := fileSum(t, img)
 

@@ -2,7 +2,10 @@
 //
 // A word made only of characters no shell treats specially is left as it
 // is, so that logged commands stay readable; any other word is put in
-// single quotes, with each ' written as '\'' (close, escaped quote, open).
+// single quotes, each single quote in it closing the quotes, adding an
+// escaped quote and opening them again:
+//
+//	it's  ->  'it'\''s'
 package shquote
 
 import "strings"
@@ -18,7 +21,7 @@ func safe(c byte) bool {
 
 // Quote returns s as one shell word: s itself when every byte is a letter,
 // digit or one of _-./:=@%+, and s in single quotes otherwise (the empty
-// string is '').
+// string becomes a pair of single quotes).
 func Quote(s string) string {
 	if s == "" {
 		return "''"
