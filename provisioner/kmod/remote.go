@@ -12,6 +12,7 @@ import (
 
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
 
+	"github.com/kmodctl/packer-plugin-kmod/internal/linewriter"
 	"github.com/kmodctl/packer-plugin-kmod/internal/shquote"
 )
 
@@ -64,7 +65,7 @@ func (t *target) output(ctx context.Context, command string) (string, error) {
 
 // runUI runs command showing its output in the Packer UI.
 func (t *target) runUI(ctx context.Context, command string) error {
-	w := &lineWriter{say: t.ui.Message}
+	w := linewriter.New(t.ui.Message)
 	var tail tailBuffer
 	st, err := t.Run(ctx, command, io.MultiWriter(w, &tail), io.MultiWriter(w, &tail))
 	w.Flush()
@@ -144,32 +145,6 @@ func firstLine(s string) string {
 
 // shQuote quotes s for the target's /bin/sh (shquote.Quote).
 func shQuote(s string) string { return shquote.Quote(s) }
-
-// lineWriter sends complete lines to say.
-type lineWriter struct {
-	say func(string)
-	buf []byte
-}
-
-func (w *lineWriter) Write(p []byte) (int, error) {
-	w.buf = append(w.buf, p...)
-	for {
-		i := bytes.IndexByte(w.buf, '\n')
-		if i < 0 {
-			break
-		}
-		w.say(string(w.buf[:i]))
-		w.buf = w.buf[i+1:]
-	}
-	return len(p), nil
-}
-
-func (w *lineWriter) Flush() {
-	if len(w.buf) > 0 {
-		w.say(string(w.buf))
-		w.buf = nil
-	}
-}
 
 // tailBuffer keeps the last 64 KiB written.
 type tailBuffer struct{ b []byte }
