@@ -210,16 +210,7 @@ func mountFixture(t testing.TB) (string, *diskimage.Tracker) {
 	t.Helper()
 	fixture.NeedRoot(t)
 	raw := fixture.CloudImageRaw(t)
-	f, err := os.Open(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		t.Fatal(err)
-	}
-	tab, err := diskimage.ReadTable(f, st.Size())
+	tab, err := diskimage.ReadTableFile(raw)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -223,9 +223,15 @@ func TestAccInterrupt(t *testing.T) {
 	if !strings.Contains(output, "cancel") && !strings.Contains(output, "Cancel") && !strings.Contains(output, "interrupt") {
 		t.Errorf("output does not mention the cancellation:\n%s", output)
 	}
-	// The sleeps ran inside the chroot; none may survive.
+	noSleepLeft(t, "the interrupted build's chroot")
+}
+
+// noSleepLeft fails the test if a "sleep 600" started in a build's chroot
+// survived it.
+func noSleepLeft(t *testing.T, where string) {
+	t.Helper()
 	if b, _ := exec.Command("pgrep", "-f", "^sleep 600").Output(); len(bytes.TrimSpace(b)) > 0 {
-		t.Errorf("processes from the chroot survived: %s", b)
+		t.Errorf("processes from %s survived: %s", where, b)
 	}
 }
 
@@ -338,9 +344,7 @@ build {
 		t.Logf("$ %s → %v %s", c, err, out)
 	}
 	packertest.CheckNoLeftovers(t, dir)
-	if b, _ := exec.Command("pgrep", "-f", "^sleep 600").Output(); len(bytes.TrimSpace(b)) > 0 {
-		t.Errorf("the killed build's chroot process survived the cleanup commands: %s", b)
-	}
+	noSleepLeft(t, "the killed build's chroot (after the cleanup commands)")
 }
 
 // TestAccRootfsToCloudFormats builds a disk from a root filesystem tree (the

@@ -343,18 +343,9 @@ func compareTrees(t *testing.T, src, got string, skip, extra map[string]bool) {
 // readTable reads the partition table of the image file p.
 func readTable(t *testing.T, p string) *diskimage.Table {
 	t.Helper()
-	f, err := os.Open(p)
+	tab, err := diskimage.ReadTableFile(p)
 	if err != nil {
 		t.Fatal(err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		t.Fatal(err)
-	}
-	tab, err := diskimage.ReadTable(f, st.Size())
-	if err != nil {
-		t.Fatalf("partition table of %s: %v", p, err)
 	}
 	return tab
 }
