@@ -52,12 +52,12 @@ func ParseFstab(r io.Reader) ([]FstabEntry, error) {
 			}
 			continue
 		}
-		e := FstabEntry{Spec: unescapeFstab(f[0]), File: unescapeFstab(f[1]), Type: "auto", Line: n}
+		e := FstabEntry{Spec: unescapeOctal(f[0]), File: unescapeOctal(f[1]), Type: "auto", Line: n}
 		if len(f) > 2 {
-			e.Type = unescapeFstab(f[2])
+			e.Type = unescapeOctal(f[2])
 		}
 		if len(f) > 3 {
-			e.Options = strings.Split(unescapeFstab(f[3]), ",")
+			e.Options = strings.Split(unescapeOctal(f[3]), ",")
 		}
 		res = append(res, e)
 	}
@@ -67,9 +67,10 @@ func ParseFstab(r io.Reader) ([]FstabEntry, error) {
 	return res, bad
 }
 
-// unescapeFstab undoes fstab's octal escapes: a backslash and three octal
-// digits (at most \377) stand for one byte; any other backslash stays.
-func unescapeFstab(s string) string {
+// unescapeOctal undoes the octal escapes of fstab, mtab and mountinfo: a
+// backslash and three octal digits (at most \377) stand for one byte; any
+// other backslash stays.
+func unescapeOctal(s string) string {
 	if !strings.Contains(s, `\`) {
 		return s
 	}

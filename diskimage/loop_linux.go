@@ -260,7 +260,7 @@ func Holders(dev string) string {
 		mi, _ := os.ReadFile(base + "/mountinfo")
 		for _, line := range strings.Split(string(mi), "\n") {
 			if f := strings.Fields(line); len(f) > 4 && f[2] == majMin {
-				out = append(out, fmt.Sprintf("%s has it mounted at %s in %s", who, unescapeMount(f[4]), ns))
+				out = append(out, fmt.Sprintf("%s has it mounted at %s in %s", who, unescapeOctal(f[4]), ns))
 				break
 			}
 		}
