@@ -44,6 +44,7 @@ import (
 	"time"
 
 	"github.com/kmodctl/packer-plugin-kmod/internal/atomicfile"
+	"github.com/kmodctl/packer-plugin-kmod/internal/tail"
 )
 
 // OutputFormats are the formats the builder accepts and writes, with their
@@ -341,7 +342,7 @@ func qemuImg(ctx context.Context, stdout io.Writer, args ...string) ([]byte, err
 		return nil, errors.New("qemu-img not found (scripts/deps.sh installs qemu-utils)")
 	}
 	var out bytes.Buffer
-	errb := &tailBuffer{max: 8 << 10}
+	errb := &tail.Buffer{Max: 8 << 10}
 	c := exec.CommandContext(ctx, bin, args...)
 	c.Stdout, c.Stderr = &out, errb
 	if stdout != nil {
@@ -354,22 +355,6 @@ func qemuImg(ctx context.Context, stdout io.Writer, args ...string) ([]byte, err
 	}
 	return out.Bytes(), nil
 }
-
-// tailBuffer keeps the last max bytes written to it.
-type tailBuffer struct {
-	max int
-	b   []byte
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.b = append(t.b, p...)
-	if len(t.b) > t.max {
-		t.b = append(t.b[:0], t.b[len(t.b)-t.max:]...)
-	}
-	return len(p), nil
-}
-
-func (t *tailBuffer) String() string { return string(t.b) }
 
 // progressWriter parses qemu-img convert -p output: "    (12.34/100%)\r".
 type progressWriter struct {

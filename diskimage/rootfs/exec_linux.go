@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/kmodctl/packer-plugin-kmod/internal/tail"
 )
 
 // command is exec.CommandContext in its own process group, all of which
@@ -31,8 +33,8 @@ func run(ctx context.Context, stdin io.Reader, name string, args ...string) (str
 	}
 	c := command(ctx, name, args...)
 	var out bytes.Buffer
-	var errb tailBuffer
-	c.Stdin, c.Stdout, c.Stderr = stdin, &out, &errb
+	errb := &tail.Buffer{Max: 16 << 10}
+	c.Stdin, c.Stdout, c.Stderr = stdin, &out, errb
 	err := c.Run()
 	if ctx.Err() != nil {
 		return out.String(), errb.String(), fmt.Errorf("%s: %w", name, ctx.Err())
@@ -42,16 +44,3 @@ func run(ctx context.Context, stdin io.Reader, name string, args ...string) (str
 	}
 	return out.String(), errb.String(), nil
 }
-
-// tailBuffer keeps the last 16 KiB written to it.
-type tailBuffer struct{ b []byte }
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.b = append(t.b, p...)
-	if len(t.b) > 16<<10 {
-		t.b = append([]byte(nil), t.b[len(t.b)-16<<10:]...)
-	}
-	return len(p), nil
-}
-
-func (t *tailBuffer) String() string { return string(t.b) }

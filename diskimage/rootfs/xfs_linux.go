@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/kmodctl/packer-plugin-kmod/diskimage"
+	"github.com/kmodctl/packer-plugin-kmod/internal/tail"
 )
 
 func (c *creator) xfs(ctx context.Context, img *os.File, tmp string, part diskimage.Partition) (_ diskimage.FS, err error) {
@@ -112,9 +113,9 @@ func tarCopy(ctx context.Context, src, dst string) (string, error) {
 	}
 	rd := command(ctx, "tar", append([]string{"-C", src, "--sparse", "-cf", "-", "."}, tarMeta...)...)
 	wr := command(ctx, "tar", append([]string{"-C", dst, "-xpf", "-", "--same-owner"}, tarMeta...)...)
-	var rdErr, wrErr tailBuffer
-	rd.Stdout, rd.Stderr = pw, &rdErr
-	wr.Stdin, wr.Stderr = pr, &wrErr
+	rdErr, wrErr := &tail.Buffer{Max: 16 << 10}, &tail.Buffer{Max: 16 << 10}
+	rd.Stdout, rd.Stderr = pw, rdErr
+	wr.Stdin, wr.Stderr = pr, wrErr
 	if err := rd.Start(); err != nil {
 		pr.Close()
 		pw.Close()

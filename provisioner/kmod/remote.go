@@ -66,8 +66,7 @@ func (t *target) output(ctx context.Context, command string) (string, error) {
 // runUI runs command showing its output in the Packer UI.
 func (t *target) runUI(ctx context.Context, command string) error {
 	w := linewriter.New(t.ui.Message)
-	var tail tailBuffer
-	st, err := t.Run(ctx, command, io.MultiWriter(w, &tail), io.MultiWriter(w, &tail))
+	st, err := t.Run(ctx, command, w, w)
 	w.Flush()
 	if err != nil {
 		return err
@@ -145,17 +144,6 @@ func firstLine(s string) string {
 
 // shQuote quotes s for the target's /bin/sh (shquote.Quote).
 func shQuote(s string) string { return shquote.Quote(s) }
-
-// tailBuffer keeps the last 64 KiB written.
-type tailBuffer struct{ b []byte }
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.b = append(t.b, p...)
-	if len(t.b) > 64<<10 {
-		t.b = t.b[len(t.b)-64<<10:]
-	}
-	return len(p), nil
-}
 
 type fileInfo struct {
 	os.FileInfo
