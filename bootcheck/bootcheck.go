@@ -40,7 +40,7 @@
 //
 // # Firmware mode
 //
-// The image boots through its own bootloader (HasBootloader must find one:
+// The image boots through its own bootloader (diskimage.DetectBootloader must find one:
 // BIOS boot code, or an EFI System Partition with EFI/BOOT/BOOTX64.EFI, then
 // booted with OVMF when it is installed). The kernel command line is the
 // bootloader's, so the probe goes in through a throwaway copy: the image is
@@ -74,15 +74,15 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
-	"syscall"
 	"time"
+
+	securejoin "github.com/cyphar/filepath-securejoin"
 
 	"github.com/kmodctl/packer-plugin-kmod/diskimage"
 	"github.com/kmodctl/packer-plugin-kmod/internal/qemu"
@@ -451,11 +451,11 @@ func missingModules(expect, loaded []string) []string {
 func runFirmware(ctx context.Context, o Options, nonce string) (res *Result, err error) {
 	if o.Format == "raw" {
 		// Refuse early, before copying gigabytes.
-		bi, err := detectBoot(o.Image)
+		bi, err := diskimage.DetectBootloader(o.Image)
 		if err != nil {
 			return nil, fmt.Errorf("boot check: %w", err)
 		}
-		if !bi.bios && !bi.efi {
+		if !bi.Bootable() {
 			return nil, noBootloader(o.Image, bi)
 		}
 	}
@@ -472,36 +472,44 @@ func runFirmware(ctx context.Context, o Options, nonce string) (res *Result, err
 	if err := throwawayCopy(ctx, o.Image, o.Format, disk); err != nil {
 		return nil, fmt.Errorf("boot check: copy the image: %w", err)
 	}
-	bi, err := detectBoot(disk)
+	bi, err := diskimage.DetectBootloader(disk)
 	if err != nil {
 		return nil, fmt.Errorf("boot check: %w", err)
 	}
-	if !bi.bios && !bi.efi {
+	if !bi.Bootable() {
 		return nil, noBootloader(o.Image, bi)
 	}
 	if err := injectProbe(ctx, disk, tmp, nonce); err != nil {
 		return nil, fmt.Errorf("boot check: %w", err)
 	}
 	cfg := qemu.Config{Disks: []qemu.Disk{{Path: disk, Format: "raw"}}}
-	if !bi.bios {
+	if !bi.BIOS {
 		args, err := ovmfArgs(tmp)
 		if err != nil {
-			return nil, fmt.Errorf("boot check: %s: %w", bi.why, err)
+			return nil, fmt.Errorf("boot check: %s: %w", bi.Why, err)
 		}
 		cfg.Args = args
 	}
 	return boot(ctx, o, cfg, nonce)
 }
 
-func noBootloader(image string, bi bootInfo) error {
-	return fmt.Errorf("boot check: %w in %s (%s): firmware mode boots the image through its own bootloader; use direct mode (boot a kernel and initrd copied out of the image) instead", ErrNoBootloader, image, bi.why)
+func noBootloader(image string, bi diskimage.Bootloader) error {
+	return fmt.Errorf("boot check: %w in %s (%s): firmware mode boots the image through its own bootloader; use direct mode (boot a kernel and initrd copied out of the image) instead", ErrNoBootloader, image, bi.Why)
 }
 
 // throwawayCopy copies image into dst as a raw image: sparsely in Go for
 // raw images, with qemu-img convert otherwise.
 func throwawayCopy(ctx context.Context, image, format, dst string) error {
 	if format == "raw" {
-		return sparseCopy(ctx, image, dst)
+		out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return err
+		}
+		if err := diskimage.SparseCopy(ctx, out, image, nil); err != nil {
+			out.Close()
+			return err
+		}
+		return out.Close()
 	}
 	var stderr bytes.Buffer
 	cmd := exec.CommandContext(ctx, "qemu-img", "convert", "-f", format, "-O", "raw", image, dst)
@@ -511,73 +519,6 @@ func throwawayCopy(ctx context.Context, image, format, dst string) error {
 			return ctx.Err()
 		}
 		return fmt.Errorf("qemu-img convert: %w: %s", err, strings.TrimSpace(stderr.String()))
-	}
-	return nil
-}
-
-// Linux lseek whences.
-const (
-	seekData = 3
-	seekHole = 4
-)
-
-// sparseCopy copies src to the new file dst, skipping src's holes
-// (SEEK_DATA/SEEK_HOLE) and all-zero megabytes, so the copy takes only the
-// room of the data.
-func sparseCopy(ctx context.Context, src, dst string) (err error) {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	st, err := in.Stat()
-	if err != nil {
-		return err
-	}
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if cerr := out.Close(); cerr != nil && err == nil {
-			err = cerr
-		}
-	}()
-	size := st.Size()
-	if err := out.Truncate(size); err != nil {
-		return err
-	}
-	const chunk = 1 << 20
-	buf, zero := make([]byte, chunk), make([]byte, chunk)
-	for off := int64(0); off < size; {
-		data, err := in.Seek(off, seekData)
-		hole := size
-		switch {
-		case errors.Is(err, syscall.ENXIO):
-			return nil // only a hole is left
-		case err != nil:
-			data = off // no SEEK_DATA: read everything
-		default:
-			if h, err := in.Seek(data, seekHole); err == nil {
-				hole = h
-			}
-		}
-		for p := data; p < hole; {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			n := int(min(int64(chunk), hole-p))
-			if _, err := in.ReadAt(buf[:n], p); err != nil && !(err == io.EOF && p+int64(n) >= size) {
-				return err
-			}
-			if !bytes.Equal(buf[:n], zero[:n]) {
-				if _, err := out.WriteAt(buf[:n], p); err != nil {
-					return err
-				}
-			}
-			p += int64(n)
-		}
-		off = hole
 	}
 	return nil
 }
@@ -698,25 +639,10 @@ func writeProbeUnit(root, nonce string) error {
 // root, following the image's symbolic links inside it, and returns its
 // host path.
 func mkdirIn(root, p string) (string, error) {
-	cur := "/"
-	host := root
-	for _, c := range strings.Split(strings.Trim(p, "/"), "/") {
-		cur = filepath.Join(cur, c)
-		h, err := resolveIn(root, cur)
-		if errors.Is(err, os.ErrNotExist) {
-			h = filepath.Join(host, c)
-			if err = os.Mkdir(h, 0o755); err != nil {
-				return "", err
-			}
-		} else if err != nil {
-			return "", err
-		}
-		if st, err := os.Stat(h); err != nil || !st.IsDir() {
-			return "", fmt.Errorf("%s in the image is not a directory", cur)
-		}
-		host = h
+	if err := securejoin.MkdirAll(root, p, 0o755); err != nil {
+		return "", fmt.Errorf("make %s in the image: %w", p, err)
 	}
-	return host, nil
+	return securejoin.SecureJoin(root, p)
 }
 
 // ovmfPairs are UEFI firmware code and variable store images as

@@ -14,7 +14,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -149,57 +148,23 @@ func TestOptionErrors(t *testing.T) {
 	}
 }
 
-// allocated returns the bytes a file takes on disk.
-func allocated(t testing.TB, p string) int64 {
-	t.Helper()
-	st, err := os.Stat(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return st.Sys().(*syscall.Stat_t).Blocks * 512
-}
-
-func TestSparseCopy(t *testing.T) {
+// TestThrowawayCopy: a raw image is copied sparsely (diskimage.SparseCopy)
+// to a new file, never over an existing one.
+func TestThrowawayCopy(t *testing.T) {
 	dir := t.TempDir()
 	src := filepath.Join(dir, "src")
-	f, err := os.Create(src)
-	if err != nil {
+	if err := os.WriteFile(src, []byte("data"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	const size = 64 << 20
-	if err := f.Truncate(size); err != nil {
-		t.Fatal(err)
-	}
-	// Data at the start, in the middle (with explicitly written zeros
-	// around it) and in the last partial megabyte.
-	data := bytes.Repeat([]byte("kmodctl!"), 512)
-	for _, off := range []int64{0, 20<<20 + 12345, size - 100} {
-		n := min(int64(len(data)), size-off)
-		if _, err := f.WriteAt(data[:n], off); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := f.WriteAt(make([]byte, 8<<20), 30<<20); err != nil { // written zeros
-		t.Fatal(err)
-	}
-	f.Close()
 	dst := filepath.Join(dir, "dst")
-	if err := sparseCopy(context.Background(), src, dst); err != nil {
+	if err := throwawayCopy(context.Background(), src, "raw", dst); err != nil {
 		t.Fatal(err)
 	}
 	if a, b := fileSum(t, src), fileSum(t, dst); a != b {
 		t.Fatalf("copy differs: %s vs %s", a, b)
 	}
-	if a := allocated(t, dst); a > 4<<20 {
-		t.Errorf("copy takes %d bytes on disk, want a sparse copy (< 4 MiB)", a)
-	}
-	if err := sparseCopy(context.Background(), src, dst); err == nil {
+	if err := throwawayCopy(context.Background(), src, "raw", dst); err == nil {
 		t.Error("copy over an existing file: no error")
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	if err := sparseCopy(ctx, src, filepath.Join(dir, "dst2")); !errors.Is(err, context.Canceled) {
-		t.Errorf("canceled copy: %v", err)
 	}
 }
 
@@ -304,7 +269,7 @@ func TestInjectProbe(t *testing.T) {
 			before := fileSum(t, img)
 			tmp := t.TempDir()
 			disk := filepath.Join(tmp, "disk.raw")
-			if err := sparseCopy(context.Background(), img, disk); err != nil {
+			if err := throwawayCopy(context.Background(), img, "raw", disk); err != nil {
 				t.Fatal(err)
 			}
 			if err := injectProbe(context.Background(), disk, tmp, nonce); err != nil {
@@ -406,8 +371,8 @@ func TestRunFirmwareNoBootloader(t *testing.T) {
 func TestRunFirmwareCancel(t *testing.T) {
 	fixture.NeedRoot(t)
 	img := synthImage(t, map[string]string{"etc/os-release": "ID=test\n"}, false, true)
-	if ok, why, err := HasBootloader(img); err != nil || !ok {
-		t.Fatalf("HasBootloader = %v, %q, %v", ok, why, err)
+	if bl, err := diskimage.DetectBootloader(img); err != nil || !bl.Bootable() {
+		t.Fatalf("DetectBootloader = %+v, %v", bl, err)
 	}
 	before := fileSum(t, img)
 	log := filepath.Join(t.TempDir(), "console.log")
@@ -497,7 +462,7 @@ func TestRunFirmwareGRUB(t *testing.T) {
 		t.Skipf("set %s=1 to boot a GRUB-installed copy of the fixture (needs grub-pc-bin)", firmwareEnv)
 	}
 	fixture.NeedRoot(t)
-	wantTool(t, "grub-mkimage")
+	fixture.WantTools(t, "grub-mkimage")
 	const grubDir = "/usr/lib/grub/i386-pc"
 	bootImg, err := os.ReadFile(filepath.Join(grubDir, "boot.img"))
 	if err != nil {
@@ -506,7 +471,7 @@ func TestRunFirmwareGRUB(t *testing.T) {
 	kver := fixture.KVER(t)
 	dir := t.TempDir()
 	img := filepath.Join(dir, "grub.raw")
-	if err := sparseCopy(context.Background(), fixture.CloudImageRaw(t), img); err != nil {
+	if err := throwawayCopy(context.Background(), fixture.CloudImageRaw(t), "raw", img); err != nil {
 		t.Fatal(err)
 	}
 	cfg := filepath.Join(dir, "early.cfg")
@@ -540,8 +505,8 @@ func TestRunFirmwareGRUB(t *testing.T) {
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if ok, why, err := HasBootloader(img); err != nil || !ok {
-		t.Fatalf("HasBootloader = %v, %q, %v", ok, why, err)
+	if bl, err := diskimage.DetectBootloader(img); err != nil || !bl.Bootable() {
+		t.Fatalf("DetectBootloader = %+v, %v", bl, err)
 	}
 	before := fileSum(t, img)
 

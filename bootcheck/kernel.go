@@ -1,19 +1,16 @@
 package bootcheck
 
 import (
-	"bufio"
-	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"syscall"
+
+	securejoin "github.com/cyphar/filepath-securejoin"
 
 	"github.com/kmodctl/packer-plugin-kmod/diskimage"
 	"github.com/kmodctl/packer-plugin-kmod/kmod"
@@ -44,6 +41,10 @@ type Kernel struct {
 // image (/boot/vmlinuz-x -> /boot/real) points into root, never at the
 // host. No kernel at all is not an error: the list is empty.
 func FindKernels(root string) ([]Kernel, error) {
+	root, err := filepath.Abs(root)
+	if err != nil {
+		return nil, fmt.Errorf("find kernels: %w", err)
+	}
 	st, err := os.Stat(root)
 	if err != nil {
 		return nil, fmt.Errorf("find kernels: %w", err)
@@ -123,10 +124,11 @@ func skipRelease(rel string) bool {
 	return false
 }
 
-// listDirIn lists the names in the image directory p; a missing p (or one
-// that is not a directory) lists nothing.
+// listDirIn lists the names in the image directory p (symbolic links
+// resolved inside root); a missing p (or one that is not a directory) lists
+// nothing.
 func listDirIn(root, p string) ([]string, error) {
-	h, err := resolveIn(root, p)
+	h, err := securejoin.SecureJoin(root, p)
 	if err == nil {
 		var es []os.DirEntry
 		if es, err = os.ReadDir(h); err == nil {
@@ -143,10 +145,11 @@ func listDirIn(root, p string) ([]string, error) {
 	return nil, err
 }
 
-// regularIn resolves p inside root and reports whether it is a non-empty
-// regular file.
+// regularIn resolves p inside root (symbolic links followed, absolute
+// targets and ".." never leaving root) and reports whether it is a
+// non-empty regular file.
 func regularIn(root, p string) (string, bool) {
-	h, err := resolveIn(root, p)
+	h, err := securejoin.SecureJoin(root, p)
 	if err != nil {
 		return "", false
 	}
@@ -155,61 +158,6 @@ func regularIn(root, p string) (string, bool) {
 		return "", false
 	}
 	return h, true
-}
-
-// errLoop reports too many symbolic links while resolving a path.
-var errLoop = errors.New("too many levels of symbolic links")
-
-// resolveIn resolves the absolute image path p inside the tree at root, as
-// if root were "/": symbolic links are followed, absolute targets and ".."
-// never leave root. It returns the host path of p's final target; the error
-// wraps os.ErrNotExist when a component is missing.
-func resolveIn(root, p string) (string, error) {
-	parts := strings.Split(p, "/")
-	var cur []string
-	hops := 0
-	for len(parts) > 0 {
-		c := parts[0]
-		parts = parts[1:]
-		switch c {
-		case "", ".":
-			continue
-		case "..":
-			if len(cur) > 0 {
-				cur = cur[:len(cur)-1]
-			}
-			continue
-		}
-		host := filepath.Join(root, filepath.Join(cur...), c)
-		st, err := os.Lstat(host)
-		if err != nil {
-			return "", err
-		}
-		if st.Mode()&os.ModeSymlink == 0 {
-			if len(parts) > 0 && !st.IsDir() {
-				// A file in the middle of the path.
-				for _, r := range parts {
-					if r != "" && r != "." {
-						return "", &os.PathError{Op: "resolve", Path: host, Err: syscall.ENOTDIR}
-					}
-				}
-			}
-			cur = append(cur, c)
-			continue
-		}
-		if hops++; hops > 40 {
-			return "", &os.PathError{Op: "resolve", Path: p, Err: errLoop}
-		}
-		t, err := os.Readlink(host)
-		if err != nil {
-			return "", err
-		}
-		if strings.HasPrefix(t, "/") {
-			cur = nil
-		}
-		parts = append(strings.Split(t, "/"), parts...)
-	}
-	return filepath.Join(root, filepath.Join(cur...)), nil
 }
 
 // RootArg returns the root= value that boots the image mounted at root: the
@@ -236,35 +184,31 @@ func RootArg(root, fallbackUUID string) (string, error) {
 		}
 		return "UUID=" + u, nil
 	}
-	fstab, err := resolveIn(root, "/etc/fstab")
+	root, err := filepath.Abs(root)
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return fallback("no /etc/fstab in the image")
-		}
 		return "", fmt.Errorf("root=: %w", err)
 	}
-	data, err := os.ReadFile(fstab)
+	fstab, err := securejoin.SecureJoin(root, "/etc/fstab")
 	if err != nil {
 		return "", fmt.Errorf("root=: %w", err)
+	}
+	f, err := os.Open(fstab)
+	if errors.Is(err, os.ErrNotExist) {
+		return fallback("no /etc/fstab in the image")
+	}
+	if err != nil {
+		return "", fmt.Errorf("root=: %w", err)
+	}
+	entries, err := diskimage.ParseFstab(f)
+	f.Close()
+	if err != nil && !errors.Is(err, diskimage.ErrBadFstabLine) {
+		return "", fmt.Errorf("root=: read %s: %w", fstab, err)
 	}
 	spec, line := "", 0
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for n := 1; sc.Scan(); n++ {
-		l := strings.TrimSpace(sc.Text())
-		if l == "" || strings.HasPrefix(l, "#") {
-			continue
+	for _, e := range entries {
+		if path.Clean(e.File) == "/" {
+			spec, line = e.Spec, e.Line
 		}
-		f := strings.Fields(l)
-		if len(f) < 2 {
-			continue
-		}
-		if mp := path.Clean(unescapeFstab(f[1])); mp == "/" {
-			spec, line = unescapeFstab(f[0]), n
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return "", fmt.Errorf("root=: read %s: %w", fstab, err)
 	}
 	if spec == "" {
 		return fallback("/etc/fstab has no entry for /")
@@ -309,363 +253,10 @@ func unquote(s string) string {
 	return s
 }
 
-// unescapeFstab decodes fstab's octal escapes (\040 for a space).
-func unescapeFstab(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
 // checkCmdlineValue refuses what cannot be one kernel command line word.
 func checkCmdlineValue(v string) error {
 	if strings.ContainsAny(v, " \t\n\"'\\") {
 		return fmt.Errorf("%q holds blanks, quotes or backslashes, which the kernel command line cannot carry", v)
 	}
 	return nil
-}
-
-// Bootloader detection.
-
-// EFIFallbackPath is the removable-media boot path of x86-64 UEFI firmware:
-// the program a fresh VM's firmware (no boot entries in its variables)
-// starts from an EFI System Partition.
-const EFIFallbackPath = "EFI/BOOT/BOOTX64.EFI"
-
-// bootInfo is what detectBoot found.
-type bootInfo struct {
-	bios bool   // MBR boot code and signature
-	efi  bool   // an ESP holding EFIFallbackPath
-	why  string // human summary
-}
-
-// HasBootloader reports whether the raw disk image at imagePath (a qcow2
-// image is refused) looks
-// bootable by firmware, and says why (or why not):
-//
-//   - BIOS: the MBR's boot code (its first 440 bytes) is not all zero and the
-//     sector ends with the 55 AA signature. Whether that code finds a second
-//     stage (GRUB's core.img in a BIOS boot partition or the post-MBR gap) is
-//     not checked: installed boot code is taken as an installed bootloader.
-//   - UEFI: an EFI System Partition (GPT type or MBR type EF) whose FAT
-//     file system holds a non-empty EFI/BOOT/BOOTX64.EFI, found by reading
-//     the FAT12/16/32 directories in Go (8.3 names, case-insensitive). Only
-//     this removable-media path counts, because a new VM's firmware has no
-//     boot entries pointing elsewhere (grub-install without
-//     --removable/--force-extra-removable leaves only EFI/debian/...).
-//
-// A damaged ESP is reported in the string, not as an error; errors are for
-// an unreadable image or a damaged partition table.
-func HasBootloader(imagePath string) (bool, string, error) {
-	bi, err := detectBoot(imagePath)
-	if err != nil {
-		return false, "", err
-	}
-	return bi.bios || bi.efi, bi.why, nil
-}
-
-func detectBoot(imagePath string) (bootInfo, error) {
-	var bi bootInfo
-	f, err := os.Open(imagePath)
-	if err != nil {
-		return bi, fmt.Errorf("bootloader check: %w", err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return bi, fmt.Errorf("bootloader check: %w", err)
-	}
-	if !st.Mode().IsRegular() {
-		return bi, fmt.Errorf("bootloader check: %s is not a regular file", imagePath)
-	}
-	mbr := make([]byte, 512)
-	if _, err := f.ReadAt(mbr, 0); err != nil {
-		return bi, fmt.Errorf("bootloader check: read the MBR of %s: %w", imagePath, err)
-	}
-	if string(mbr[:4]) == "QFI\xfb" {
-		return bi, fmt.Errorf("bootloader check: %s is a qcow2 image; convert it to raw first", imagePath)
-	}
-	var reasons []string
-	code := !allZero(mbr[:440])
-	sig := mbr[510] == 0x55 && mbr[511] == 0xaa
-	switch {
-	case code && sig:
-		bi.bios = true
-		reasons = append(reasons, "BIOS: boot code in the MBR")
-	case code:
-		reasons = append(reasons, "MBR boot code present but no 55 AA signature (not BIOS-bootable)")
-	default:
-		reasons = append(reasons, "no BIOS boot code (the MBR's first 440 bytes are zero)")
-	}
-
-	tab, err := diskimage.ReadTable(f, st.Size())
-	if err != nil && !errors.Is(err, diskimage.ErrNoTable) {
-		return bi, fmt.Errorf("bootloader check: %s: %w", imagePath, err)
-	}
-	nESP := 0
-	if tab != nil {
-		for _, p := range tab.Partitions {
-			if p.Type != diskimage.GPTTypeEFISystem && p.MBRType != 0xef {
-				continue
-			}
-			nESP++
-			size, err := fatFileSize(io.NewSectionReader(f, p.Start, p.Size), EFIFallbackPath)
-			switch {
-			case err != nil:
-				reasons = append(reasons, fmt.Sprintf("EFI System Partition %d: %v", p.Number, err))
-			case size == 0:
-				reasons = append(reasons, fmt.Sprintf("EFI System Partition %d: %s is empty", p.Number, EFIFallbackPath))
-			default:
-				if !bi.efi {
-					bi.efi = true
-					reasons = append(reasons, fmt.Sprintf("UEFI: EFI System Partition %d holds %s (%d bytes)", p.Number, EFIFallbackPath, size))
-				}
-			}
-		}
-	}
-	if nESP == 0 {
-		reasons = append(reasons, "no EFI System Partition")
-	}
-	bi.why = strings.Join(reasons, "; ")
-	return bi, nil
-}
-
-func allZero(b []byte) bool {
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
-}
-
-// FAT reading: just enough to find one file by path.
-
-type fatFS struct {
-	r        io.ReaderAt
-	size     int64
-	bps, spc int64 // bytes per sector, sectors per cluster
-	fatStart int64 // byte offset of the first FAT
-	fatBytes int64
-	kind     int   // 12, 16 or 32
-	rootOff  int64 // FAT12/16: byte offset and size of the fixed root directory
-	rootLen  int64
-	rootClus uint32 // FAT32
-	dataOff  int64  // byte offset of cluster 2
-	clusters uint32 // count of data clusters
-}
-
-// maxDirBytes bounds a directory read (a FAT directory holds at most 65536
-// entries of 32 bytes).
-const maxDirBytes = 65536 * 32
-
-func openFAT(r io.ReaderAt, size int64) (*fatFS, error) {
-	bs := make([]byte, 512)
-	if _, err := r.ReadAt(bs, 0); err != nil {
-		return nil, fmt.Errorf("read the FAT boot sector: %w", err)
-	}
-	le16 := func(o int) int64 { return int64(binary.LittleEndian.Uint16(bs[o:])) }
-	le32 := func(o int) int64 { return int64(binary.LittleEndian.Uint32(bs[o:])) }
-	fs := &fatFS{r: r, size: size, bps: le16(11), spc: int64(bs[13])}
-	if fs.bps < 512 || fs.bps > 4096 || fs.bps&(fs.bps-1) != 0 || fs.spc == 0 || fs.spc&(fs.spc-1) != 0 {
-		return nil, errors.New("no FAT file system (bad BIOS parameter block)")
-	}
-	reserved, nfats, rootEnt := le16(14), int64(bs[16]), le16(17)
-	tot, fatSz := le16(19), le16(22)
-	if tot == 0 {
-		tot = le32(32)
-	}
-	if fatSz == 0 {
-		fatSz = le32(36)
-	}
-	if reserved == 0 || nfats == 0 || fatSz == 0 || tot == 0 {
-		return nil, errors.New("no FAT file system (bad BIOS parameter block)")
-	}
-	rootSecs := (rootEnt*32 + fs.bps - 1) / fs.bps
-	meta := reserved + nfats*fatSz + rootSecs
-	if tot <= meta || tot*fs.bps > size {
-		return nil, fmt.Errorf("FAT file system of %d sectors does not fit its %d-byte partition", tot, size)
-	}
-	fs.clusters = uint32((tot - meta) / fs.spc)
-	switch {
-	case fs.clusters < 4085:
-		fs.kind = 12
-	case fs.clusters < 65525:
-		fs.kind = 16
-	default:
-		fs.kind = 32
-	}
-	fs.fatStart = reserved * fs.bps
-	fs.fatBytes = fatSz * fs.bps
-	fs.dataOff = meta * fs.bps
-	if fs.kind == 32 {
-		fs.rootClus = uint32(le32(44))
-	} else {
-		fs.rootOff = (reserved + nfats*fatSz) * fs.bps
-		fs.rootLen = rootSecs * fs.bps
-	}
-	return fs, nil
-}
-
-// next returns the FAT entry of cluster c and whether it ends the chain.
-func (fs *fatFS) next(c uint32) (uint32, bool, error) {
-	var off int64
-	switch fs.kind {
-	case 12:
-		off = int64(c) + int64(c)/2
-	case 16:
-		off = int64(c) * 2
-	default:
-		off = int64(c) * 4
-	}
-	w := int64(2)
-	if fs.kind == 32 {
-		w = 4
-	}
-	if off+w > fs.fatBytes {
-		return 0, false, fmt.Errorf("cluster %d beyond the FAT", c)
-	}
-	b := make([]byte, 4)
-	if _, err := fs.r.ReadAt(b[:w], fs.fatStart+off); err != nil {
-		return 0, false, fmt.Errorf("read the FAT: %w", err)
-	}
-	var v, eoc uint32
-	switch fs.kind {
-	case 12:
-		v = uint32(binary.LittleEndian.Uint16(b))
-		if c&1 == 1 {
-			v >>= 4
-		}
-		v &= 0xfff
-		eoc = 0xff8
-	case 16:
-		v, eoc = uint32(binary.LittleEndian.Uint16(b)), 0xfff8
-	default:
-		v, eoc = binary.LittleEndian.Uint32(b)&0x0fffffff, 0x0ffffff8
-	}
-	if v >= eoc {
-		return 0, true, nil
-	}
-	if v < 2 || v-2 >= fs.clusters {
-		return 0, false, fmt.Errorf("bad FAT entry %#x for cluster %d", v, c)
-	}
-	return v, false, nil
-}
-
-// readChain reads up to limit bytes of the cluster chain starting at c.
-func (fs *fatFS) readChain(c uint32, limit int64) ([]byte, error) {
-	csize := fs.bps * fs.spc
-	var out []byte
-	for n := uint32(0); ; n++ {
-		if c < 2 || c-2 >= fs.clusters {
-			return nil, fmt.Errorf("bad cluster number %d", c)
-		}
-		if n > fs.clusters {
-			return nil, errors.New("cluster chain loops")
-		}
-		buf := make([]byte, csize)
-		if _, err := fs.r.ReadAt(buf, fs.dataOff+int64(c-2)*csize); err != nil {
-			return nil, fmt.Errorf("read cluster %d: %w", c, err)
-		}
-		out = append(out, buf...)
-		if int64(len(out)) >= limit {
-			return out[:limit], nil
-		}
-		nx, end, err := fs.next(c)
-		if err != nil {
-			return nil, err
-		}
-		if end {
-			return out, nil
-		}
-		c = nx
-	}
-}
-
-type fatEntry struct {
-	name    string
-	dir     bool
-	cluster uint32
-	size    int64
-}
-
-// lookup finds name (an 8.3 name, case-insensitive) in a directory's bytes.
-func (fs *fatFS) lookup(dir []byte, name string) (fatEntry, bool) {
-	for o := 0; o+32 <= len(dir); o += 32 {
-		e := dir[o : o+32]
-		if e[0] == 0 {
-			break
-		}
-		attr := e[11]
-		if e[0] == 0xe5 || attr&0x0f == 0x0f || attr&0x08 != 0 {
-			continue // deleted, long-name part, volume label
-		}
-		base := []byte(strings.TrimRight(string(e[0:8]), " "))
-		if len(base) > 0 && base[0] == 0x05 {
-			base[0] = 0xe5
-		}
-		n := string(base)
-		if ext := strings.TrimRight(string(e[8:11]), " "); ext != "" {
-			n += "." + ext
-		}
-		if !strings.EqualFold(n, name) {
-			continue
-		}
-		cl := uint32(binary.LittleEndian.Uint16(e[26:]))
-		if fs.kind == 32 {
-			cl |= uint32(binary.LittleEndian.Uint16(e[20:])) << 16
-		}
-		return fatEntry{name: n, dir: attr&0x10 != 0, cluster: cl, size: int64(binary.LittleEndian.Uint32(e[28:]))}, true
-	}
-	return fatEntry{}, false
-}
-
-// fatFileSize returns the size of the regular file at p ("A/B/C") in the FAT
-// file system read from r.
-func fatFileSize(r *io.SectionReader, p string) (int64, error) {
-	fs, err := openFAT(r, r.Size())
-	if err != nil {
-		return 0, err
-	}
-	var dir []byte
-	if fs.kind == 32 {
-		dir, err = fs.readChain(fs.rootClus, maxDirBytes)
-	} else {
-		dir = make([]byte, fs.rootLen)
-		_, err = r.ReadAt(dir, fs.rootOff)
-	}
-	if err != nil {
-		return 0, fmt.Errorf("FAT%d root directory: %w", fs.kind, err)
-	}
-	parts := strings.Split(p, "/")
-	for i, part := range parts {
-		e, ok := fs.lookup(dir, part)
-		if !ok {
-			return 0, fmt.Errorf("no %s in its FAT%d file system", strings.Join(parts[:i+1], "/"), fs.kind)
-		}
-		if i == len(parts)-1 {
-			if e.dir {
-				return 0, fmt.Errorf("%s is a directory", p)
-			}
-			return e.size, nil
-		}
-		if !e.dir {
-			return 0, fmt.Errorf("%s is not a directory", strings.Join(parts[:i+1], "/"))
-		}
-		if dir, err = fs.readChain(e.cluster, maxDirBytes); err != nil {
-			return 0, fmt.Errorf("FAT%d directory %s: %w", fs.kind, strings.Join(parts[:i+1], "/"), err)
-		}
-	}
-	return 0, errors.New("empty path")
 }

@@ -1,32 +1,15 @@
 package bootcheck
 
 import (
-	"bytes"
 	"context"
-	"io"
-	"math/rand"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"sort"
-	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/kmodctl/packer-plugin-kmod/diskimage"
 	"github.com/kmodctl/packer-plugin-kmod/internal/fixture"
 )
-
-// wantTool skips the test without tools that scripts/deps.sh does not
-// install (mtools, grub-pc-bin).
-func wantTool(t testing.TB, tools ...string) {
-	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed", tool)
-		}
-	}
-}
 
 // writeTree creates files (content "x" unless given; a value starting
 // with "->" makes a symbolic link) below root.
@@ -136,10 +119,12 @@ func TestFindKernelsSynthetic(t *testing.T) {
 	}
 }
 
-func TestResolveIn(t *testing.T) {
+// TestResolveInside: image paths resolve inside the tree (securejoin), as
+// if it were "/".
+func TestResolveInside(t *testing.T) {
 	root := t.TempDir()
 	writeTree(t, root, map[string]string{
-		"etc/real/file": "",
+		"etc/real/file": "x",
 		"etc/abs":       "->/etc/real",
 		"etc/rel":       "->real",
 		"etc/up":        "->../../../../etc/real",
@@ -147,26 +132,31 @@ func TestResolveIn(t *testing.T) {
 		"loop2":         "->loop1",
 	})
 	for p, want := range map[string]string{
-		"/etc/abs/file":    "etc/real/file",
-		"/etc/rel/file":    "etc/real/file",
-		"/etc/up/file":     "etc/real/file",
-		"/../../etc/abs":   "etc/real",
-		"etc/./rel/../abs": "etc/real",
+		"/etc/abs/file":         "etc/real/file",
+		"/etc/rel/file":         "etc/real/file",
+		"/etc/up/file":          "etc/real/file",
+		"/../../etc/abs/file":   "etc/real/file",
+		"etc/./rel/../abs/file": "etc/real/file",
 	} {
-		h, err := resolveIn(root, p)
-		if err != nil {
-			t.Errorf("%s: %v", p, err)
-			continue
-		}
-		if h != filepath.Join(root, want) {
-			t.Errorf("%s: %s, want %s", p, h, want)
+		if h, ok := regularIn(root, p); !ok || h != filepath.Join(root, want) {
+			t.Errorf("regularIn(%s) = %s, %v; want %s", p, h, ok, want)
 		}
 	}
-	if _, err := resolveIn(root, "/loop1/x"); err == nil || !strings.Contains(err.Error(), "symbolic links") {
-		t.Errorf("link loop: %v", err)
+	for _, p := range []string{"/loop1/x", "/etc/missing", "/etc/real/file/x", "/etc/abs"} {
+		if h, ok := regularIn(root, p); ok {
+			t.Errorf("regularIn(%s) = %s", p, h)
+		}
 	}
-	if _, err := resolveIn(root, "/etc/missing"); !os.IsNotExist(err) {
-		t.Errorf("missing: %v", err)
+	if names, err := listDirIn(root, "/etc/up"); err != nil || len(names) != 1 || names[0] != "file" {
+		t.Errorf("listDirIn(/etc/up) = %v, %v", names, err)
+	}
+	for _, p := range []string{"/etc/missing", "/etc/real/file"} {
+		if names, err := listDirIn(root, p); err != nil || names != nil {
+			t.Errorf("listDirIn(%s) = %v, %v; want nothing", p, names, err)
+		}
+	}
+	if _, err := listDirIn(root, "/loop1"); err == nil || !strings.Contains(err.Error(), "too many levels of symbolic links") {
+		t.Errorf("listDirIn(/loop1): %v", err)
 	}
 }
 
@@ -183,6 +173,7 @@ func TestRootArg(t *testing.T) {
 		{"by-label", "/dev/disk/by-label/root / ext4 defaults 0 0\n", "", "LABEL=root", ""},
 		{"trailing slash", "UUID=x //  ext4 defaults 0 0\n", "", "UUID=x", ""},
 		{"last wins", "UUID=old / ext4 defaults 0 0\nUUID=new / ext4 defaults 0 0\n", "", "UUID=new", ""},
+		{"line that is no entry skipped", "lonely\nUUID=x / ext4 defaults 0 0\n", "", "UUID=x", ""},
 		{"device", "/dev/sda1 / ext4 defaults 0 1\n", "f", "", "device name /dev/sda1"},
 		{"mapper", "/dev/mapper/vg-root / ext4 defaults 0 1\n", "", "", "device name /dev/mapper/vg-root"},
 		{"space", `LABEL=my\040root / ext4 defaults 0 1` + "\n", "", "", "blanks"},
@@ -219,16 +210,7 @@ func mountFixture(t testing.TB) (string, *diskimage.Tracker) {
 	t.Helper()
 	fixture.NeedRoot(t)
 	raw := fixture.CloudImageRaw(t)
-	f, err := os.Open(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		t.Fatal(err)
-	}
-	tab, err := diskimage.ReadTable(f, st.Size())
+	tab, err := diskimage.ReadTableFile(raw)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,25 +242,6 @@ func mountFixture(t testing.TB) (string, *diskimage.Tracker) {
 	return dir, tr
 }
 
-func copyFile(t testing.TB, src, dst string) {
-	t.Helper()
-	in, err := os.Open(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Close()
-	out, err := os.Create(dst)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		t.Fatal(err)
-	}
-	if err := out.Close(); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // fixtureKernel finds the fixture image's kernel and root= the way the
 // builder does (mounted image, FindKernels, RootArg), checks them, copies
 // the kernel and initrd out and unmounts.
@@ -304,8 +267,8 @@ func fixtureKernel(t testing.TB) (Kernel, string) {
 	}
 	out := t.TempDir()
 	k := Kernel{Release: kver, Vmlinuz: filepath.Join(out, "vmlinuz"), Initrd: filepath.Join(out, "initrd.img")}
-	copyFile(t, ks[0].Vmlinuz, k.Vmlinuz)
-	copyFile(t, ks[0].Initrd, k.Initrd)
+	fixture.CopyFile(t, ks[0].Vmlinuz, k.Vmlinuz)
+	fixture.CopyFile(t, ks[0].Initrd, k.Initrd)
 	if _, err := tr.Release(); err != nil {
 		t.Fatal(err)
 	}
@@ -318,151 +281,4 @@ func fixtureKernel(t testing.TB) (Kernel, string) {
 func TestFixtureKernels(t *testing.T) {
 	k, root := fixtureKernel(t)
 	t.Logf("kernel %s, root=%s", k.Release, root)
-	bi, why, err := HasBootloader(fixture.CloudImageRaw(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if bi || !strings.Contains(why, "no BIOS boot code") || !strings.Contains(why, "no EFI System Partition") {
-		t.Errorf("HasBootloader(fixture) = %v, %q; want false, no boot code, no ESP", bi, why)
-	}
-}
-
-// espImage makes a GPT disk with a 64 MiB EFI System Partition formatted as
-// FAT<bits> by mkfs.vfat and filled by mtools (no mount: the build
-// machine's kernel has no vfat): files maps paths to contents.
-func espImage(t *testing.T, bits int, files map[string]string) string {
-	t.Helper()
-	fixture.NeedTools(t, "sgdisk", "mkfs.vfat")
-	wantTool(t, "mmd", "mcopy") // mtools
-	dir := t.TempDir()
-	img := filepath.Join(dir, "esp.img")
-	if err := os.WriteFile(img, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(img, 80<<20); err != nil {
-		t.Fatal(err)
-	}
-	fixture.Run(t, "sgdisk", "-n", "1:2048:+64M", "-t", "1:ef00", img)
-	spc := map[int]string{12: "64", 16: "4", 32: "1"}[bits] // FAT32 with 1-sector clusters: long chains
-	fixture.Run(t, "mkfs.vfat", "-F", strconv.Itoa(bits), "-s", spc, "--offset", "2048", img, "65536")
-	at := img + "@@1M"
-	made := map[string]bool{}
-	paths := make([]string, 0, len(files))
-	for p := range files {
-		paths = append(paths, p)
-	}
-	sort.Strings(paths)
-	src := filepath.Join(dir, "src")
-	for _, p := range paths {
-		parts := strings.Split(p, "/")
-		for i := 1; i < len(parts); i++ {
-			d := strings.Join(parts[:i], "/")
-			if !made[strings.ToUpper(d)] {
-				made[strings.ToUpper(d)] = true
-				fixture.Run(t, "mmd", "-i", at, "::/"+d)
-			}
-		}
-		c := files[p]
-		if c == "" {
-			c = "x"
-		}
-		if c == "<empty>" {
-			c = ""
-		}
-		if err := os.WriteFile(src, []byte(c), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		fixture.Run(t, "mcopy", "-i", at, src, "::/"+p)
-	}
-	return img
-}
-
-func TestHasBootloader(t *testing.T) {
-	// Many files in EFI/BOOT (long names) so that the directory takes
-	// several clusters before BOOTX64.EFI's entry.
-	crowded := map[string]string{}
-	for i := range 150 {
-		crowded[filepath.Join("EFI/BOOT", "a-rather-long-file-name-for-lfn-entries-"+strings.Repeat("x", i%7)+string(rune('a'+i%26))+strings.Repeat("y", i/26))] = ""
-	}
-	crowded["EFI/BOOT/BOOTX64.EFI"] = "MZ fake loader"
-	for _, c := range []struct {
-		name  string
-		bits  int
-		files map[string]string
-		want  bool
-		why   string
-	}{
-		{"fat12", 12, map[string]string{"EFI/BOOT/BOOTX64.EFI": "MZ"}, true, "EFI System Partition 1 holds EFI/BOOT/BOOTX64.EFI (2 bytes)"},
-		{"fat16 lower case", 16, map[string]string{"efi/boot/bootx64.efi": "MZ..."}, true, "holds EFI/BOOT/BOOTX64.EFI (5 bytes)"},
-		{"fat32 crowded", 32, crowded, true, "holds EFI/BOOT/BOOTX64.EFI (14 bytes)"},
-		{"fat32 distro path only", 32, map[string]string{"EFI/debian/grubx64.efi": "MZ"}, false, "no EFI/BOOT in its FAT32"},
-		{"fat16 empty loader", 16, map[string]string{"EFI/BOOT/BOOTX64.EFI": "<empty>"}, false, "BOOTX64.EFI is empty"},
-		{"fat12 BOOT is a file", 12, map[string]string{"EFI/BOOT": "x"}, false, "EFI/BOOT is not a directory"},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			t.Parallel()
-			img := espImage(t, c.bits, c.files)
-			ok, why, err := HasBootloader(img)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if ok != c.want || !strings.Contains(why, c.why) {
-				t.Errorf("HasBootloader = %v, %q; want %v with %q", ok, why, c.want, c.why)
-			}
-		})
-	}
-
-	t.Run("bios", func(t *testing.T) {
-		img := filepath.Join(t.TempDir(), "bios.img")
-		mbr := make([]byte, 4096)
-		rand.New(rand.NewSource(1)).Read(mbr[:440])
-		mbr[510], mbr[511] = 0x55, 0xaa
-		if err := os.WriteFile(img, mbr, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		ok, why, err := HasBootloader(img)
-		if err != nil || !ok || !strings.HasPrefix(why, "BIOS: boot code in the MBR") {
-			t.Errorf("HasBootloader = %v, %q, %v", ok, why, err)
-		}
-		mbr[511] = 0
-		if err := os.WriteFile(img, mbr, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		ok, why, err = HasBootloader(img)
-		if err != nil || ok || !strings.Contains(why, "no 55 AA signature") {
-			t.Errorf("no signature: HasBootloader = %v, %q, %v", ok, why, err)
-		}
-	})
-
-	t.Run("garbage ESP", func(t *testing.T) {
-		fixture.NeedTools(t, "sgdisk")
-		img := filepath.Join(t.TempDir(), "g.img")
-		if err := os.WriteFile(img, nil, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Truncate(img, 8<<20); err != nil {
-			t.Fatal(err)
-		}
-		fixture.Run(t, "sgdisk", "-n", "1:2048:+4M", "-t", "1:ef00", img)
-		ok, why, err := HasBootloader(img)
-		if err != nil || ok || !strings.Contains(why, "EFI System Partition 1: no FAT file system") {
-			t.Errorf("HasBootloader = %v, %q, %v", ok, why, err)
-		}
-	})
-
-	t.Run("errors", func(t *testing.T) {
-		if _, _, err := HasBootloader(filepath.Join(t.TempDir(), "missing")); err == nil {
-			t.Error("missing image: no error")
-		}
-		small := filepath.Join(t.TempDir(), "small")
-		if err := os.WriteFile(small, bytes.Repeat([]byte{1}, 100), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if _, _, err := HasBootloader(small); err == nil {
-			t.Error("100-byte image: no error")
-		}
-		if _, _, err := HasBootloader(fixture.CloudImageQcow2(t)); err == nil || !strings.Contains(err.Error(), "qcow2") {
-			t.Errorf("qcow2 image: %v", err)
-		}
-	})
 }

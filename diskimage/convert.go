@@ -38,14 +38,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/kmodctl/packer-plugin-kmod/internal/atomicfile"
+	"github.com/kmodctl/packer-plugin-kmod/internal/tail"
 )
 
 // OutputFormats are the formats the builder accepts and writes, with their
@@ -282,7 +281,7 @@ func Convert(ctx context.Context, src, dst, dstFormat string, opts ...ConvertOpt
 	}
 	write := func(f *os.File) error {
 		if info.Format == "raw" && dstFormat == "raw" {
-			return sparseCopy(ctx, absSrc, f, total, progress)
+			return SparseCopy(ctx, f, absSrc, progress)
 		}
 		args := []string{"convert", "-f", info.Format}
 		switch dstFormat {
@@ -343,7 +342,7 @@ func qemuImg(ctx context.Context, stdout io.Writer, args ...string) ([]byte, err
 		return nil, errors.New("qemu-img not found (scripts/deps.sh installs qemu-utils)")
 	}
 	var out bytes.Buffer
-	errb := &tailBuffer{max: 8 << 10}
+	errb := &tail.Buffer{Max: 8 << 10}
 	c := exec.CommandContext(ctx, bin, args...)
 	c.Stdout, c.Stderr = &out, errb
 	if stdout != nil {
@@ -356,22 +355,6 @@ func qemuImg(ctx context.Context, stdout io.Writer, args ...string) ([]byte, err
 	}
 	return out.Bytes(), nil
 }
-
-// tailBuffer keeps the last max bytes written to it.
-type tailBuffer struct {
-	max int
-	b   []byte
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.b = append(t.b, p...)
-	if len(t.b) > t.max {
-		t.b = append(t.b[:0], t.b[len(t.b)-t.max:]...)
-	}
-	return len(p), nil
-}
-
-func (t *tailBuffer) String() string { return string(t.b) }
 
 // progressWriter parses qemu-img convert -p output: "    (12.34/100%)\r".
 type progressWriter struct {
@@ -414,72 +397,6 @@ func (w *progressWriter) Write(p []byte) (int, error) {
 		w.fn(done, w.total)
 	}
 	return len(p), nil
-}
-
-// Linux lseek whence values; elsewhere the copy reads every block.
-const (
-	seekData = 3
-	seekHole = 4
-)
-
-// sparseCopy copies size bytes of the raw image src to the empty file dst,
-// writing only the 1 MiB blocks (aligned) that hold a non-zero byte; holes
-// of src (found with SEEK_DATA/SEEK_HOLE) are not even read. dst is
-// truncated to size at the end.
-func sparseCopy(ctx context.Context, src string, dst *os.File, size int64, progress func(done, total int64)) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return fmt.Errorf("convert: %w", err)
-	}
-	defer in.Close()
-	buf := make([]byte, mib)
-	zero := make([]byte, mib)
-	holes := runtime.GOOS == "linux"
-	for off := int64(0); off < size; {
-		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("convert %s: %w", src, err)
-		}
-		dataEnd := size
-		if holes {
-			d, err := in.Seek(off, seekData)
-			switch {
-			case errors.Is(err, syscall.ENXIO): // only a hole from off on
-				d = size
-			case err != nil: // not supported here: copy it all
-				holes = false
-				d = off
-			}
-			d = min(d, size)
-			if d > off {
-				off = d
-				progress(off, size)
-				continue
-			}
-			if h, err := in.Seek(off, seekHole); err == nil {
-				dataEnd = min(max(h, off+1), size)
-			}
-		}
-		for off < dataEnd {
-			if err := ctx.Err(); err != nil {
-				return fmt.Errorf("convert %s: %w", src, err)
-			}
-			n := min((off/mib+1)*mib, dataEnd) - off
-			if _, err := in.ReadAt(buf[:n], off); err != nil {
-				return fmt.Errorf("convert: read %s at %d: %w", src, off, err)
-			}
-			if !bytes.Equal(buf[:n], zero[:n]) {
-				if _, err := dst.WriteAt(buf[:n], off); err != nil {
-					return fmt.Errorf("convert: %w", err)
-				}
-			}
-			off += n
-			progress(off, size)
-		}
-	}
-	if err := dst.Truncate(size); err != nil {
-		return fmt.Errorf("convert: %w", err)
-	}
-	return nil
 }
 
 // SHA256File returns the hex sha256 of the file at path, reading it in

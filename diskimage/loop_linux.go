@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kmodctl/packer-plugin-kmod/internal/shquote"
 )
 
 // Loop is a loop device attached to a byte range of an image file.
@@ -170,7 +172,7 @@ func CleanupCommands(loops []LoopInfo) string {
 		}
 		sortDeepestFirst(ms)
 		for _, m := range ms {
-			fmt.Fprintf(&b, "umount -R %s\n", shellQuote(m))
+			fmt.Fprintf(&b, "umount -R %s\n", shquote.Quote(m))
 		}
 	}
 	for _, l := range loops {
@@ -222,13 +224,6 @@ func runCmd(ctx context.Context, name string, args ...string) (string, error) {
 	return out.String(), nil
 }
 
-func shellQuote(s string) string {
-	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-+=:") == "" {
-		return s
-	}
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
-}
-
 // Holders says who keeps a block device busy: processes with it open and
 // mount namespaces other than ours that still have it mounted (a namespace
 // created while it was mounted keeps a private copy of that mount).
@@ -265,7 +260,7 @@ func Holders(dev string) string {
 		mi, _ := os.ReadFile(base + "/mountinfo")
 		for _, line := range strings.Split(string(mi), "\n") {
 			if f := strings.Fields(line); len(f) > 4 && f[2] == majMin {
-				out = append(out, fmt.Sprintf("%s has it mounted at %s in %s", who, unescapeMount(f[4]), ns))
+				out = append(out, fmt.Sprintf("%s has it mounted at %s in %s", who, unescapeOctal(f[4]), ns))
 				break
 			}
 		}

@@ -225,7 +225,7 @@ func TestUnderAndUnescape(t *testing.T) {
 	if !under("/mnt/x/y", "/mnt/x") || under("/mnt/xy", "/mnt/x") || !under("/mnt/x", "/mnt/x/") || !under("/mnt/x/f (deleted)", "/mnt/x") {
 		t.Error("under")
 	}
-	if got := unescapeMount(`/mnt/a\040b\134c`); got != `/mnt/a b\c` {
+	if got := unescapeOctal(`/mnt/a\040b\134c`); got != `/mnt/a b\c` {
 		t.Errorf("unescape %q", got)
 	}
 }

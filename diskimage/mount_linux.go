@@ -206,27 +206,9 @@ func readMountInfo() ([]mountEntry, error) {
 		if len(fields) < 5 || sep < 0 || sep+2 >= len(fields) {
 			continue
 		}
-		res = append(res, mountEntry{source: unescapeMount(fields[sep+2]), target: unescapeMount(fields[4]), fstype: fields[sep+1]})
+		res = append(res, mountEntry{source: unescapeOctal(fields[sep+2]), target: unescapeOctal(fields[4]), fstype: fields[sep+1]})
 	}
 	return res, sc.Err()
-}
-
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // MountsUnder lists the mount points at or below dir, deepest first (also

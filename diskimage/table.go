@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"os"
 	"sort"
 	"strings"
 	"unicode/utf16"
@@ -115,6 +116,25 @@ func isExtendedType(t byte) bool { return t == 0x05 || t == 0x0f || t == 0x85 }
 
 // ErrNoTable is returned when neither an MBR nor a GPT is found.
 var ErrNoTable = errors.New("no partition table (no MBR signature and no GPT header)")
+
+// ReadTableFile reads the partition table of the raw disk image file at
+// path (ReadTable on the whole file).
+func ReadTableFile(path string) (*Table, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	tab, err := ReadTable(f, st.Size())
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return tab, nil
+}
 
 // ReadTable parses the partition table of a disk of the given size. A
 // protective MBR (type 0xEE) or a GPT header without MBR selects GPT, with

@@ -31,15 +31,9 @@ type sfdiskJSON struct {
 
 func readTableFile(t testing.TB, path string) *Table {
 	t.Helper()
-	f, err := os.Open(path)
+	tab, err := ReadTableFile(path)
 	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	st, _ := f.Stat()
-	tab, err := ReadTable(f, st.Size())
-	if err != nil {
-		t.Fatalf("ReadTable(%s): %v", path, err)
+		t.Fatalf("ReadTableFile: %v", err)
 	}
 	return tab
 }

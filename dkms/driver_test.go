@@ -72,9 +72,7 @@ func mountedUnder(t *testing.T, dir string) []string {
 // releases everything at the end of the test, on every path.
 func dkmsRoot(t *testing.T) string {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (chroot, mount)")
-	}
+	fixture.NeedRoot(t)
 	src := fixture.RootfsDKMS(t)
 	reapStaleRoots(t)
 	parent, err := os.MkdirTemp("/var/tmp", fmt.Sprintf("dkms-test-%d-", os.Getpid()))

@@ -7,6 +7,8 @@ import (
 	"sort"
 	"strings"
 	"sync"
+
+	"github.com/kmodctl/packer-plugin-kmod/internal/shquote"
 )
 
 // PackageManager is the target's package manager.
@@ -73,14 +75,6 @@ func installedSet(ctx context.Context, r Runner, pm PackageManager) (map[string]
 	return set, nil
 }
 
-func quoteAll(pkgs []string) string {
-	q := make([]string, len(pkgs))
-	for i, p := range pkgs {
-		q[i] = shellQuote(p)
-	}
-	return strings.Join(q, " ")
-}
-
 // InstallPackages refreshes the package lists (base images ship none) and
 // installs pkgs without recommended packages, non-interactively. It returns
 // every package the installation added, requested or pulled in as a
@@ -99,11 +93,11 @@ func InstallPackages(ctx context.Context, r Runner, pm PackageManager, pkgs []st
 	switch pm {
 	case Apt:
 		cmd = "export DEBIAN_FRONTEND=noninteractive; apt-get update && apt-get install -y --no-install-recommends " +
-			"-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold " + quoteAll(pkgs)
+			"-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold " + shquote.Join(pkgs...)
 	case Dnf:
-		cmd = "dnf -y --refresh --setopt=install_weak_deps=False install " + quoteAll(pkgs)
+		cmd = "dnf -y --refresh --setopt=install_weak_deps=False install " + shquote.Join(pkgs...)
 	case Zypper:
-		cmd = "zypper --non-interactive refresh && zypper --non-interactive install --no-recommends " + quoteAll(pkgs)
+		cmd = "zypper --non-interactive refresh && zypper --non-interactive install --no-recommends " + shquote.Join(pkgs...)
 	default:
 		return nil, fmt.Errorf("unsupported package manager %q", pm)
 	}
@@ -137,11 +131,11 @@ func RemovePackages(ctx context.Context, r Runner, pm PackageManager, pkgs []str
 	var cmd string
 	switch pm {
 	case Apt:
-		cmd = "export DEBIAN_FRONTEND=noninteractive; apt-get purge -y " + quoteAll(pkgs)
+		cmd = "export DEBIAN_FRONTEND=noninteractive; apt-get purge -y " + shquote.Join(pkgs...)
 	case Dnf:
-		cmd = "dnf -y remove " + quoteAll(pkgs)
+		cmd = "dnf -y remove " + shquote.Join(pkgs...)
 	case Zypper:
-		cmd = "zypper --non-interactive remove " + quoteAll(pkgs)
+		cmd = "zypper --non-interactive remove " + shquote.Join(pkgs...)
 	default:
 		return fmt.Errorf("unsupported package manager %q", pm)
 	}

@@ -1,22 +1,7 @@
 package dkms
 
-import "strings"
+import "github.com/kmodctl/packer-plugin-kmod/internal/shquote"
 
-// shellQuote quotes s for a /bin/sh command line.
-func shellQuote(s string) string {
-	if s == "" {
-		return "''"
-	}
-	safe := true
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(isNameChar(c) || strings.IndexByte("-./:=@%+,", c) >= 0) {
-			safe = false
-			break
-		}
-	}
-	if safe {
-		return s
-	}
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
-}
+// shellQuote quotes s for a /bin/sh command line (shquote.Quote; the short
+// name keeps the many command lines of this package readable).
+func shellQuote(s string) string { return shquote.Quote(s) }

@@ -1,7 +1,6 @@
 package initramfs
 
 import (
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -53,24 +52,13 @@ func injectCopy(t *testing.T, name string, mode InjectMode, load bool, extra ...
 	t.Helper()
 	src := fixture.Initrd(t, name)
 	img := filepath.Join(t.TempDir(), name+"-"+string(mode)+".img")
-	copyFile(t, src, img)
+	fixture.CopyFile(t, src, img)
 	opts := append([]InjectOption{WithModules(fixture.TestModule(t, "kmodtest_marker")), WithMode(mode), WithLoad(load)}, extra...)
 	res, err := Inject(img, opts...)
 	if err != nil {
 		t.Fatalf("inject %s (%s): %v", name, mode, err)
 	}
 	return img, res
-}
-
-func copyFile(t *testing.T, src, dst string) {
-	t.Helper()
-	b, err := os.ReadFile(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(dst, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
 }
 
 func flavorOf(name string) Flavor {

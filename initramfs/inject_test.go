@@ -117,7 +117,7 @@ func TestInjectFixtures(t *testing.T) {
 				t.Parallel()
 				src := fixture.Initrd(t, name)
 				img := filepath.Join(t.TempDir(), "initrd.img")
-				copyFile(t, src, img)
+				fixture.CopyFile(t, src, img)
 				orig := readFile(t, src)
 				before, origIm := finalState(t, src)
 				res, err := Inject(img, WithModules(mods...), WithModulesDir(modulesDir), WithMode(mode), WithLoad(true))
@@ -274,7 +274,7 @@ func TestInjectDepmodMatchesKmod(t *testing.T) {
 		t.Run(string(mode), func(t *testing.T) {
 			t.Parallel()
 			img := filepath.Join(t.TempDir(), "initrd.img")
-			copyFile(t, fixture.Initrd(t, fixture.InitrdToolsZstd), img)
+			fixture.CopyFile(t, fixture.Initrd(t, fixture.InitrdToolsZstd), img)
 			res, err := Inject(img, WithModules(fixture.TestModule(t, "kmodtest_dep"), fixture.TestModule(t, "kmodtest_param")), WithModulesDir(modulesDir), WithMode(mode))
 			if err != nil {
 				t.Fatal(err)
@@ -329,7 +329,7 @@ func TestInjectRealDependencies(t *testing.T) {
 	tree := filepath.Join(fixture.Rootfs(t), "lib/modules", kver)
 	mod := filepath.Join(tree, "kernel/sound/pci/hda/snd-hda-intel.ko")
 	img := filepath.Join(t.TempDir(), "initrd.img")
-	copyFile(t, fixture.Initrd(t, fixture.InitrdToolsZstd), img)
+	fixture.CopyFile(t, fixture.Initrd(t, fixture.InitrdToolsZstd), img)
 	res, err := Inject(img, WithModules(mod), WithModulesDir(tree))
 	if err != nil {
 		t.Fatal(err)
@@ -404,7 +404,7 @@ func TestInjectRewriteAfterAppend(t *testing.T) {
 func TestInjectBackupAndOwner(t *testing.T) {
 	dir := t.TempDir()
 	img := filepath.Join(dir, "initrd.img")
-	copyFile(t, fixture.Initrd(t, fixture.InitrdToolsZstd), img)
+	fixture.CopyFile(t, fixture.Initrd(t, fixture.InitrdToolsZstd), img)
 	if err := os.Chmod(img, 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -121,24 +121,10 @@ func lastRecord(recs []modinfoRecord) *modinfoRecord {
 	return &recs[len(recs)-1]
 }
 
-// sigKeys are the fields modinfo derives from the signature.
-var sigKeys = map[string]bool{"sig_id": true, "signer": true, "sig_key": true, "sig_hashalgo": true, "signature": true}
-
-// modsigStubbed reports whether kmod/modsig is still the stub whose Split
-// never finds a signature.
-func modsigStubbed() bool {
-	_, err := os.Stat(filepath.Join("modsig", "stub.go"))
-	return err == nil
-}
-
 // diffFields compares want (modinfo's) with got (ModinfoFields) and
-// describes every difference. With the modsig stub in place and no parsed
-// signature, the sig_* fields are left out of the comparison.
+// describes every difference.
 func diffFields(file string, m *Module, want []Field) []string {
 	got := m.ModinfoFields()
-	if m.Signature == nil && modsigStubbed() {
-		want = slices.DeleteFunc(slices.Clone(want), func(f Field) bool { return sigKeys[f.Key] })
-	}
 	var diffs []string
 	for i := range max(len(want), len(got)) {
 		switch {
@@ -210,9 +196,6 @@ func compareWithModinfo(t *testing.T, files []string, reference map[string]strin
 			break
 		}
 		t.Error(d)
-	}
-	if sigs == 0 && modsigStubbed() {
-		t.Logf("modsig is a stub: sig_* fields were not compared")
 	}
 	t.Logf("compared %d files with modinfo (%d signed), %d differences", len(files), sigs, len(diffs))
 	return len(files)

@@ -385,7 +385,7 @@ func TestParseForeign(t *testing.T) {
 				if m.Class != c.class || m.ByteOrder != c.order || m.Machine != c.mach {
 					t.Errorf("%s: Class/ByteOrder/Machine = %v/%v/%v", m.Path, m.Class, m.ByteOrder, m.Machine)
 				}
-				if m.Signature == nil && !modsigStubbed() {
+				if m.Signature == nil {
 					t.Errorf("%s: no signature", m.Path)
 				}
 			}
@@ -610,9 +610,6 @@ func TestParseTruncated(t *testing.T) {
 		t.Fatal(err)
 	}
 	if m.Signature == nil {
-		if modsigStubbed() {
-			t.Skip("modsig is a stub")
-		}
 		t.Fatal("dummy.ko has no signature")
 	}
 	sh = sectionHeaderOffset(t, signed, ".modinfo")
@@ -704,9 +701,6 @@ func TestParseCompressedBomb(t *testing.T) {
 }
 
 func TestParseBadSignature(t *testing.T) {
-	if modsigStubbed() {
-		t.Skip("modsig is a stub")
-	}
 	data := readFixture(t, findModule(t, "dummy"))
 	// sig_len is the big-endian u32 just before the magic.
 	i := len(data) - len("~Module signature appended~\n") - 4

@@ -22,17 +22,6 @@ import (
 	"github.com/kmodctl/packer-plugin-kmod/kmod/modsig"
 )
 
-func copyFile(t testing.TB, src, dst string) {
-	t.Helper()
-	b, err := os.ReadFile(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(dst, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
-
 func newSigner(t testing.TB, k *sigtest.Key, opts ...kmod.SignOption) *kmod.Signer {
 	t.Helper()
 	s, err := kmod.NewSigner(k.Signer, k.Cert, opts...)
@@ -71,7 +60,7 @@ func TestSignFileModinfo(t *testing.T) {
 		for _, e := range entries {
 			name := e.Name()
 			p := filepath.Join(dir, h.name+"-"+name)
-			copyFile(t, filepath.Join(src, name), p)
+			fixture.CopyFile(t, filepath.Join(src, name), p)
 			orig, _ := os.ReadFile(p)
 			format := compress.Detect(orig)
 			plainOrig, err := compress.Decompress(orig, format, 0)
@@ -230,7 +219,7 @@ func TestSignPolicies(t *testing.T) {
 func TestSignFileSkipUnchanged(t *testing.T) {
 	k := sigtest.GoKey(t, "rsa:2048")
 	p := filepath.Join(t.TempDir(), "m.ko")
-	copyFile(t, sigtest.InTreeModules(t, 1)[0], p)
+	fixture.CopyFile(t, sigtest.InTreeModules(t, 1)[0], p)
 	old := time.Now().Add(-time.Hour).Truncate(time.Second)
 	os.Chtimes(p, old, old)
 	before, _ := os.ReadFile(p)
@@ -255,7 +244,7 @@ func TestSignFileKeepsModeAndSymlink(t *testing.T) {
 	k := sigtest.GoKey(t, "ec:P-256")
 	dir := t.TempDir()
 	p := filepath.Join(dir, "m.ko")
-	copyFile(t, fixture.TestModule(t, "kmodtest_base"), p)
+	fixture.CopyFile(t, fixture.TestModule(t, "kmodtest_base"), p)
 	os.Chmod(p, 0o600)
 	chowned := os.Chown(p, 65534, 65534) == nil // as root: the owner must survive
 	link := filepath.Join(dir, "link.ko")
@@ -360,7 +349,7 @@ func TestSignFiles(t *testing.T) {
 		case 17:
 			bad = append(bad, p) // missing
 		default:
-			copyFile(t, fixture.TestModule(t, "kmodtest_param"), p)
+			fixture.CopyFile(t, fixture.TestModule(t, "kmodtest_param"), p)
 		}
 		paths = append(paths, p)
 	}

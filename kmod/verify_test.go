@@ -28,7 +28,7 @@ func TestVerifyFile(t *testing.T) {
 		s := newSigner(t, k, kmod.WithHash(crypto.SHA384))
 		for _, name := range []string{"kmodtest_param.ko", "kmodtest_param.ko.xz", "kmodtest_param.ko.zst", "dummy.ko.gz"} {
 			p := filepath.Join(dir, name)
-			copyFile(t, filepath.Join(fixture.Path(t, "compressed"), name), p)
+			fixture.CopyFile(t, filepath.Join(fixture.Path(t, "compressed"), name), p)
 			if err := s.SignFile(p); err != nil {
 				t.Fatal(err)
 			}

@@ -144,41 +144,48 @@ build {
 	}
 }
 
-// TestAccFailingProvisioner is acceptance case (2): the build fails, nothing
-// is left mounted or attached, the source is unchanged, no outputs remain.
-func TestAccFailingProvisioner(t *testing.T) {
-	t.Parallel()
+// failingBuild runs a kmod-image build of the cloud image fixture (one
+// output format, no boot check) whose shell provisioner runs inline; during,
+// if not nil, acts on the build while it runs. The build must fail within
+// wait, leave nothing mounted or attached, leave the source unchanged and
+// write no output. It returns Packer's output.
+func failingBuild(t *testing.T, name, format string, inline []string, during func(r *packertest.Run), wait time.Duration) string {
+	t.Helper()
 	e := packertest.Setup(t)
 	src := fixture.CloudImageRaw(t)
 	qemutest.Slot(t)
 	before := packertest.SumFile(t, src)
 	dir := t.TempDir()
 	out := filepath.Join(dir, "out")
+	lines := make([]string, len(inline))
+	for i, l := range inline {
+		lines[i] = packertest.HCL(l)
+	}
 	tpl := `
-source "kmod-image" "fail" {
+source "kmod-image" "` + name + `" {
   source_image     = ` + packertest.HCL(src) + `
   output_directory = ` + packertest.HCL(out) + `
   mount_path       = ` + packertest.HCL(filepath.Join(dir, "mnt")) + `
-  output_formats   = ["raw"]
+  output_formats   = ["` + format + `"]
   boot_check {
     enabled = false
   }
 }
 build {
-  sources = ["source.kmod-image.fail"]
+  sources = ["source.kmod-image.` + name + `"]
   provisioner "shell" {
-    inline = ["echo about-to-fail", "exit 3"]
+    inline = [` + strings.Join(lines, ", ") + `]
   }
 }
 `
 	r := e.Start(t, dir, tpl)
-	output, err := r.Wait(t, 10*time.Minute)
+	if during != nil {
+		during(r)
+	}
+	output, err := r.Wait(t, wait)
 	t.Logf("packer output:\n%s", output)
 	if err == nil {
-		t.Fatalf("packer build succeeded with a failing provisioner:\n%s", output)
-	}
-	if !strings.Contains(output, "about-to-fail") || !strings.Contains(output, "exit status 3") && !strings.Contains(output, "non-zero exit status: 3") {
-		t.Errorf("output does not show the provisioner failing with 3:\n%s", output)
+		t.Fatalf("packer build %s succeeded:\n%s", name, output)
 	}
 	packertest.CheckNoLeftovers(t, dir)
 	if after := packertest.SumFile(t, src); after != before {
@@ -187,61 +194,44 @@ build {
 	ents, _ := os.ReadDir(out)
 	for _, e := range ents {
 		t.Errorf("left in the output directory: %s", e.Name())
+	}
+	return output
+}
+
+// TestAccFailingProvisioner is acceptance case (2): the build fails, nothing
+// is left mounted or attached, the source is unchanged, no outputs remain.
+func TestAccFailingProvisioner(t *testing.T) {
+	t.Parallel()
+	output := failingBuild(t, "fail", "raw", []string{"echo about-to-fail", "exit 3"}, nil, 10*time.Minute)
+	if !strings.Contains(output, "about-to-fail") || !strings.Contains(output, "exit status 3") && !strings.Contains(output, "non-zero exit status: 3") {
+		t.Errorf("output does not show the provisioner failing with 3:\n%s", output)
 	}
 }
 
 // TestAccInterrupt is acceptance case (3): SIGINT while a provisioner runs.
 func TestAccInterrupt(t *testing.T) {
 	t.Parallel()
-	e := packertest.Setup(t)
-	src := fixture.CloudImageRaw(t)
-	qemutest.Slot(t)
-	before := packertest.SumFile(t, src)
-	dir := t.TempDir()
-	out := filepath.Join(dir, "out")
-	tpl := `
-source "kmod-image" "int" {
-  source_image     = ` + packertest.HCL(src) + `
-  output_directory = ` + packertest.HCL(out) + `
-  mount_path       = ` + packertest.HCL(filepath.Join(dir, "mnt")) + `
-  output_formats   = ["qcow2"]
-  boot_check {
-    enabled = false
-  }
-}
-build {
-  sources = ["source.kmod-image.int"]
-  provisioner "shell" {
-    inline = ["echo provisioning-started", "sleep 600 & sleep 600"]
-  }
-}
-`
-	r := e.Start(t, dir, tpl)
-	r.WaitFor(t, "provisioning-started", 5*time.Minute)
-	time.Sleep(500 * time.Millisecond)
-	// What a terminal's Ctrl-C does: SIGINT to the foreground group.
-	if err := syscall.Kill(-r.Cmd.Process.Pid, syscall.SIGINT); err != nil {
-		t.Fatal(err)
+	sigint := func(r *packertest.Run) {
+		r.WaitFor(t, "provisioning-started", 5*time.Minute)
+		time.Sleep(500 * time.Millisecond)
+		// What a terminal's Ctrl-C does: SIGINT to the foreground group.
+		if err := syscall.Kill(-r.Cmd.Process.Pid, syscall.SIGINT); err != nil {
+			t.Fatal(err)
+		}
 	}
-	output, err := r.Wait(t, 3*time.Minute)
-	t.Logf("packer output:\n%s", output)
-	if err == nil {
-		t.Fatalf("packer build succeeded after SIGINT:\n%s", output)
-	}
+	output := failingBuild(t, "int", "qcow2", []string{"echo provisioning-started", "sleep 600 & sleep 600"}, sigint, 3*time.Minute)
 	if !strings.Contains(output, "cancel") && !strings.Contains(output, "Cancel") && !strings.Contains(output, "interrupt") {
 		t.Errorf("output does not mention the cancellation:\n%s", output)
 	}
-	packertest.CheckNoLeftovers(t, dir)
-	if after := packertest.SumFile(t, src); after != before {
-		t.Errorf("source image changed: %+v → %+v", before, after)
-	}
-	// The sleeps ran inside the chroot; none may survive.
+	noSleepLeft(t, "the interrupted build's chroot")
+}
+
+// noSleepLeft fails the test if a "sleep 600" started in a build's chroot
+// survived it.
+func noSleepLeft(t *testing.T, where string) {
+	t.Helper()
 	if b, _ := exec.Command("pgrep", "-f", "^sleep 600").Output(); len(bytes.TrimSpace(b)) > 0 {
-		t.Errorf("processes from the chroot survived: %s", b)
-	}
-	ents, _ := os.ReadDir(out)
-	for _, e := range ents {
-		t.Errorf("left in the output directory: %s", e.Name())
+		t.Errorf("processes from %s survived: %s", where, b)
 	}
 }
 
@@ -354,9 +344,7 @@ build {
 		t.Logf("$ %s → %v %s", c, err, out)
 	}
 	packertest.CheckNoLeftovers(t, dir)
-	if b, _ := exec.Command("pgrep", "-f", "^sleep 600").Output(); len(bytes.TrimSpace(b)) > 0 {
-		t.Errorf("the killed build's chroot process survived the cleanup commands: %s", b)
-	}
+	noSleepLeft(t, "the killed build's chroot (after the cleanup commands)")
 }
 
 // TestAccRootfsToCloudFormats builds a disk from a root filesystem tree (the

@@ -19,6 +19,7 @@ import (
 	"github.com/hashicorp/packer-plugin-sdk/common"
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
 	"github.com/kmodctl/packer-plugin-kmod/diskimage"
+	"github.com/kmodctl/packer-plugin-kmod/internal/shquote"
 )
 
 // chrootEnv is the whole environment of commands run in the chroot: the
@@ -51,10 +52,7 @@ var _ packersdk.Communicator = (*Communicator)(nil)
 // command builds the host command running script in the chroot with args
 // as $1, $2, ...
 func (c *Communicator) command(script string, args ...string) (*exec.Cmd, error) {
-	line := "chroot " + shQuote(c.Root) + " /bin/sh -c " + shQuote(script) + " sh"
-	for _, a := range args {
-		line += " " + shQuote(a)
-	}
+	line := shquote.Join(append([]string{"chroot", c.Root, "/bin/sh", "-c", script, "sh"}, args...)...)
 	if c.Wrapper != nil {
 		w, err := c.Wrapper(line)
 		if err != nil {
@@ -225,14 +223,6 @@ func (c *Communicator) DownloadDir(src, dst string, exclude []string) error {
 		return fmt.Errorf("download dir %s to %s: %w", src, dst, err)
 	}
 	return nil
-}
-
-// shQuote quotes s for /bin/sh.
-func shQuote(s string) string {
-	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./=:@+,") == "" {
-		return s
-	}
-	return "'" + strings.ReplaceAll(s, "'", `'"'"'`) + "'"
 }
 
 // waitGroupGone polls /proc until no live process is left in process group

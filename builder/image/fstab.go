@@ -1,9 +1,6 @@
 package image
 
 import (
-	"bufio"
-	"fmt"
-	"io"
 	"os"
 	"regexp"
 	"sort"
@@ -12,59 +9,6 @@ import (
 
 	"github.com/kmodctl/packer-plugin-kmod/diskimage"
 )
-
-// fstabEntry is one line of /etc/fstab.
-type fstabEntry struct {
-	Spec, File, Type string
-	Options          []string
-	Line             int
-}
-
-func (e fstabEntry) has(opt string) bool {
-	for _, o := range e.Options {
-		if o == opt {
-			return true
-		}
-	}
-	return false
-}
-
-// parseFstab reads fstab(5) lines: fields separated by blanks, octal
-// escapes (\040 for a space), comments and blank lines ignored.
-func parseFstab(r io.Reader) ([]fstabEntry, error) {
-	var res []fstabEntry
-	sc := bufio.NewScanner(r)
-	n := 0
-	for sc.Scan() {
-		n++
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		f := strings.Fields(line)
-		if len(f) < 2 {
-			return nil, fmt.Errorf("line %d: want at least spec and mount point, got %q", n, line)
-		}
-		e := fstabEntry{Spec: unescapeOctal(f[0]), File: unescapeOctal(f[1]), Type: "auto", Line: n}
-		if len(f) > 2 {
-			e.Type = f[2]
-		}
-		if len(f) > 3 {
-			e.Options = strings.Split(f[3], ",")
-		}
-		res = append(res, e)
-	}
-	return res, sc.Err()
-}
-
-var octalEscape = regexp.MustCompile(`\\[0-7]{3}`)
-
-func unescapeOctal(s string) string {
-	return octalEscape.ReplaceAllStringFunc(s, func(m string) string {
-		v, _ := strconv.ParseUint(m[1:], 8, 8)
-		return string(rune(v))
-	})
-}
 
 // devName matches partitions of the first disk only: the image is the
 // instance's first disk, and /dev/sdb1 must never be taken for its
@@ -119,7 +63,7 @@ func hostFilesystems() map[string]bool {
 }
 
 // sortByMountPoint orders entries so that parents mount before children.
-func sortByMountPoint(es []fstabEntry) {
+func sortByMountPoint(es []diskimage.FstabEntry) {
 	sort.SliceStable(es, func(i, j int) bool {
 		di, dj := strings.Count(strings.TrimRight(es[i].File, "/"), "/"), strings.Count(strings.TrimRight(es[j].File, "/"), "/")
 		if di != dj {

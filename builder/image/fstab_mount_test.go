@@ -21,6 +21,7 @@ import (
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
 
 	"github.com/kmodctl/packer-plugin-kmod/diskimage"
+	"github.com/kmodctl/packer-plugin-kmod/internal/fixture"
 )
 
 // fmPart is one partition of a test image.
@@ -223,14 +224,8 @@ type fmBuild struct {
 
 func fmNeedRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (loop devices and mounts)")
-	}
-	for _, tool := range []string{"losetup", "mount", "sfdisk", "mkfs.ext4", "mkfs.vfat", "mmd", "mcopy"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed", tool)
-		}
-	}
+	fixture.NeedRoot(t)
+	fixture.NeedTools(t, "losetup", "mount", "sfdisk", "mkfs.ext4", "mkfs.vfat", "mmd", "mcopy")
 }
 
 // fmNewBuild prepares a Config from raw (plus source_image, mount_path and

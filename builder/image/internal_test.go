@@ -96,11 +96,11 @@ PARTUUID=abcd-0001	/boot/efi	vfat	umask=0077	0	1
 tmpfs /tmp tmpfs defaults 0 0
 /swapfile none swap sw 0 0
 `
-	es, err := parseFstab(strings.NewReader(text))
+	es, err := diskimage.ParseFstab(strings.NewReader(text))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(es) != 6 || es[3].File != "/var data" || !es[3].has("nofail") || es[2].Type != "vfat" {
+	if len(es) != 6 || es[3].File != "/var data" || !es[3].HasOption("nofail") || es[2].Type != "vfat" {
 		t.Fatalf("parsed %+v", es)
 	}
 	tbl := &diskimage.Table{Kind: "gpt", Partitions: []diskimage.Partition{

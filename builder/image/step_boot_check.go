@@ -10,6 +10,7 @@ import (
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 
 	"github.com/kmodctl/packer-plugin-kmod/bootcheck"
+	"github.com/kmodctl/packer-plugin-kmod/diskimage"
 )
 
 // stepBootCheck boots the finished working copy in QEMU through a throwaway
@@ -32,9 +33,9 @@ func (s *stepBootCheck) Run(ctx context.Context, state multistep.StateBag) multi
 	mode := bc.Mode
 	if mode == bootModeAuto {
 		mode = bootModeDirect
-		if ok, why, err := bootcheck.HasBootloader(b.workImage); err == nil && ok {
+		if bl, err := diskimage.DetectBootloader(b.workImage); err == nil && bl.Bootable() {
 			mode = bootModeFirmware
-			u.Message("The image has a bootloader (" + why + "): booting through the firmware")
+			u.Message("The image has a bootloader (" + bl.Why + "): booting through the firmware")
 		}
 	}
 	if mode == bootModeDirect && b.bootKernel == nil {

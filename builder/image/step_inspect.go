@@ -3,8 +3,10 @@ package image
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -43,14 +45,12 @@ func (s *stepInspect) Run(ctx context.Context, state multistep.StateBag) multist
 	}
 	u.Say(fmt.Sprintf("Image: %s %s, kernels: %s", b.osRelease["ID"], b.osRelease["VERSION_ID"], strings.Join(rels, ", ")))
 
-	if p, err := securejoin.SecureJoin(root, manifest.Path); err == nil {
-		if _, err := os.Stat(p); err == nil {
-			dst := filepath.Join(b.workDir, "manifest.json")
-			if err := copyFile(p, dst); err != nil {
-				return halt(state, "copy %s out of the image: %v", manifest.Path, err)
-			}
-			b.manifest = dst
-		}
+	dst := filepath.Join(b.workDir, "manifest.json")
+	switch err := copyOut(root, manifest.Path, dst); {
+	case err == nil:
+		b.manifest = dst
+	case !errors.Is(err, fs.ErrNotExist):
+		return halt(state, "copy %s out of the image: %v", manifest.Path, err)
 	}
 
 	bc := b.cfg.BootCheck
@@ -138,14 +138,16 @@ func copyInside(root, hostPath, dst string) error {
 	if err != nil || strings.HasPrefix(rel, "..") {
 		return fmt.Errorf("%s is outside the image", hostPath)
 	}
-	p, err := securejoin.SecureJoin(root, rel)
+	return copyOut(root, rel, dst)
+}
+
+// copyOut copies the image file p (symlinks resolved inside root) to the
+// host file dst; a missing p is an error wrapping fs.ErrNotExist.
+func copyOut(root, p, dst string) error {
+	src, err := securejoin.SecureJoin(root, p)
 	if err != nil {
 		return err
 	}
-	return copyFile(p, dst)
-}
-
-func copyFile(src, dst string) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err

@@ -5,11 +5,12 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"strings"
 	"syscall"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 	"github.com/hashicorp/packer-plugin-sdk/template/interpolate"
+
+	"github.com/kmodctl/packer-plugin-kmod/internal/linewriter"
 )
 
 // mountCommandData is what pre_mount_commands and post_mount_commands can
@@ -49,11 +50,15 @@ func (s *stepMountCommands) Run(ctx context.Context, state multistep.StateBag) m
 		}
 		u.Say(fmt.Sprintf("%s: %s", s.name, line))
 		cmd := exec.CommandContext(ctx, "/bin/sh", "-c", line)
-		cmd.Stdout, cmd.Stderr = uiWriter{u.Message}, uiWriter{u.Error}
+		stdout, stderr := linewriter.New(u.Message), linewriter.New(u.Error)
+		cmd.Stdout, cmd.Stderr = stdout, stderr
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 		cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 		cmd.Env = append(os.Environ(), "PACKER_KMOD_DEVICE="+b.rootDevice, "PACKER_KMOD_MOUNT_PATH="+b.mountPath)
-		if err := cmd.Run(); err != nil {
+		err = cmd.Run()
+		stdout.Flush()
+		stderr.Flush()
+		if err != nil {
 			return halt(state, "%s[%d] %q: %v", s.name, i, line, err)
 		}
 	}
@@ -67,14 +72,4 @@ func (b *build) wrap(command string) (string, error) {
 	ictx := b.cfg.ctx
 	ictx.Data = &struct{ Command string }{command}
 	return interpolate.Render(b.cfg.CommandWrapper, &ictx)
-}
-
-// uiWriter sends written lines to a UI function.
-type uiWriter struct{ say func(string) }
-
-func (w uiWriter) Write(p []byte) (int, error) {
-	if s := strings.TrimRight(string(p), "\n"); s != "" {
-		w.say(s)
-	}
-	return len(p), nil
 }

@@ -10,6 +10,8 @@ import (
 
 	securejoin "github.com/cyphar/filepath-securejoin"
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
+
+	"github.com/kmodctl/packer-plugin-kmod/diskimage"
 )
 
 // stepMountFstab mounts the image's own /etc/fstab filesystems that live on
@@ -33,14 +35,14 @@ func (s *stepMountFstab) Run(ctx context.Context, state multistep.StateBag) mult
 		return halt(state, "/etc/fstab: %v", err)
 	}
 	f, err := os.Open(fstabPath)
-	var entries []fstabEntry
+	var entries []diskimage.FstabEntry
 	switch {
 	case os.IsNotExist(err):
 		u.Message("The image has no /etc/fstab; only the root partition is mounted")
 	case err != nil:
 		return halt(state, "/etc/fstab: %v", err)
 	default:
-		entries, err = parseFstab(f)
+		entries, err = diskimage.ParseFstab(f)
 		f.Close()
 		if err != nil {
 			return halt(state, "image /etc/fstab: %v", err)
@@ -73,7 +75,7 @@ func (s *stepMountFstab) Run(ctx context.Context, state multistep.StateBag) mult
 		if fsType == "auto" || fsType == "" {
 			fsType = fs.Type
 		}
-		if e.has("noauto") && !required[mp] {
+		if e.HasOption("noauto") && !required[mp] {
 			u.Message(fmt.Sprintf("Skipping %s (noauto in /etc/fstab)", mp))
 			continue
 		}
@@ -94,7 +96,7 @@ func (s *stepMountFstab) Run(ctx context.Context, state multistep.StateBag) mult
 			return halt(state, "attach partition %d for %s: %v", p.Number, mp, err)
 		}
 		if err := b.tracker.Mount(ctx, l.Device, target, fsType); err != nil {
-			if e.has("nofail") && !required[mp] {
+			if e.HasOption("nofail") && !required[mp] {
 				u.Error(fmt.Sprintf("warning: %s (nofail) not mounted: %v", mp, err))
 				continue
 			}

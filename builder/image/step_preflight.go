@@ -17,6 +17,7 @@ import (
 
 	"github.com/kmodctl/packer-plugin-kmod/diskimage"
 	"github.com/kmodctl/packer-plugin-kmod/internal/atomicfile"
+	"github.com/kmodctl/packer-plugin-kmod/internal/shquote"
 )
 
 // stateDir holds one record per running build (on tmpfs: loop devices and
@@ -195,7 +196,7 @@ func staleBuilds() []string {
 		var cmds []string
 		if rec.MountPath != "" && len(diskimage.MountsUnder(rec.MountPath)) > 0 {
 			// Processes left in the chroot keep it busy: kill them first.
-			cmds = append(cmds, "fuser -k -m "+shQuote(rec.MountPath), "umount -R "+shQuote(rec.MountPath))
+			cmds = append(cmds, "fuser -k -m "+shquote.Quote(rec.MountPath), "umount -R "+shquote.Quote(rec.MountPath))
 		}
 		loops, _ := diskimage.ListLoopsFor(rec.WorkImage)
 		for _, l := range loops {
@@ -207,7 +208,7 @@ func staleBuilds() []string {
 			os.Remove(p)
 			continue
 		}
-		cmds = append(cmds, "rm -rf "+shQuote(rec.WorkDir), "rm -f "+shQuote(p))
+		cmds = append(cmds, "rm -rf "+shquote.Quote(rec.WorkDir), "rm -f "+shquote.Quote(p))
 		msgs = append(msgs, fmt.Sprintf("stale state: build %q (pid %d, started %s) was killed and still holds mounts or loop devices. Release them with:\n  %s",
 			rec.Build, rec.PID, rec.Started.Format(time.RFC3339), strings.Join(cmds, "\n  ")))
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 
 	"github.com/kmodctl/packer-plugin-kmod/diskimage"
+	"github.com/kmodctl/packer-plugin-kmod/diskimage/rootfs"
 )
 
 // stepSource makes the raw working copy the build customizes: source_image
@@ -25,7 +26,7 @@ func (s *stepSource) Run(ctx context.Context, state multistep.StateBag) multiste
 	if cfg.SourceRootfs != "" {
 		size, _ := parseSize(cfg.DiskSize)
 		u.Say(fmt.Sprintf("Creating a %s %s disk from %s...", humanBytes(size), cfg.Filesystem, cfg.SourceRootfs))
-		_, err := diskimage.CreateFromRootfs(ctx, cfg.SourceRootfs, b.workImage, diskimage.CreateOptions{
+		_, err := rootfs.CreateImage(ctx, cfg.SourceRootfs, b.workImage, rootfs.Options{
 			Size: size, Filesystem: cfg.Filesystem, Log: u.Message,
 		})
 		if err != nil {

@@ -14,7 +14,7 @@ func TestInitramfsInject(t *testing.T) {
 	kver := fixture.KVER(t)
 	dir := t.TempDir()
 	img := filepath.Join(dir, "initrd.img")
-	copyFile(t, fixture.Initrd(t, fixture.InitrdToolsZstd), img)
+	fixture.CopyFile(t, fixture.Initrd(t, fixture.InitrdToolsZstd), img)
 	marker := fixture.TestModule(t, "kmodtest_marker")
 	param := fixture.TestModule(t, "kmodtest_param")
 	out, stderr, code := kmodctl(t, "initramfs", "inject", img, "--module", marker, "-m", param, "--load", "--backup", "--json")
@@ -55,7 +55,7 @@ func TestInitramfsInject(t *testing.T) {
 func TestInitramfsInjectErrors(t *testing.T) {
 	dir := t.TempDir()
 	img := filepath.Join(dir, "initrd.img")
-	copyFile(t, fixture.Initrd(t, fixture.InitrdToolsZstd), img)
+	fixture.CopyFile(t, fixture.Initrd(t, fixture.InitrdToolsZstd), img)
 	before, _ := os.ReadFile(img)
 	dep := fixture.TestModule(t, "kmodtest_dep")
 	for _, tc := range []struct {

@@ -53,17 +53,6 @@ func kmodctlIn(t *testing.T, stdin string, args ...string) (string, string, int)
 	return stdout.String(), stderr.String(), code
 }
 
-func copyFile(t *testing.T, src, dst string) {
-	t.Helper()
-	b, err := os.ReadFile(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(dst, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
-
 func TestInspectJSONShape(t *testing.T) {
 	param := fixture.TestModule(t, "kmodtest_param")
 	dummy := fixture.Path(t, "compressed/dummy.ko.xz")
@@ -151,11 +140,11 @@ func TestSignVerifyRoundTrip(t *testing.T) {
 	var files []string
 	for _, n := range []string{"kmodtest_base", "kmodtest_param"} {
 		p := filepath.Join(dir, n+".ko")
-		copyFile(t, fixture.TestModule(t, n), p)
+		fixture.CopyFile(t, fixture.TestModule(t, n), p)
 		files = append(files, p)
 	}
 	xzc := filepath.Join(dir, "dummy.ko.xz")
-	copyFile(t, fixture.Path(t, "compressed/dummy.ko.xz"), xzc)
+	fixture.CopyFile(t, fixture.Path(t, "compressed/dummy.ko.xz"), xzc)
 	files = append(files, xzc)
 
 	if _, stderr, code := kmodctl(t, append([]string{"module", "sign", "--key", key, "--cert", cert}, files...)...); code != 0 {
@@ -209,7 +198,7 @@ func TestSignECDSAAndBadArguments(t *testing.T) {
 	dir := t.TempDir()
 	key, cert := genKey(t, dir, "ec:prime256v1")
 	p := filepath.Join(dir, "m.ko")
-	copyFile(t, fixture.TestModule(t, "kmodtest_base"), p)
+	fixture.CopyFile(t, fixture.TestModule(t, "kmodtest_base"), p)
 	if _, stderr, code := kmodctl(t, "module", "sign", "--key", key, "--cert", cert, "--hash", "sha384", p); code != 0 {
 		t.Fatalf("ECDSA sign: %s", stderr)
 	}

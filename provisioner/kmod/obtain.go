@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	"github.com/kmodctl/packer-plugin-kmod/dkms"
+	"github.com/kmodctl/packer-plugin-kmod/internal/linewriter"
 	"github.com/kmodctl/packer-plugin-kmod/kmod"
 	"github.com/kmodctl/packer-plugin-kmod/kmod/manifest"
 )
@@ -66,7 +67,7 @@ func (r *run) obtainSource(ctx context.Context, i int, mc ModuleConfig) error {
 
 func (r *run) obtainPackage(ctx context.Context, i int, mc ModuleConfig) error {
 	r.ui.Say(fmt.Sprintf("kmod: installing %s (%s)", mc.Package, r.pm))
-	if _, err := dkms.InstallPackages(ctx, r.t, r.pm, []string{mc.Package}, &lineWriter{say: r.ui.Message}); err != nil {
+	if _, err := dkms.InstallPackages(ctx, r.t, r.pm, []string{mc.Package}, linewriter.New(r.ui.Message)); err != nil {
 		return fmt.Errorf("module[%d].package %s: %w", i, mc.Package, err)
 	}
 	nvs, err := r.driver.PackageModules(ctx, mc.Package)

@@ -27,6 +27,7 @@ import (
 	"github.com/kmodctl/packer-plugin-kmod/dkms"
 	"github.com/kmodctl/packer-plugin-kmod/firstboot"
 	"github.com/kmodctl/packer-plugin-kmod/internal/atomicfile"
+	"github.com/kmodctl/packer-plugin-kmod/internal/linewriter"
 	"github.com/kmodctl/packer-plugin-kmod/kmod"
 	"github.com/kmodctl/packer-plugin-kmod/kmod/manifest"
 	"github.com/kmodctl/packer-plugin-kmod/kmod/modsig"
@@ -448,7 +449,7 @@ func (r *run) prepareDKMS(ctx context.Context) error {
 		}
 		pkgs := dkms.BuildDependencies(r.pm, rels)
 		r.ui.Say(fmt.Sprintf("kmod: installing build dependencies (%s): %s", r.pm, strings.Join(pkgs, " ")))
-		added, err := dkms.InstallPackages(ctx, r.t, r.pm, pkgs, &lineWriter{say: r.ui.Message})
+		added, err := dkms.InstallPackages(ctx, r.t, r.pm, pkgs, linewriter.New(r.ui.Message))
 		if err != nil {
 			return fmt.Errorf("install_dependencies: %w", err)
 		}
@@ -502,7 +503,7 @@ func (r *run) finish(ctx context.Context) error {
 			r.ui.Message("kmod: keeping dkms: the *-dkms packages installed here depend on it")
 		}
 		r.ui.Say("kmod: removing build dependencies: " + strings.Join(remove, " "))
-		if err := dkms.RemovePackages(ctx, r.t, r.pm, remove, &lineWriter{say: r.ui.Message}); err != nil {
+		if err := dkms.RemovePackages(ctx, r.t, r.pm, remove, linewriter.New(r.ui.Message)); err != nil {
 			return fmt.Errorf("remove_build_dependencies: %w", err)
 		}
 	}

@@ -11,6 +11,9 @@ import (
 	"time"
 
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
+
+	"github.com/kmodctl/packer-plugin-kmod/internal/linewriter"
+	"github.com/kmodctl/packer-plugin-kmod/internal/shquote"
 )
 
 // target runs commands and moves files on the image through the Packer
@@ -62,9 +65,8 @@ func (t *target) output(ctx context.Context, command string) (string, error) {
 
 // runUI runs command showing its output in the Packer UI.
 func (t *target) runUI(ctx context.Context, command string) error {
-	w := &lineWriter{say: t.ui.Message}
-	var tail tailBuffer
-	st, err := t.Run(ctx, command, io.MultiWriter(w, &tail), io.MultiWriter(w, &tail))
+	w := linewriter.New(t.ui.Message)
+	st, err := t.Run(ctx, command, w, w)
 	w.Flush()
 	if err != nil {
 		return err
@@ -140,49 +142,8 @@ func firstLine(s string) string {
 	return s
 }
 
-func shQuote(s string) string {
-	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./=:@+,") == "" {
-		return s
-	}
-	return "'" + strings.ReplaceAll(s, "'", `'"'"'`) + "'"
-}
-
-// lineWriter sends complete lines to say.
-type lineWriter struct {
-	say func(string)
-	buf []byte
-}
-
-func (w *lineWriter) Write(p []byte) (int, error) {
-	w.buf = append(w.buf, p...)
-	for {
-		i := bytes.IndexByte(w.buf, '\n')
-		if i < 0 {
-			break
-		}
-		w.say(string(w.buf[:i]))
-		w.buf = w.buf[i+1:]
-	}
-	return len(p), nil
-}
-
-func (w *lineWriter) Flush() {
-	if len(w.buf) > 0 {
-		w.say(string(w.buf))
-		w.buf = nil
-	}
-}
-
-// tailBuffer keeps the last 64 KiB written.
-type tailBuffer struct{ b []byte }
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.b = append(t.b, p...)
-	if len(t.b) > 64<<10 {
-		t.b = t.b[len(t.b)-64<<10:]
-	}
-	return len(p), nil
-}
+// shQuote quotes s for the target's /bin/sh (shquote.Quote).
+func shQuote(s string) string { return shquote.Quote(s) }
 
 type fileInfo struct {
 	os.FileInfo

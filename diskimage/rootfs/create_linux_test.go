@@ -1,6 +1,6 @@
 //go:build linux
 
-package diskimage
+package rootfs
 
 import (
 	"bytes"
@@ -22,16 +22,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kmodctl/packer-plugin-kmod/diskimage"
 	"github.com/kmodctl/packer-plugin-kmod/internal/fixture"
 )
 
-const createTinyFstab = "# static file system information\nproc /proc proc defaults 0 0\n"
+const tinyFstab = "# static file system information\nproc /proc proc defaults 0 0\n"
 
-// createTinyTree builds a small root tree with what a copy must keep:
+// tinyTree builds a small root tree with what a copy must keep:
 // owners, setuid/setgid/sticky modes, hard links, relative, absolute,
 // dangling and long symlinks, a fifo, a sparse file, an empty file, a name
 // with a space, a user xattr, ACLs and fixed mtimes.
-func createTinyTree(t *testing.T) string {
+func tinyTree(t *testing.T) string {
 	t.Helper()
 	root := filepath.Join(t.TempDir(), "tree")
 	mkdir := func(rel string, mode os.FileMode, uid, gid int) {
@@ -65,7 +66,7 @@ func createTinyTree(t *testing.T) string {
 	}
 	mkdir(".", 0o755, 0, 0)
 	mkdir("etc", 0o755, 0, 0)
-	file("etc/fstab", createTinyFstab, 0o644, 0, 0)
+	file("etc/fstab", tinyFstab, 0o644, 0, 0)
 	file("etc/hostname", "tiny\n", 0o644, 0, 0)
 	file("etc/os-release", "ID=debian\nVERSION_ID=12\n", 0o644, 0, 0)
 	mkdir("usr/bin", 0o755, 0, 0)
@@ -127,8 +128,8 @@ func createTinyTree(t *testing.T) string {
 	return root
 }
 
-// createMeta is what createSnapshot records of an entry.
-type createMeta struct {
+// meta is what snapshot records of an entry.
+type meta struct {
 	Mode         fs.FileMode
 	UID, GID     uint32
 	Size         int64
@@ -136,11 +137,11 @@ type createMeta struct {
 	Link         string
 }
 
-// createSnapshot records the metadata (ctime included) of every entry, to
+// snapshot records the metadata (ctime included) of every entry, to
 // prove that a tree was not modified.
-func createSnapshot(t testing.TB, root string) map[string]createMeta {
+func snapshot(t testing.TB, root string) map[string]meta {
 	t.Helper()
-	m := map[string]createMeta{}
+	m := map[string]meta{}
 	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -150,7 +151,7 @@ func createSnapshot(t testing.TB, root string) map[string]createMeta {
 			return err
 		}
 		st := fi.Sys().(*syscall.Stat_t)
-		e := createMeta{Mode: fi.Mode(), UID: st.Uid, GID: st.Gid, Size: fi.Size(),
+		e := meta{Mode: fi.Mode(), UID: st.Uid, GID: st.Gid, Size: fi.Size(),
 			Mtime: st.Mtim.Nano(), Ctime: st.Ctim.Nano()}
 		if fi.Mode()&fs.ModeSymlink != 0 {
 			e.Link, _ = os.Readlink(p)
@@ -165,7 +166,7 @@ func createSnapshot(t testing.TB, root string) map[string]createMeta {
 	return m
 }
 
-func createSameSnapshot(t *testing.T, what string, before, after map[string]createMeta) {
+func sameSnapshot(t *testing.T, what string, before, after map[string]meta) {
 	t.Helper()
 	if len(before) != len(after) {
 		t.Errorf("%s: %d entries before, %d after", what, len(before), len(after))
@@ -180,7 +181,7 @@ func createSameSnapshot(t *testing.T, what string, before, after map[string]crea
 	}
 }
 
-func createXattrs(p string) map[string]string {
+func xattrs(p string) map[string]string {
 	n, err := syscall.Listxattr(p, nil)
 	if err != nil || n == 0 {
 		return nil
@@ -204,8 +205,8 @@ func createXattrs(p string) map[string]string {
 	return m
 }
 
-// createSameContent compares two files' content with the buffers ba, bb.
-func createSameContent(a, b string, ba, bb []byte) (bool, error) {
+// sameContent compares two files' content with the buffers ba, bb.
+func sameContent(a, b string, ba, bb []byte) (bool, error) {
 	fa, err := os.Open(a)
 	if err != nil {
 		return false, err
@@ -234,12 +235,12 @@ func createSameContent(a, b string, ba, bb []byte) (bool, error) {
 	}
 }
 
-// createCompareTrees checks that got holds exactly the entries of src with
+// compareTrees checks that got holds exactly the entries of src with
 // the same type, mode, owner, size, content, symlink target, device
 // number, xattrs, mtime (files and symlinks) and hard link structure. skip
 // lists entries (relative) left to the caller; extra lists entries only
 // got may have.
-func createCompareTrees(t *testing.T, src, got string, skip, extra map[string]bool) {
+func compareTrees(t *testing.T, src, got string, skip, extra map[string]bool) {
 	t.Helper()
 	links := map[uint64]uint64{} // src inode -> got inode
 	errs := 0
@@ -274,7 +275,7 @@ func createCompareTrees(t *testing.T, src, got string, skip, extra map[string]bo
 		if a.Mode() != b.Mode() || sa.Uid != sb.Uid || sa.Gid != sb.Gid {
 			fail("%s: mode %v owner %d:%d, want %v %d:%d", rel, b.Mode(), sb.Uid, sb.Gid, a.Mode(), sa.Uid, sa.Gid)
 		}
-		xb := createXattrs(gp)
+		xb := xattrs(gp)
 		for k := range xb {
 			if strings.HasPrefix(k, "trusted.SGI_ACL_") {
 				delete(xb, k) // how xfs stores ACLs, listed for root
@@ -283,14 +284,14 @@ func createCompareTrees(t *testing.T, src, got string, skip, extra map[string]bo
 		if len(xb) == 0 {
 			xb = nil
 		}
-		if xa := createXattrs(p); !reflect.DeepEqual(xa, xb) {
+		if xa := xattrs(p); !reflect.DeepEqual(xa, xb) {
 			fail("%s: xattrs %q, want %q", rel, xb, xa)
 		}
 		switch {
 		case a.Mode().IsRegular():
 			if a.Size() != b.Size() {
 				fail("%s: size %d, want %d", rel, b.Size(), a.Size())
-			} else if same, err := createSameContent(p, gp, ba, bb); err != nil || !same {
+			} else if same, err := sameContent(p, gp, ba, bb); err != nil || !same {
 				fail("%s: content differs (%v)", rel, err)
 			}
 			if sa.Nlink > 1 {
@@ -339,21 +340,33 @@ func createCompareTrees(t *testing.T, src, got string, skip, extra map[string]bo
 	}
 }
 
-// createMountRO attaches the partition read-only and mounts it; the
+// readTable reads the partition table of the image file p.
+func readTable(t *testing.T, p string) *diskimage.Table {
+	t.Helper()
+	tab, err := diskimage.ReadTableFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tab
+}
+
+// mountRO attaches the partition read-only and mounts it; the
 // cleanup releases both and checks nothing is left.
-func createMountRO(t *testing.T, img string, p Partition, fstype string) string {
+func mountRO(t *testing.T, img string, p diskimage.Partition, fstype string) string {
 	t.Helper()
 	ctx := context.Background()
 	mnt := t.TempDir()
-	tr := &Tracker{}
+	tr := &diskimage.Tracker{}
 	t.Cleanup(func() {
 		if _, err := tr.Release(); err != nil {
 			t.Error(err)
 		}
-		if ms := MountsUnder(mnt); len(ms) > 0 {
+		if ms := diskimage.MountsUnder(mnt); len(ms) > 0 {
 			t.Errorf("still mounted: %v", ms)
 		}
-		noLoopsLeft(t, img)
+		if err := diskimage.CheckNoLeftovers(img); err != nil {
+			t.Error(err)
+		}
 	})
 	l, err := tr.AttachPartition(ctx, img, p, true)
 	if err != nil {
@@ -365,17 +378,17 @@ func createMountRO(t *testing.T, img string, p Partition, fstype string) string 
 	return mnt
 }
 
-type createWant struct {
+type imageWant struct {
 	size  int64
 	fs    string
 	label string
 	arch  string
 }
 
-// createCheckImage checks the layout, the table's validity for sfdisk and
+// checkImage checks the layout, the table's validity for sfdisk and
 // sgdisk, the filesystem (probe, blkid, fsck) and ChooseRoot on a new
 // image, and returns the root partition and its filesystem.
-func createCheckImage(t *testing.T, img string, ret *Table, w createWant) (Partition, FS) {
+func checkImage(t *testing.T, img string, ret *diskimage.Table, w imageWant) (diskimage.Partition, diskimage.FS) {
 	t.Helper()
 	st, err := os.Stat(img)
 	if err != nil {
@@ -384,8 +397,7 @@ func createCheckImage(t *testing.T, img string, ret *Table, w createWant) (Parti
 	if st.Size() != w.size {
 		t.Errorf("image size %d, want %d", st.Size(), w.size)
 	}
-	tab := readTableFile(t, img)
-	compareSfdisk(t, img, tab)
+	tab := readTable(t, img)
 	if !reflect.DeepEqual(tab, ret) {
 		t.Errorf("returned table %+v, the image holds %+v", ret, tab)
 	}
@@ -393,16 +405,16 @@ func createCheckImage(t *testing.T, img string, ret *Table, w createWant) (Parti
 		t.Fatalf("table %+v, want a GPT with 2 partitions", tab)
 	}
 	p1, p2 := tab.Partitions[0], tab.Partitions[1]
-	if p1.Number != 1 || p1.Start != 1<<20 || p1.Size != 1<<20 || p1.Type != GPTTypeBIOSBoot || p1.Name != "BIOS boot" {
+	if p1.Number != 1 || p1.Start != 1<<20 || p1.Size != 1<<20 || p1.Type != diskimage.GPTTypeBIOSBoot || p1.Name != "BIOS boot" {
 		t.Errorf("partition 1: %+v, want BIOS boot at 1 MiB, 1 MiB", p1)
 	}
-	if p2.Number != 2 || p2.Start != 2<<20 || p2.Size != w.size-3<<20 || p2.Type != RootGPTTypes[w.arch] || p2.Name != "root" {
+	if p2.Number != 2 || p2.Start != 2<<20 || p2.Size != w.size-3<<20 || p2.Type != diskimage.RootGPTTypes[w.arch] || p2.Name != "root" {
 		t.Errorf("partition 2: %+v, want %s root at 2 MiB, %d bytes", p2, w.arch, w.size-3<<20)
 	}
 	if out := fixture.Run(t, "sfdisk", "--verify", img); !strings.Contains(out, "No errors detected") {
 		t.Errorf("sfdisk --verify:\n%s", out)
 	}
-	if _, err := lookPath("sgdisk"); err == nil {
+	if _, err := exec.LookPath("sgdisk"); err == nil {
 		if out := fixture.Run(t, "sgdisk", "-v", img); !strings.Contains(out, "No problems found") || strings.Contains(out, "Warning") {
 			t.Errorf("sgdisk -v:\n%s", out)
 		}
@@ -412,14 +424,17 @@ func createCheckImage(t *testing.T, img string, ret *Table, w createWant) (Parti
 		t.Fatal(err)
 	}
 	defer f.Close()
-	if fs, err := ProbePartition(f, p1); err == nil {
+	if fs, err := diskimage.ProbePartition(f, p1); err == nil {
 		t.Errorf("BIOS boot partition holds %+v", fs)
 	}
-	fsys := checkAgainstBlkid(t, img, p2.Start, p2.Size)
+	fsys, err := diskimage.ProbePartition(f, p2)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if fsys.Type != w.fs || fsys.Label != w.label || len(fsys.UUID) != 36 {
 		t.Errorf("root filesystem %+v, want %s labelled %q with a UUID", fsys, w.fs, w.label)
 	}
-	root, how, err := ChooseRoot(tab, RootOptions{Arch: w.arch, Probes: map[int]FS{2: fsys}})
+	root, how, err := diskimage.ChooseRoot(tab, diskimage.RootOptions{Arch: w.arch, Probes: map[int]diskimage.FS{2: fsys}})
 	if err != nil || root.Number != 2 || !strings.Contains(how, "GPT root partition type") {
 		t.Errorf("ChooseRoot: %d %q %v, want 2 by GPT type", root.Number, how, err)
 	}
@@ -428,8 +443,8 @@ func createCheckImage(t *testing.T, img string, ret *Table, w createWant) (Parti
 		fixture.NeedTools(t, "e2fsck")
 		fixture.Run(t, "e2fsck", "-fn", img+"?offset="+strconv.FormatInt(p2.Start, 10))
 	case "xfs":
-		if _, err := lookPath("xfs_repair"); err == nil {
-			tr := &Tracker{}
+		if _, err := exec.LookPath("xfs_repair"); err == nil {
+			tr := &diskimage.Tracker{}
 			l, err := tr.AttachPartition(context.Background(), img, p2, true)
 			if err != nil {
 				t.Fatal(err)
@@ -443,13 +458,15 @@ func createCheckImage(t *testing.T, img string, ret *Table, w createWant) (Parti
 			}
 		}
 	}
-	noLoopsLeft(t, img)
+	if err := diskimage.CheckNoLeftovers(img); err != nil {
+		t.Error(err)
+	}
 	return p2, fsys
 }
 
-// createCheckFstab checks the fstab at p in the mounted tree: want plus
+// checkFstab checks the fstab at p in the mounted tree: want plus
 // the root line, with the given mode and owner.
-func createCheckFstab(t *testing.T, mnt, p, want string, mode os.FileMode, uid, gid uint32, fsys FS) {
+func checkFstab(t *testing.T, mnt, p, want string, mode os.FileMode, uid, gid uint32, fsys diskimage.FS) {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(mnt, p))
 	if err != nil {
@@ -469,9 +486,9 @@ func createCheckFstab(t *testing.T, mnt, p, want string, mode os.FileMode, uid, 
 	}
 }
 
-// createOnlyEntries checks that dir holds exactly names (no temporary
+// onlyEntries checks that dir holds exactly names (no temporary
 // files left).
-func createOnlyEntries(t *testing.T, dir string, names ...string) {
+func onlyEntries(t *testing.T, dir string, names ...string) {
 	t.Helper()
 	ents, err := os.ReadDir(dir)
 	if err != nil {
@@ -487,10 +504,10 @@ func createOnlyEntries(t *testing.T, dir string, names ...string) {
 	}
 }
 
-// createNothingLeft checks that no loop device is backed by a file in dir,
+// nothingLeft checks that no loop device is backed by a file in dir,
 // nothing is mounted below tmpdir and no process runs with dir on its
 // command line.
-func createNothingLeft(t *testing.T, dir, tmpdir string) {
+func nothingLeft(t *testing.T, dir, tmpdir string) {
 	t.Helper()
 	out := fixture.Run(t, "losetup", "--list", "--json", "-O", "NAME,BACK-FILE")
 	var j struct {
@@ -505,11 +522,11 @@ func createNothingLeft(t *testing.T, dir, tmpdir string) {
 		}
 	}
 	for _, l := range j.Loops {
-		if under(l.BackFile, dir) {
+		if bf := strings.TrimSuffix(l.BackFile, " (deleted)"); bf == dir || strings.HasPrefix(bf, dir+"/") {
 			t.Errorf("loop device %s left, backed by %s", l.Name, l.BackFile)
 		}
 	}
-	if ms := MountsUnder(tmpdir); len(ms) > 0 {
+	if ms := diskimage.MountsUnder(tmpdir); len(ms) > 0 {
 		t.Errorf("mounts left: %v", ms)
 	}
 	procs, _ := os.ReadDir("/proc")
@@ -524,14 +541,14 @@ func createNothingLeft(t *testing.T, dir, tmpdir string) {
 	}
 }
 
-// createLog collects Log lines.
-type createLog struct {
+// logLines collects Log lines.
+type logLines struct {
 	mu    sync.Mutex
 	lines []string
 	on    func(string)
 }
 
-func (l *createLog) log(s string) {
+func (l *logLines) log(s string) {
 	l.mu.Lock()
 	l.lines = append(l.lines, s)
 	on := l.on
@@ -541,7 +558,7 @@ func (l *createLog) log(s string) {
 	}
 }
 
-func createNeed(t *testing.T, fsType string) {
+func need(t *testing.T, fsType string) {
 	t.Helper()
 	fixture.NeedRoot(t)
 	fixture.NeedTools(t, "sfdisk", "tar", "losetup", "blkid")
@@ -556,16 +573,16 @@ func createNeed(t *testing.T, fsType string) {
 	}
 }
 
-func TestCreateFromRootfsExt4Dir(t *testing.T) {
-	createNeed(t, "ext4")
-	src := createTinyTree(t)
-	before := createSnapshot(t, src)
+func TestCreateImageExt4Dir(t *testing.T) {
+	need(t, "ext4")
+	src := tinyTree(t)
+	before := snapshot(t, src)
 	out := t.TempDir()
 	t.Setenv("TMPDIR", t.TempDir())
 	dst := filepath.Join(out, "disk.raw")
-	var lg createLog
+	var lg logLines
 	t0 := time.Now()
-	tab, err := CreateFromRootfs(context.Background(), src, dst, CreateOptions{Size: 63<<20 + 1, Log: lg.log})
+	tab, err := CreateImage(context.Background(), src, dst, Options{Size: 63<<20 + 1, Log: lg.log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -573,50 +590,50 @@ func TestCreateFromRootfsExt4Dir(t *testing.T) {
 	if len(lg.lines) < 3 {
 		t.Errorf("log lines %q", lg.lines)
 	}
-	createOnlyEntries(t, out, "disk.raw")
-	createOnlyEntries(t, os.Getenv("TMPDIR"))
-	createSameSnapshot(t, "source tree", before, createSnapshot(t, src))
-	p, fsys := createCheckImage(t, dst, tab, createWant{size: 64 << 20, fs: "ext4", label: "root", arch: "amd64"})
-	mnt := createMountRO(t, dst, p, "ext4")
-	createCompareTrees(t, src, mnt, map[string]bool{"etc/fstab": true}, map[string]bool{"lost+found": true})
-	createCheckFstab(t, mnt, "etc/fstab", createTinyFstab, 0o644, 0, 0, fsys)
-	if b, _ := os.ReadFile(filepath.Join(src, "etc/fstab")); string(b) != createTinyFstab {
+	onlyEntries(t, out, "disk.raw")
+	onlyEntries(t, os.Getenv("TMPDIR"))
+	sameSnapshot(t, "source tree", before, snapshot(t, src))
+	p, fsys := checkImage(t, dst, tab, imageWant{size: 64 << 20, fs: "ext4", label: "root", arch: "amd64"})
+	mnt := mountRO(t, dst, p, "ext4")
+	compareTrees(t, src, mnt, map[string]bool{"etc/fstab": true}, map[string]bool{"lost+found": true})
+	checkFstab(t, mnt, "etc/fstab", tinyFstab, 0o644, 0, 0, fsys)
+	if b, _ := os.ReadFile(filepath.Join(src, "etc/fstab")); string(b) != tinyFstab {
 		t.Errorf("source fstab changed: %q", b)
 	}
 }
 
-func TestCreateFromRootfsXFSDir(t *testing.T) {
-	createNeed(t, "xfs")
-	src := createTinyTree(t)
+func TestCreateImageXFSDir(t *testing.T) {
+	need(t, "xfs")
+	src := tinyTree(t)
 	// The root folder's own mode and owner are copied too.
 	os.Chmod(src, 0o750)
 	os.Lchown(src, 0, 3)
-	before := createSnapshot(t, src)
+	before := snapshot(t, src)
 	out := t.TempDir()
 	t.Setenv("TMPDIR", t.TempDir())
 	dst := filepath.Join(out, "disk.raw")
-	var lg createLog
+	var lg logLines
 	t0 := time.Now()
-	tab, err := CreateFromRootfs(context.Background(), src, dst, CreateOptions{Size: 320 << 20, Filesystem: "xfs", Label: "xroot", Arch: "arm64", Log: lg.log})
+	tab, err := CreateImage(context.Background(), src, dst, Options{Size: 320 << 20, Filesystem: "xfs", Label: "xroot", Arch: "arm64", Log: lg.log})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("xfs from the tiny tree in %v:\n%s", time.Since(t0), strings.Join(lg.lines, "\n"))
-	createOnlyEntries(t, out, "disk.raw")
-	createOnlyEntries(t, os.Getenv("TMPDIR"))
-	createNothingLeft(t, out, os.Getenv("TMPDIR"))
-	createSameSnapshot(t, "source tree", before, createSnapshot(t, src))
-	p, fsys := createCheckImage(t, dst, tab, createWant{size: 320 << 20, fs: "xfs", label: "xroot", arch: "arm64"})
-	mnt := createMountRO(t, dst, p, "xfs")
-	createCompareTrees(t, src, mnt, map[string]bool{"etc/fstab": true}, nil)
-	createCheckFstab(t, mnt, "etc/fstab", createTinyFstab, 0o644, 0, 0, fsys)
+	onlyEntries(t, out, "disk.raw")
+	onlyEntries(t, os.Getenv("TMPDIR"))
+	nothingLeft(t, out, os.Getenv("TMPDIR"))
+	sameSnapshot(t, "source tree", before, snapshot(t, src))
+	p, fsys := checkImage(t, dst, tab, imageWant{size: 320 << 20, fs: "xfs", label: "xroot", arch: "arm64"})
+	mnt := mountRO(t, dst, p, "xfs")
+	compareTrees(t, src, mnt, map[string]bool{"etc/fstab": true}, nil)
+	checkFstab(t, mnt, "etc/fstab", tinyFstab, 0o644, 0, 0, fsys)
 }
 
-// TestCreateFromRootfsTarballs makes images from archives of the tiny tree
+// TestCreateImageTarballs makes images from archives of the tiny tree
 // in every compression, ext4 and (one) xfs.
-func TestCreateFromRootfsTarballs(t *testing.T) {
-	createNeed(t, "ext4")
-	src := createTinyTree(t)
+func TestCreateImageTarballs(t *testing.T) {
+	need(t, "ext4")
+	src := tinyTree(t)
 	dir := t.TempDir()
 	cases := []struct {
 		name, fs, arch string
@@ -631,7 +648,7 @@ func TestCreateFromRootfsTarballs(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.fs+"-"+c.name, func(t *testing.T) {
 			if c.fs == "xfs" {
-				createNeed(t, "xfs")
+				need(t, "xfs")
 			}
 			if strings.HasSuffix(c.name, ".zst") {
 				fixture.NeedTools(t, "zstd")
@@ -641,9 +658,9 @@ func TestCreateFromRootfsTarballs(t *testing.T) {
 			}
 			arch := filepath.Join(dir, c.name)
 			if _, err := os.Stat(arch); err != nil {
-				fixture.Run(t, "tar", append([]string{"-C", src, "-caf", arch}, append(createTarMeta, ".")...)...)
+				fixture.Run(t, "tar", append([]string{"-C", src, "-caf", arch}, append(tarMeta, ".")...)...)
 			}
-			archBefore := createSnapshot(t, dir)
+			archBefore := snapshot(t, dir)
 			out := t.TempDir()
 			t.Setenv("TMPDIR", t.TempDir())
 			dst := filepath.Join(out, "disk.img")
@@ -652,31 +669,31 @@ func TestCreateFromRootfsTarballs(t *testing.T) {
 				size = 304 << 20
 			}
 			t0 := time.Now()
-			tab, err := CreateFromRootfs(context.Background(), arch, dst, CreateOptions{Size: size, Filesystem: c.fs, Arch: c.arch})
+			tab, err := CreateImage(context.Background(), arch, dst, Options{Size: size, Filesystem: c.fs, Arch: c.arch})
 			if err != nil {
 				t.Fatal(err)
 			}
 			t.Logf("%s from %s in %v", c.fs, c.name, time.Since(t0))
-			createOnlyEntries(t, out, "disk.img")
-			createOnlyEntries(t, os.Getenv("TMPDIR"))
-			createSameSnapshot(t, "archive", archBefore, createSnapshot(t, dir))
-			p, fsys := createCheckImage(t, dst, tab, createWant{size: size, fs: c.fs, label: "root", arch: c.arch})
-			mnt := createMountRO(t, dst, p, c.fs)
+			onlyEntries(t, out, "disk.img")
+			onlyEntries(t, os.Getenv("TMPDIR"))
+			sameSnapshot(t, "archive", archBefore, snapshot(t, dir))
+			p, fsys := checkImage(t, dst, tab, imageWant{size: size, fs: c.fs, label: "root", arch: c.arch})
+			mnt := mountRO(t, dst, p, c.fs)
 			extra := map[string]bool{}
 			if c.fs == "ext4" {
 				extra["lost+found"] = true
 			}
-			createCompareTrees(t, src, mnt, map[string]bool{"etc/fstab": true}, extra)
-			createCheckFstab(t, mnt, "etc/fstab", createTinyFstab, 0o644, 0, 0, fsys)
+			compareTrees(t, src, mnt, map[string]bool{"etc/fstab": true}, extra)
+			checkFstab(t, mnt, "etc/fstab", tinyFstab, 0o644, 0, 0, fsys)
 		})
 	}
 }
 
-// TestCreateFromRootfsFstab covers the fstab cases: an entry for "/"
+// TestCreateImageFstab covers the fstab cases: an entry for "/"
 // already there (left alone), a commented one, no final newline, no fstab,
 // no /etc, and an fstab that is a symlink (followed inside the tree).
-func TestCreateFromRootfsFstab(t *testing.T) {
-	createNeed(t, "ext4")
+func TestCreateImageFstab(t *testing.T) {
+	need(t, "ext4")
 	type tc struct {
 		name  string
 		setup func(t *testing.T, root string)
@@ -714,28 +731,28 @@ func TestCreateFromRootfsFstab(t *testing.T) {
 	for _, fsType := range []string{"ext4", "xfs"} {
 		for _, c := range cases {
 			t.Run(fsType+"-"+c.name, func(t *testing.T) {
-				createNeed(t, fsType)
+				need(t, fsType)
 				src := filepath.Join(t.TempDir(), "tree")
 				os.Mkdir(src, 0o755)
 				c.setup(t, src)
-				before := createSnapshot(t, src)
+				before := snapshot(t, src)
 				dst := filepath.Join(t.TempDir(), "d.raw")
 				size := int64(32 << 20)
 				if fsType == "xfs" {
 					size = 303 << 20
 				}
-				if _, err := CreateFromRootfs(context.Background(), src, dst, CreateOptions{Size: size, Filesystem: fsType}); err != nil {
+				if _, err := CreateImage(context.Background(), src, dst, Options{Size: size, Filesystem: fsType}); err != nil {
 					t.Fatal(err)
 				}
-				createSameSnapshot(t, "source", before, createSnapshot(t, src))
-				tab := readTableFile(t, dst)
+				sameSnapshot(t, "source", before, snapshot(t, src))
+				tab := readTable(t, dst)
 				f, _ := os.Open(dst)
-				fsys, err := ProbePartition(f, tab.Partitions[1])
+				fsys, err := diskimage.ProbePartition(f, tab.Partitions[1])
 				f.Close()
 				if err != nil {
 					t.Fatal(err)
 				}
-				mnt := createMountRO(t, dst, tab.Partitions[1], fsType)
+				mnt := mountRO(t, dst, tab.Partitions[1], fsType)
 				skip := map[string]bool{c.path: true}
 				extra := map[string]bool{"lost+found": true}
 				if c.keep {
@@ -743,9 +760,9 @@ func TestCreateFromRootfsFstab(t *testing.T) {
 				} else {
 					extra[c.path] = true
 					extra[filepath.Dir(c.path)] = true
-					createCheckFstab(t, mnt, c.path, c.want, c.mode, c.owner, c.owner, fsys)
+					checkFstab(t, mnt, c.path, c.want, c.mode, c.owner, c.owner, fsys)
 				}
-				createCompareTrees(t, src, mnt, skip, extra)
+				compareTrees(t, src, mnt, skip, extra)
 				if c.name == "no-etc" {
 					fi, err := os.Stat(filepath.Join(mnt, "etc"))
 					if err != nil || fi.Mode() != fs.ModeDir|0o755 || fi.Sys().(*syscall.Stat_t).Uid != 0 {
@@ -762,8 +779,8 @@ func TestCreateFromRootfsFstab(t *testing.T) {
 	}
 }
 
-// createFallocate makes a file of n allocated (unwritten) bytes instantly.
-func createFallocate(t *testing.T, p string, n int64) {
+// fallocate makes a file of n allocated (unwritten) bytes instantly.
+func fallocate(t *testing.T, p string, n int64) {
 	t.Helper()
 	f, err := os.Create(p)
 	if err != nil {
@@ -775,22 +792,22 @@ func createFallocate(t *testing.T, p string, n int64) {
 	}
 }
 
-func TestCreateFromRootfsErrors(t *testing.T) {
-	createNeed(t, "ext4")
+func TestCreateImageErrors(t *testing.T) {
+	need(t, "ext4")
 	ctx := context.Background()
-	src := createTinyTree(t)
+	src := tinyTree(t)
 	out := t.TempDir()
 	t.Setenv("TMPDIR", t.TempDir())
 	existing := filepath.Join(out, "existing.raw")
 	os.WriteFile(existing, []byte("keep me"), 0o644)
 	big := filepath.Join(t.TempDir(), "big")
 	os.MkdirAll(filepath.Join(big, "etc"), 0o755)
-	createFallocate(t, filepath.Join(big, "blob"), 40<<20)
-	ok := CreateOptions{Size: 32 << 20}
+	fallocate(t, filepath.Join(big, "blob"), 40<<20)
+	ok := Options{Size: 32 << 20}
 	cases := []struct {
 		name     string
 		src, dst string
-		o        CreateOptions
+		o        Options
 		want     []string
 	}{
 		{"missing src", filepath.Join(out, "nope"), filepath.Join(out, "a.raw"), ok, []string{"source rootfs", filepath.Join(out, "nope"), "no such file"}},
@@ -800,18 +817,18 @@ func TestCreateFromRootfsErrors(t *testing.T) {
 		{"dst exists", src, existing, ok, []string{existing, "already exists"}},
 		{"dst dir missing", src, filepath.Join(out, "no/dir/a.raw"), ok, []string{"destination directory", filepath.Join(out, "no/dir")}},
 		{"dst inside src", src, filepath.Join(src, "data/a.raw"), ok, []string{"inside the source tree", src}},
-		{"unknown fs", src, filepath.Join(out, "a.raw"), CreateOptions{Size: 32 << 20, Filesystem: "btrfs"}, []string{"CreateOptions.Filesystem", `"btrfs"`, "ext4", "xfs"}},
-		{"no size", src, filepath.Join(out, "a.raw"), CreateOptions{}, []string{"CreateOptions.Size is required"}},
-		{"tiny size", src, filepath.Join(out, "a.raw"), CreateOptions{Size: 4 << 20}, []string{"CreateOptions.Size 4 MiB is too small", "16 MiB"}},
-		{"xfs size", src, filepath.Join(out, "a.raw"), CreateOptions{Size: 200 << 20, Filesystem: "xfs"}, []string{"CreateOptions.Size 200 MiB is too small", "xfs", "303 MiB"}},
-		{"unknown arch", src, filepath.Join(out, "a.raw"), CreateOptions{Size: 32 << 20, Arch: "mips"}, []string{"CreateOptions.Arch", `"mips"`, "amd64"}},
-		{"long label", src, filepath.Join(out, "a.raw"), CreateOptions{Size: 32 << 20, Label: "a-very-long-label-indeed"}, []string{"CreateOptions.Label", "16"}},
-		{"xfs label", src, filepath.Join(out, "a.raw"), CreateOptions{Size: 320 << 20, Filesystem: "xfs", Label: "thirteen-char"}, []string{"CreateOptions.Label", "12"}},
-		{"tree too big", big, filepath.Join(out, "a.raw"), CreateOptions{Size: 32 << 20}, []string{"CreateOptions.Size 32 MiB is too small", big, "29 MiB", "40.0 MiB", "use a Size of at least"}},
+		{"unknown fs", src, filepath.Join(out, "a.raw"), Options{Size: 32 << 20, Filesystem: "btrfs"}, []string{"Options.Filesystem", `"btrfs"`, "ext4", "xfs"}},
+		{"no size", src, filepath.Join(out, "a.raw"), Options{}, []string{"Options.Size is required"}},
+		{"tiny size", src, filepath.Join(out, "a.raw"), Options{Size: 4 << 20}, []string{"Options.Size 4 MiB is too small", "16 MiB"}},
+		{"xfs size", src, filepath.Join(out, "a.raw"), Options{Size: 200 << 20, Filesystem: "xfs"}, []string{"Options.Size 200 MiB is too small", "xfs", "303 MiB"}},
+		{"unknown arch", src, filepath.Join(out, "a.raw"), Options{Size: 32 << 20, Arch: "mips"}, []string{"Options.Arch", `"mips"`, "amd64"}},
+		{"long label", src, filepath.Join(out, "a.raw"), Options{Size: 32 << 20, Label: "a-very-long-label-indeed"}, []string{"Options.Label", "16"}},
+		{"xfs label", src, filepath.Join(out, "a.raw"), Options{Size: 320 << 20, Filesystem: "xfs", Label: "thirteen-char"}, []string{"Options.Label", "12"}},
+		{"tree too big", big, filepath.Join(out, "a.raw"), Options{Size: 32 << 20}, []string{"Options.Size 32 MiB is too small", big, "29 MiB", "40.0 MiB", "use a Size of at least"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			_, err := CreateFromRootfs(ctx, c.src, c.dst, c.o)
+			_, err := CreateImage(ctx, c.src, c.dst, c.o)
 			if err == nil {
 				t.Fatal("no error")
 			}
@@ -826,46 +843,46 @@ func TestCreateFromRootfsErrors(t *testing.T) {
 	if b, _ := os.ReadFile(existing); string(b) != "keep me" {
 		t.Errorf("existing destination changed: %q", b)
 	}
-	createOnlyEntries(t, out, "existing.raw")
-	createOnlyEntries(t, os.Getenv("TMPDIR"))
-	createNothingLeft(t, out, os.Getenv("TMPDIR"))
+	onlyEntries(t, out, "existing.raw")
+	onlyEntries(t, os.Getenv("TMPDIR"))
+	nothingLeft(t, out, os.Getenv("TMPDIR"))
 }
 
-// TestCreateFromRootfsTooSmallXFS fills an xfs filesystem past its end,
+// TestCreateImageTooSmallXFS fills an xfs filesystem past its end,
 // from a tree (caught before anything is made) and from an archive (caught
 // when tar runs out of space, with the mount and loop released).
-func TestCreateFromRootfsTooSmallXFS(t *testing.T) {
-	createNeed(t, "xfs")
+func TestCreateImageTooSmallXFS(t *testing.T) {
+	need(t, "xfs")
 	fixture.NeedTools(t, "zstd")
 	ctx := context.Background()
 	tree := filepath.Join(t.TempDir(), "tree")
 	os.MkdirAll(filepath.Join(tree, "etc"), 0o755)
-	createFallocate(t, filepath.Join(tree, "blob"), 260<<20)
+	fallocate(t, filepath.Join(tree, "blob"), 260<<20)
 	arch := filepath.Join(t.TempDir(), "big.tar.zst")
 	fixture.Run(t, "tar", "-C", tree, "-caf", arch, ".")
 	out := t.TempDir()
 	t.Setenv("TMPDIR", t.TempDir())
-	o := CreateOptions{Size: 303 << 20, Filesystem: "xfs"}
-	_, err := CreateFromRootfs(ctx, tree, filepath.Join(out, "a.raw"), o)
-	if err == nil || !strings.Contains(err.Error(), "CreateOptions.Size 303 MiB is too small for "+tree) || !strings.Contains(err.Error(), "260.0 MiB") {
+	o := Options{Size: 303 << 20, Filesystem: "xfs"}
+	_, err := CreateImage(ctx, tree, filepath.Join(out, "a.raw"), o)
+	if err == nil || !strings.Contains(err.Error(), "Options.Size 303 MiB is too small for "+tree) || !strings.Contains(err.Error(), "260.0 MiB") {
 		t.Errorf("from a tree: %v", err)
 	}
 	t0 := time.Now()
-	_, err = CreateFromRootfs(ctx, arch, filepath.Join(out, "a.raw"), o)
-	if err == nil || !strings.Contains(err.Error(), "CreateOptions.Size 303 MiB is too small for "+arch) || !strings.Contains(err.Error(), "tar ran out of space") {
+	_, err = CreateImage(ctx, arch, filepath.Join(out, "a.raw"), o)
+	if err == nil || !strings.Contains(err.Error(), "Options.Size 303 MiB is too small for "+arch) || !strings.Contains(err.Error(), "tar ran out of space") {
 		t.Errorf("from an archive: %v", err)
 	}
 	t.Logf("%v after %v", err, time.Since(t0))
-	createOnlyEntries(t, out)
-	createOnlyEntries(t, os.Getenv("TMPDIR"))
-	createNothingLeft(t, out, os.Getenv("TMPDIR"))
+	onlyEntries(t, out)
+	onlyEntries(t, os.Getenv("TMPDIR"))
+	nothingLeft(t, out, os.Getenv("TMPDIR"))
 }
 
-// TestCreateFromRootfsTooSmallExt4 passes the early size estimate but not
+// TestCreateImageTooSmallExt4 passes the early size estimate but not
 // mkfs.ext4: 3000-byte xattrs take a block per file, which the estimate
 // does not count.
-func TestCreateFromRootfsTooSmallExt4(t *testing.T) {
-	createNeed(t, "ext4")
+func TestCreateImageTooSmallExt4(t *testing.T) {
+	need(t, "ext4")
 	tree := filepath.Join(t.TempDir(), "tree")
 	os.MkdirAll(filepath.Join(tree, "etc"), 0o755)
 	val := bytes.Repeat([]byte("x"), 3000)
@@ -888,28 +905,28 @@ func TestCreateFromRootfsTooSmallExt4(t *testing.T) {
 	os.WriteFile(filepath.Join(tree, "filler"), filler, 0o644)
 	out := t.TempDir()
 	t.Setenv("TMPDIR", t.TempDir())
-	_, err := CreateFromRootfs(context.Background(), tree, filepath.Join(out, "a.raw"), CreateOptions{Size: 16 << 20})
-	if err == nil || !strings.Contains(err.Error(), "CreateOptions.Size 16 MiB is too small for "+tree) || !strings.Contains(err.Error(), "mkfs.ext4 ran out of blocks") {
+	_, err := CreateImage(context.Background(), tree, filepath.Join(out, "a.raw"), Options{Size: 16 << 20})
+	if err == nil || !strings.Contains(err.Error(), "Options.Size 16 MiB is too small for "+tree) || !strings.Contains(err.Error(), "mkfs.ext4 ran out of blocks") {
 		t.Errorf("got %v", err)
 	}
 	t.Log(err)
-	createOnlyEntries(t, out)
-	createOnlyEntries(t, os.Getenv("TMPDIR"))
+	onlyEntries(t, out)
+	onlyEntries(t, os.Getenv("TMPDIR"))
 }
 
-// TestCreateFromRootfsCancel cancels while mkfs.ext4 -d and while the xfs
+// TestCreateImageCancel cancels while mkfs.ext4 -d and while the xfs
 // copy run (the fixture rootfs keeps both busy long enough): the error is
 // context.Canceled and no process, mount, loop or file is left.
-func TestCreateFromRootfsCancel(t *testing.T) {
+func TestCreateImageCancel(t *testing.T) {
 	src := fixture.Rootfs(t)
 	for _, c := range []struct{ fs, step string }{{"ext4", "mkfs.ext4 -d"}, {"xfs", "copying"}} {
 		t.Run(c.fs, func(t *testing.T) {
-			createNeed(t, c.fs)
+			need(t, c.fs)
 			out := t.TempDir()
 			t.Setenv("TMPDIR", t.TempDir())
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			var lg createLog
+			var lg logLines
 			var at time.Time
 			lg.on = func(s string) {
 				if strings.HasPrefix(s, c.step) {
@@ -917,7 +934,7 @@ func TestCreateFromRootfsCancel(t *testing.T) {
 					time.AfterFunc(300*time.Millisecond, cancel)
 				}
 			}
-			_, err := CreateFromRootfs(ctx, src, filepath.Join(out, "a.raw"), CreateOptions{Size: 1 << 30, Filesystem: c.fs, Log: lg.log})
+			_, err := CreateImage(ctx, src, filepath.Join(out, "a.raw"), Options{Size: 1 << 30, Filesystem: c.fs, Log: lg.log})
 			if !errors.Is(err, context.Canceled) {
 				t.Fatalf("error %v, want context.Canceled; log:\n%s", err, strings.Join(lg.lines, "\n"))
 			}
@@ -925,46 +942,46 @@ func TestCreateFromRootfsCancel(t *testing.T) {
 				t.Fatalf("never reached %q", c.step)
 			}
 			t.Logf("%v, %v after %s started", err, time.Since(at), c.step)
-			createOnlyEntries(t, out)
-			createOnlyEntries(t, os.Getenv("TMPDIR"))
-			createNothingLeft(t, out, os.Getenv("TMPDIR"))
+			onlyEntries(t, out)
+			onlyEntries(t, os.Getenv("TMPDIR"))
+			nothingLeft(t, out, os.Getenv("TMPDIR"))
 		})
 	}
 }
 
-// TestCreateFromRootfsFixtureExt4 builds a 1 GiB ext4 image from the
+// TestCreateImageFixtureExt4 builds a 1 GiB ext4 image from the
 // Debian rootfs fixture and compares every entry.
-func TestCreateFromRootfsFixtureExt4(t *testing.T) {
-	createNeed(t, "ext4")
+func TestCreateImageFixtureExt4(t *testing.T) {
+	need(t, "ext4")
 	src := fixture.Rootfs(t)
 	out := t.TempDir()
 	t.Setenv("TMPDIR", t.TempDir())
 	dst := filepath.Join(out, "debian.raw")
 
-	_, err := CreateFromRootfs(context.Background(), src, dst, CreateOptions{Size: 512 << 20})
-	if err == nil || !strings.Contains(err.Error(), "CreateOptions.Size 512 MiB is too small for "+src) {
+	_, err := CreateImage(context.Background(), src, dst, Options{Size: 512 << 20})
+	if err == nil || !strings.Contains(err.Error(), "Options.Size 512 MiB is too small for "+src) {
 		t.Errorf("512 MiB: %v", err)
 	}
 	t.Log(err)
 
-	before := createSnapshot(t, src)
+	before := snapshot(t, src)
 	fstab, err := os.ReadFile(filepath.Join(src, "etc/fstab"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var lg createLog
+	var lg logLines
 	t0 := time.Now()
-	tab, err := CreateFromRootfs(context.Background(), src, dst, CreateOptions{Size: 1 << 30, Log: lg.log})
+	tab, err := CreateImage(context.Background(), src, dst, Options{Size: 1 << 30, Log: lg.log})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("ext4 from the rootfs fixture in %v:\n%s", time.Since(t0), strings.Join(lg.lines, "\n"))
-	createOnlyEntries(t, out, "debian.raw")
-	createSameSnapshot(t, "rootfs fixture", before, createSnapshot(t, src))
-	p, fsys := createCheckImage(t, dst, tab, createWant{size: 1 << 30, fs: "ext4", label: "root", arch: "amd64"})
+	onlyEntries(t, out, "debian.raw")
+	sameSnapshot(t, "rootfs fixture", before, snapshot(t, src))
+	p, fsys := checkImage(t, dst, tab, imageWant{size: 1 << 30, fs: "ext4", label: "root", arch: "amd64"})
 	t1 := time.Now()
-	mnt := createMountRO(t, dst, p, "ext4")
-	createCompareTrees(t, src, mnt, map[string]bool{"etc/fstab": true}, map[string]bool{"lost+found": true})
-	createCheckFstab(t, mnt, "etc/fstab", string(fstab), 0o644, 0, 0, fsys)
+	mnt := mountRO(t, dst, p, "ext4")
+	compareTrees(t, src, mnt, map[string]bool{"etc/fstab": true}, map[string]bool{"lost+found": true})
+	checkFstab(t, mnt, "etc/fstab", string(fstab), 0o644, 0, 0, fsys)
 	t.Logf("compared in %v", time.Since(t1))
 }

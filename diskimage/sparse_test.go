@@ -1,0 +1,74 @@
+package diskimage
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+)
+
+func TestSparseCopy(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src")
+	f, err := os.Create(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const size = 64 << 20
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	// Data at the start, in the middle (with explicitly written zeros
+	// around it) and in the last partial megabyte.
+	data := bytes.Repeat([]byte("kmodctl!"), 512)
+	for _, off := range []int64{0, 20<<20 + 12345, size - 100} {
+		n := min(int64(len(data)), size-off)
+		if _, err := f.WriteAt(data[:n], off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := f.WriteAt(make([]byte, 8<<20), 30<<20); err != nil { // written zeros
+		t.Fatal(err)
+	}
+	f.Close()
+	dst := filepath.Join(dir, "dst")
+	out, err := os.Create(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last, total int64
+	if err := SparseCopy(context.Background(), out, src, func(d, t int64) { last, total = d, t }); err != nil {
+		t.Fatal(err)
+	}
+	out.Close()
+	if a, b := sha(t, src), sha(t, dst); a != b {
+		t.Fatalf("copy differs: %s vs %s", a, b)
+	}
+	if last != size || total != size {
+		t.Errorf("last progress %d/%d, want %d/%d", last, total, size, size)
+	}
+	st, err := os.Stat(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := st.Sys().(*syscall.Stat_t).Blocks * 512; a > 4<<20 {
+		t.Errorf("copy takes %d bytes on disk, want a sparse copy (< 4 MiB)", a)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	out2, err := os.Create(filepath.Join(dir, "dst2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out2.Close()
+	if err := SparseCopy(ctx, out2, src, nil); !errors.Is(err, context.Canceled) {
+		t.Errorf("canceled copy: %v", err)
+	}
+	if err := SparseCopy(context.Background(), out2, filepath.Join(dir, "missing"), nil); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("missing source: %v", err)
+	}
+}
