@@ -68,7 +68,7 @@ func TestCheckInTreeConflicts(t *testing.T) {
 	dir := t.TempDir()
 	inTree := filepath.Join(fixture.ModulesDir(t), "kernel/drivers/net/dummy.ko")
 	shadow := filepath.Join(dir, "dummy.ko")
-	copyFile(t, inTree, shadow)
+	fixture.CopyFile(t, inTree, shadow)
 	base := checkArgs(t)
 
 	res, code := runCheckJSON(t, append(base, shadow, fixture.TestModule(t, "kmodtest_base"))...)

@@ -99,7 +99,7 @@ func TestJSONShapes(t *testing.T) {
 	dir := t.TempDir()
 	key, cert := genKey(t, dir, "rsa:2048")
 	mod := filepath.Join(dir, "kmodtest_base.ko")
-	copyFile(t, fixture.TestModule(t, "kmodtest_base"), mod)
+	fixture.CopyFile(t, fixture.TestModule(t, "kmodtest_base"), mod)
 	missing := filepath.Join(dir, "missing.ko")
 
 	decode := func(args []string, want int, v any) {
