@@ -64,7 +64,9 @@
 // Run releases everything it created on every path, context cancellation
 // included: QEMU is killed and reaped (qemu.Boot), mounts and loop devices
 // are released (diskimage.Tracker), the temporary folder is removed. Run
-// does not take a qemu slot: callers hold one (qemu.Acquire or qemu.Slot).
+// does not limit how many boots run at once: a caller running several
+// limits them itself (this module's builder and tests hold one of the
+// machine-wide slots of its internal qemu package per boot).
 package bootcheck
 
 import (

@@ -1,6 +1,12 @@
 // Package compress detects and undoes the compressions that kernel modules and
-// initramfs segments use, and redoes them for modules the way the kernel
-// accepts them (xz with a CRC32 check).
+// initramfs segments use, and redoes them the way the kernel accepts them
+// (xz with a CRC32 check, lz4 legacy frames).
+//
+// Detect names a format from its magic; NewReader streams and Decompress
+// reads whole with a size limit; Compress writes gzip, xz, zstd, lzma and lz4
+// (bzip2 is read only, lzo only detected). An initramfs is a concatenation of
+// such streams: NewUnitReader and the *Len functions find where each one ends
+// without decompressing more than needed.
 package compress
 
 import (

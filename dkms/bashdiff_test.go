@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/kmodctl/packer-plugin-kmod/internal/shquote"
 )
 
 // The differential tests source each dkms.conf of testdata/conf with bash
@@ -288,7 +290,7 @@ func TestBashRegex(t *testing.T) {
 	var pairs []pair
 	for _, re := range res {
 		for _, s := range subjects {
-			script.WriteString("m " + shellQuote(re) + " " + shellQuote(s) + " " + strconv.Itoa(len(pairs)) + "\n")
+			script.WriteString("m " + shquote.Quote(re) + " " + shquote.Quote(s) + " " + strconv.Itoa(len(pairs)) + "\n")
 			pairs = append(pairs, pair{re, s})
 		}
 	}

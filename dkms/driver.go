@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/kmodctl/packer-plugin-kmod/internal/shquote"
 )
 
 // Runner runs a /bin/sh command line on the target (a chroot, or a Packer
@@ -321,20 +323,20 @@ func (d *Driver) DisableSigning(ctx context.Context) (restore func(context.Conte
 		}
 	}
 	if _, err := d.output(ctx, "dkms signing: write "+file,
-		"umask 022 && mkdir -p "+frameworkConfDir+" && printf '%s' "+shellQuote(noSignConf)+" > "+file+".tmp && mv -f "+file+".tmp "+file); err != nil {
+		"umask 022 && mkdir -p "+frameworkConfDir+" && printf '%s' "+shquote.Quote(noSignConf)+" > "+file+".tmp && mv -f "+file+".tmp "+file); err != nil {
 		return nil, err
 	}
 	d.logf("dkms: signing disabled for the build (%s, dkms %s)", file, orUnknown(ver))
 	restore = func(ctx context.Context) error {
 		var cmd string
 		if hadFile {
-			cmd = "printf '%s' " + shellQuote(string(old)) + " > " + file + " && chmod " + oldMode + " " + file
+			cmd = "printf '%s' " + shquote.Quote(string(old)) + " > " + file + " && chmod " + oldMode + " " + file
 		} else {
 			cmd = "rm -f " + file
 			// remove the directories we created, unless something else
 			// (a package installed meanwhile) owns or fills them
 			for i := len(created) - 1; i >= 0; i-- {
-				dq := shellQuote(created[i])
+				dq := shquote.Quote(created[i])
 				cmd += "; if [ -d " + dq + " ] && [ -z \"$(ls -A " + dq + ")\" ]; then o=no; " +
 					"if command -v dpkg-query >/dev/null 2>&1 && dpkg-query -S " + dq + " >/dev/null 2>&1; then o=yes; fi; " +
 					"if command -v rpm >/dev/null 2>&1 && rpm -qf " + dq + " >/dev/null 2>&1; then o=yes; fi; " +
@@ -370,14 +372,14 @@ func (d *Driver) disableSigningLegacy(ctx context.Context, ver string) (func(con
 		old = strings.TrimPrefix(out, "yes\n")
 	}
 	if _, err := d.output(ctx, "dkms signing: append to "+frameworkConf,
-		"umask 022 && mkdir -p /etc/dkms && printf '\\n%s' "+shellQuote(noSignConf)+" >> "+frameworkConf); err != nil {
+		"umask 022 && mkdir -p /etc/dkms && printf '\\n%s' "+shquote.Quote(noSignConf)+" >> "+frameworkConf); err != nil {
 		return nil, err
 	}
 	d.logf("dkms: signing disabled for the build (%s, dkms %s)", frameworkConf, ver)
 	return func(ctx context.Context) error {
 		cmd := "rm -f " + frameworkConf
 		if had {
-			cmd = "printf '%s' " + shellQuote(old) + " > " + frameworkConf
+			cmd = "printf '%s' " + shquote.Quote(old) + " > " + frameworkConf
 		}
 		_, err := d.output(ctx, "dkms signing: restore "+frameworkConf, cmd)
 		return err
@@ -391,7 +393,7 @@ func (d *Driver) disableSigningLegacy(ctx context.Context, ver string) (func(con
 func (d *Driver) Add(ctx context.Context, name, version string) error {
 	t := d.trees(ctx)
 	src := path.Join(t.dkmsTree, name, version, "source")
-	out, _, _, err := d.run(ctx, "if [ -e "+shellQuote(src)+" ] || [ -L "+shellQuote(src)+" ]; then echo added; fi")
+	out, _, _, err := d.run(ctx, "if [ -e "+shquote.Quote(src)+" ] || [ -L "+shquote.Quote(src)+" ]; then echo added; fi")
 	if err != nil {
 		return fmt.Errorf("dkms add %s/%s: %w", name, version, err)
 	}
@@ -399,7 +401,7 @@ func (d *Driver) Add(ctx context.Context, name, version string) error {
 		d.logf("dkms: %s/%s is already added", name, version)
 		return nil
 	}
-	cmd := "dkms add -m " + shellQuote(name) + " -v " + shellQuote(version)
+	cmd := "dkms add -m " + shquote.Quote(name) + " -v " + shquote.Quote(version)
 	d.logf("dkms: %s", cmd)
 	text, st, err := d.combined(ctx, cmd)
 	if err != nil {
@@ -431,7 +433,7 @@ func (d *Driver) Build(ctx context.Context, name, version, kernel, arch string) 
 	}
 	t := d.trees(ctx)
 	kdir := path.Join(t.installTree, kernel, "build")
-	out, _, _, err := d.run(ctx, "if [ -e "+shellQuote(kdir+"/include")+" ]; then echo headers; fi; uname -m")
+	out, _, _, err := d.run(ctx, "if [ -e "+shquote.Quote(kdir+"/include")+" ]; then echo headers; fi; uname -m")
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
@@ -445,9 +447,9 @@ func (d *Driver) Build(ctx context.Context, name, version, kernel, arch string) 
 	res := &BuildResult{Kernel: kernel, Arch: planArch}
 	res.Plan = d.plan(ctx, t, name, version, kernel, planArch)
 
-	cmd := "dkms build -m " + shellQuote(name) + " -v " + shellQuote(version) + " -k " + shellQuote(kernel)
+	cmd := "dkms build -m " + shquote.Quote(name) + " -v " + shquote.Quote(version) + " -k " + shquote.Quote(kernel)
 	if arch != "" {
-		cmd += " -a " + shellQuote(arch)
+		cmd += " -a " + shquote.Quote(arch)
 	}
 	cmd += " --force"
 	d.logf("dkms: %s", cmd)
@@ -538,7 +540,7 @@ func installCommand(name, version, kernel, arch string) string {
 	if arch != "" {
 		k += "/" + arch
 	}
-	args := " -m " + shellQuote(name) + " -v " + shellQuote(version) + " -k " + shellQuote(k)
+	args := " -m " + shquote.Quote(name) + " -v " + shquote.Quote(version) + " -k " + shquote.Quote(k)
 	return "dkms install --force --no-depmod" + args + " 2>&1 || dkms install --force" + args
 }
 
@@ -561,7 +563,7 @@ func (d *Driver) builtModules(ctx context.Context, t dkmsTrees, name, version, k
 	base := path.Join(t.dkmsTree, name, version, kernel)
 	dir := path.Join(base, arch, "module")
 	out, err := d.output(ctx, "list "+dir,
-		"d="+shellQuote(dir)+"; if [ ! -d \"$d\" ]; then for x in "+shellQuote(base)+"/*/module; do if [ -d \"$x\" ]; then d=$x; fi; done; fi; "+
+		"d="+shquote.Quote(dir)+"; if [ ! -d \"$d\" ]; then for x in "+shquote.Quote(base)+"/*/module; do if [ -d \"$x\" ]; then d=$x; fi; done; fi; "+
 			"echo \"$d\"; if [ -d \"$d\" ]; then ls -1A \"$d\"; fi")
 	if err != nil {
 		return nil, dir, err
@@ -585,7 +587,7 @@ func (d *Driver) builtModules(ctx context.Context, t dkmsTrees, name, version, k
 // and evaluates it for the kernel; nil when that is not possible.
 func (d *Driver) plan(ctx context.Context, t dkmsTrees, name, version, kernel, arch string) *Plan {
 	confPath := path.Join(t.dkmsTree, name, version, "source", "dkms.conf")
-	text, err := d.output(ctx, "read "+confPath, "cat "+shellQuote(confPath))
+	text, err := d.output(ctx, "read "+confPath, "cat "+shquote.Quote(confPath))
 	if err != nil {
 		d.logf("dkms: cannot read %s (%v): relying on dkms alone", confPath, err)
 		return nil
@@ -599,12 +601,12 @@ func (d *Driver) plan(ctx context.Context, t dkmsTrees, name, version, kernel, a
 	if osr, _, st, err := d.run(ctx, "cat /etc/os-release 2>/dev/null || cat /usr/lib/os-release"); err == nil && st == 0 {
 		o.Distro = DistroFromOSRelease([]byte(osr))
 	}
-	if cfg, _, st, err := d.run(ctx, "cat "+shellQuote(path.Join(t.installTree, kernel, "build", ".config"))); err == nil && st == 0 {
+	if cfg, _, st, err := d.run(ctx, "cat "+shquote.Quote(path.Join(t.installTree, kernel, "build", ".config"))); err == nil && st == 0 {
 		o.KernelConfig = []byte(cfg)
 	}
 	for _, f := range []string{name + ".conf", name + "-" + version + ".conf", name + "-" + version + "-" + kernel + ".conf", name + "-" + version + "-" + kernel + "-" + arch + ".conf"} {
 		p := "/etc/dkms/" + f
-		if s, _, st, err := d.run(ctx, "if [ -e "+shellQuote(p)+" ]; then cat "+shellQuote(p)+"; else exit 3; fi"); err == nil && st == 0 {
+		if s, _, st, err := d.run(ctx, "if [ -e "+shquote.Quote(p)+" ]; then cat "+shquote.Quote(p)+"; else exit 3; fi"); err == nil && st == 0 {
 			oc, err := Parse(strings.NewReader(s), p)
 			if err != nil {
 				d.logf("dkms: %v", err)
@@ -650,7 +652,7 @@ func (d *Driver) buildError(ctx context.Context, t dkmsTrees, what, name, versio
 		fmt.Fprintf(&msg, " (%s)", kernelHeadersHint(kernel))
 	}
 	for _, log := range []string{path.Join(t.dkmsTree, name, version, "build", "make.log"), path.Join(t.dkmsTree, name, version, kernel, arch, "log", "make.log")} {
-		text, _, st, err := d.run(ctx, "cat "+shellQuote(log))
+		text, _, st, err := d.run(ctx, "cat "+shquote.Quote(log))
 		if err != nil || st != 0 || strings.TrimSpace(text) == "" {
 			continue
 		}
@@ -708,7 +710,7 @@ func makeLogExcerpt(text string, max int) string {
 // the NAME and VERSION of each usr/src/NAME-VERSION/dkms.conf it owns
 // (dpkg -L, or rpm -ql).
 func (d *Driver) PackageModules(ctx context.Context, pkg string) ([]NameVersion, error) {
-	q := shellQuote(pkg)
+	q := shquote.Quote(pkg)
 	out, err := d.output(ctx, "list the files of package "+pkg,
 		"if command -v dpkg-query >/dev/null 2>&1 && dpkg-query -W "+q+" >/dev/null 2>&1; then dpkg-query -L "+q+"; "+
 			"elif command -v rpm >/dev/null 2>&1; then rpm -ql "+q+"; else echo 'package '"+q+"' is not installed' >&2; exit 1; fi")
@@ -724,7 +726,7 @@ func (d *Driver) PackageModules(ctx context.Context, pkg string) ([]NameVersion,
 			continue
 		}
 		srcDir := path.Base(path.Clean(dir))
-		text, err := d.output(ctx, "read "+f, "cat "+shellQuote(f))
+		text, err := d.output(ctx, "read "+f, "cat "+shquote.Quote(f))
 		if err != nil {
 			return nil, err
 		}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"path"
 	"strings"
+
+	"github.com/kmodctl/packer-plugin-kmod/internal/shquote"
 )
 
 // BuildInputs is what a module's DKMS build for one kernel depends on,
@@ -46,7 +48,7 @@ const (
 func (d *Driver) BuildInputs(ctx context.Context, name, version, kernel, arch string) (*BuildInputs, error) {
 	var overrides []string
 	for _, f := range []string{name + ".conf", name + "-" + version + ".conf", name + "-" + version + "-" + kernel + ".conf", name + "-" + version + "-" + kernel + "-" + arch + ".conf"} {
-		overrides = append(overrides, shellQuote("/etc/dkms/"+f))
+		overrides = append(overrides, shquote.Quote("/etc/dkms/"+f))
 	}
 	kb := path.Join("/lib/modules", kernel, "build")
 	script := `m=` + inputsMark + `
@@ -54,18 +56,18 @@ sec() { echo; echo "$m$1"; }
 sec framework; cat ` + frameworkConf + ` ` + frameworkConfDir + `/*.conf 2>/dev/null
 sec config; for f in ` + frameworkConf + ` ` + frameworkConfDir + `/*.conf ` + strings.Join(overrides, " ") + `; do if [ -f "$f" ]; then echo "== $f"; cat "$f"; fi; done
 sec overrides; for f in ` + strings.Join(overrides, " ") + `; do if [ -f "$f" ]; then echo; echo "` + fileMark + `$f"; cat "$f"; fi; done
-sec conf; cat ` + shellQuote(path.Join("/usr/src", name+"-"+version, "dkms.conf")) + ` 2>/dev/null
+sec conf; cat ` + shquote.Quote(path.Join("/usr/src", name+"-"+version, "dkms.conf")) + ` 2>/dev/null
 sec sums
 s() { if [ -f "$1" ]; then sha256sum < "$1" | cut -d' ' -f1; else echo; fi; }
 d=$(command -v dkms); if [ -n "$d" ]; then s "$d"; else echo; fi
-s ` + shellQuote(kb+"/Module.symvers") + `
-s ` + shellQuote(kb+"/.config") + `
-cc=$(sed -n 's/^CONFIG_CC_VERSION_TEXT="\([^ ]*\).*/\1/p' ` + shellQuote(kb+"/.config") + ` 2>/dev/null)
+s ` + shquote.Quote(kb+"/Module.symvers") + `
+s ` + shquote.Quote(kb+"/.config") + `
+cc=$(sed -n 's/^CONFIG_CC_VERSION_TEXT="\([^ ]*\).*/\1/p' ` + shquote.Quote(kb+"/.config") + ` 2>/dev/null)
 command -v "$cc" >/dev/null 2>&1 || cc=gcc
 echo "$("$cc" --version 2>/dev/null | head -n 1)"
 echo "$(ld --version 2>/dev/null | head -n 1)"
 sec osrelease; cat /etc/os-release 2>/dev/null || cat /usr/lib/os-release 2>/dev/null
-sec kconfig; cat ` + shellQuote(kb+"/.config") + ` 2>/dev/null
+sec kconfig; cat ` + shquote.Quote(kb+"/.config") + ` 2>/dev/null
 sec end
 true`
 	out, err := d.output(ctx, "read the build inputs of "+name+"/"+version+" for "+kernel, script)
@@ -95,7 +97,7 @@ true`
 	in.Conf = secs["conf"]
 	if t.sourceTree != "/usr/src" {
 		// The script read the default source tree; read the real one.
-		if in.Conf, err = d.output(ctx, "read "+confPath, "cat "+shellQuote(confPath)); err != nil {
+		if in.Conf, err = d.output(ctx, "read "+confPath, "cat "+shquote.Quote(confPath)); err != nil {
 			return nil, err
 		}
 	}

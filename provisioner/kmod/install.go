@@ -12,6 +12,7 @@ import (
 
 	"github.com/kmodctl/packer-plugin-kmod/firstboot"
 	"github.com/kmodctl/packer-plugin-kmod/initramfs"
+	"github.com/kmodctl/packer-plugin-kmod/internal/shquote"
 	"github.com/kmodctl/packer-plugin-kmod/kmod"
 	"github.com/kmodctl/packer-plugin-kmod/kmod/loadconf"
 	"github.com/kmodctl/packer-plugin-kmod/kmod/manifest"
@@ -161,7 +162,7 @@ func (r *run) install(ctx context.Context) error {
 	}
 	// The installed files must be byte for byte the signed ones.
 	for _, m := range r.modules {
-		out, err := r.t.output(ctx, "sha256sum "+shQuote(m.Dest))
+		out, err := r.t.output(ctx, "sha256sum "+shquote.Quote(m.Dest))
 		if err != nil {
 			return fmt.Errorf("%s: %s not installed: %w", m.where(), m.Dest, err)
 		}
@@ -170,7 +171,7 @@ func (r *run) install(ctx context.Context) error {
 		}
 	}
 	for _, k := range r.kernels {
-		if _, err := r.t.output(ctx, "depmod -a "+shQuote(k.Release)); err != nil {
+		if _, err := r.t.output(ctx, "depmod -a "+shquote.Quote(k.Release)); err != nil {
 			return fmt.Errorf("kernel %s: depmod: %w", k.Release, err)
 		}
 	}
@@ -282,9 +283,9 @@ func (r *run) regenerate(ctx context.Context, k *targetKernel) error {
 			img = initramfs.Paths(k.Release)[1]
 		}
 	}
-	cmd := "update-initramfs -u -k " + shQuote(k.Release)
+	cmd := "update-initramfs -u -k " + shquote.Quote(k.Release)
 	if dracut {
-		cmd = "dracut -f --kver " + shQuote(k.Release) + " " + shQuote(img)
+		cmd = "dracut -f --kver " + shquote.Quote(k.Release) + " " + shquote.Quote(img)
 	}
 	r.ui.Say("kmod: " + cmd)
 	if err := r.t.runUI(ctx, cmd); err != nil {
@@ -382,7 +383,7 @@ func (r *run) inject(ctx context.Context, k *targetKernel, early []*module) erro
 	if err := r.t.download(k.Initrd, img); err != nil {
 		return fmt.Errorf("kernel %s: %w", k.Release, err)
 	}
-	modeOut, _ := r.t.output(context.Background(), "stat -c %a "+shQuote(k.Initrd))
+	modeOut, _ := r.t.output(context.Background(), "stat -c %a "+shquote.Quote(k.Initrd))
 	mode := os.FileMode(0o644)
 	if v, err := strconv.ParseUint(strings.TrimSpace(modeOut), 8, 32); err == nil {
 		mode = os.FileMode(v)

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/kmodctl/packer-plugin-kmod/initramfs"
+	"github.com/kmodctl/packer-plugin-kmod/internal/shquote"
 	"github.com/kmodctl/packer-plugin-kmod/kmod"
 )
 
@@ -66,7 +67,7 @@ for f in "$m/build/Module.symvers" "/usr/src/linux-headers-%s/Module.symvers" "/
          "/boot/System.map-%s" "/boot/config-%s" "$m/config" \
          "/boot/initrd.img-%s" "/boot/initramfs-%s.img" "$m/modules.dep" "$m/modules.alias" "$m/modules.builtin"; do
   [ -s "$f" ] && echo "$f"
-done; exit 0`, shQuote(moddir), release, release, release, release, release, release)
+done; exit 0`, shquote.Quote(moddir), release, release, release, release, release, release)
 	out, err := t.output(ctx, probe)
 	if err != nil {
 		return nil, fmt.Errorf("kernel %s: %w", release, err)

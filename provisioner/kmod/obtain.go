@@ -16,6 +16,7 @@ import (
 
 	"github.com/kmodctl/packer-plugin-kmod/dkms"
 	"github.com/kmodctl/packer-plugin-kmod/internal/linewriter"
+	"github.com/kmodctl/packer-plugin-kmod/internal/shquote"
 	"github.com/kmodctl/packer-plugin-kmod/kmod"
 	"github.com/kmodctl/packer-plugin-kmod/kmod/manifest"
 )
@@ -55,7 +56,7 @@ func (r *run) obtainSource(ctx context.Context, i int, mc ModuleConfig) error {
 	nv := dkms.NameVersion{Name: conf.PackageName, Version: conf.PackageVersion}
 	dst := "/usr/src/" + nv.Name + "-" + nv.Version
 	r.ui.Say(fmt.Sprintf("kmod: uploading %s to %s", mc.Source, dst))
-	if _, err := r.t.output(ctx, "rm -rf "+shQuote(dst)+" && mkdir -p "+shQuote(dst)); err != nil {
+	if _, err := r.t.output(ctx, "rm -rf "+shquote.Quote(dst)+" && mkdir -p "+shquote.Quote(dst)); err != nil {
 		return fmt.Errorf("module %s: %w", nv.Name, err)
 	}
 	if err := r.t.comm.UploadDir(dst, dir+"/", nil); err != nil {
@@ -77,7 +78,7 @@ func (r *run) obtainPackage(ctx context.Context, i int, mc ModuleConfig) error {
 	if len(nvs) == 0 {
 		return fmt.Errorf("module[%d].package %s ships no DKMS source (no /usr/src/*/dkms.conf)", i, mc.Package)
 	}
-	ver, _ := r.t.output(ctx, "dpkg-query -W -f='${Version}' "+shQuote(mc.Package)+" 2>/dev/null || rpm -q --qf '%{VERSION}-%{RELEASE}' "+shQuote(mc.Package))
+	ver, _ := r.t.output(ctx, "dpkg-query -W -f='${Version}' "+shquote.Quote(mc.Package)+" 2>/dev/null || rpm -q --qf '%{VERSION}-%{RELEASE}' "+shquote.Quote(mc.Package))
 	for _, nv := range nvs {
 		src := manifest.Source{Kind: "package", Name: mc.Package, Version: strings.TrimSpace(ver)}
 		if err := r.buildAll(ctx, i, mc, nv, src); err != nil {

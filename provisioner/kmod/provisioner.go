@@ -28,6 +28,7 @@ import (
 	"github.com/kmodctl/packer-plugin-kmod/firstboot"
 	"github.com/kmodctl/packer-plugin-kmod/internal/atomicfile"
 	"github.com/kmodctl/packer-plugin-kmod/internal/linewriter"
+	"github.com/kmodctl/packer-plugin-kmod/internal/shquote"
 	"github.com/kmodctl/packer-plugin-kmod/kmod"
 	"github.com/kmodctl/packer-plugin-kmod/kmod/manifest"
 	"github.com/kmodctl/packer-plugin-kmod/kmod/modsig"
@@ -625,7 +626,7 @@ func (r *run) installHook(ctx context.Context) error {
 		}
 	}
 	for _, l := range links {
-		cmd := fmt.Sprintf("mkdir -p %s && ln -sfn %s %s", shQuote(path.Dir(l.Path)), shQuote(l.Target), shQuote(l.Path))
+		cmd := fmt.Sprintf("mkdir -p %s && ln -sfn %s %s", shquote.Quote(path.Dir(l.Path)), shquote.Quote(l.Target), shquote.Quote(l.Path))
 		if _, err := r.t.output(ctx, cmd); err != nil {
 			return fmt.Errorf("firstboot: enable %s: %w", l.Path, err)
 		}

@@ -101,7 +101,7 @@ func (t *target) download(p, host string) error {
 
 // exists tells whether a path exists on the target.
 func (t *target) exists(ctx context.Context, p string) bool {
-	st, err := t.Run(ctx, "test -e "+shQuote(p), nil, nil)
+	st, err := t.Run(ctx, "test -e "+shquote.Quote(p), nil, nil)
 	return err == nil && st == 0
 }
 
@@ -110,16 +110,16 @@ func (t *target) exists(ctx context.Context, p string) bool {
 func (t *target) writeFile(ctx context.Context, p string, data []byte, mode os.FileMode) error {
 	dir := path.Dir(p)
 	tmp := path.Join(dir, ".kmodctl-upload-"+path.Base(p))
-	if _, err := t.output(ctx, "mkdir -p "+shQuote(dir)); err != nil {
+	if _, err := t.output(ctx, "mkdir -p "+shquote.Quote(dir)); err != nil {
 		return err
 	}
 	var fi os.FileInfo = fileInfo{mode: mode, size: int64(len(data))}
 	if err := t.comm.Upload(tmp, bytes.NewReader(data), &fi); err != nil {
 		return fmt.Errorf("upload %s: %w", p, err)
 	}
-	cmd := fmt.Sprintf("chmod %o %s && sync -f %s 2>/dev/null; mv -f %s %s", mode.Perm(), shQuote(tmp), shQuote(tmp), shQuote(tmp), shQuote(p))
+	cmd := fmt.Sprintf("chmod %o %s && sync -f %s 2>/dev/null; mv -f %s %s", mode.Perm(), shquote.Quote(tmp), shquote.Quote(tmp), shquote.Quote(tmp), shquote.Quote(p))
 	if _, err := t.output(ctx, cmd); err != nil {
-		t.Run(ctx, "rm -f "+shQuote(tmp), nil, nil)
+		t.Run(ctx, "rm -f "+shquote.Quote(tmp), nil, nil)
 		return fmt.Errorf("install %s: %w", p, err)
 	}
 	return nil
@@ -141,9 +141,6 @@ func firstLine(s string) string {
 	}
 	return s
 }
-
-// shQuote quotes s for the target's /bin/sh (shquote.Quote).
-func shQuote(s string) string { return shquote.Quote(s) }
 
 type fileInfo struct {
 	os.FileInfo
