@@ -111,13 +111,13 @@ type kernelLoader struct {
 // modules.builtin is read if present, and build/Module.symvers (with the
 // rest of the headers tree) when the build link resolves.
 func WithModulesDir(dir string) KernelOption {
-	return func(l *kernelLoader) error { l.modulesDirs = append(l.modulesDirs, dir); return nil }
+	return pathOption("WithModulesDir", dir, func(l *kernelLoader) *[]string { return &l.modulesDirs })
 }
 
 // WithSymvers reads a Module.symvers file (exports of vmlinux and modules
 // with their CRCs, export types and namespaces).
 func WithSymvers(path string) KernelOption {
-	return func(l *kernelLoader) error { l.symvers = append(l.symvers, path); return nil }
+	return pathOption("WithSymvers", path, func(l *kernelLoader) *[]string { return &l.symvers })
 }
 
 // WithSystemMap reads a System.map: each __ksymtab_<name> symbol is an
@@ -127,7 +127,7 @@ func WithSymvers(path string) KernelOption {
 // in __kcrctab, so a modern System.map carries no CRCs. A System.map never
 // tells namespaces.
 func WithSystemMap(path string) KernelOption {
-	return func(l *kernelLoader) error { l.systemMaps = append(l.systemMaps, path); return nil }
+	return pathOption("WithSystemMap", path, func(l *kernelLoader) *[]string { return &l.systemMaps })
 }
 
 // WithHeaders reads a kernel headers/build tree (e.g.
@@ -136,13 +136,13 @@ func WithSystemMap(path string) KernelOption {
 // the .config, from which the vermagic is derived the way
 // include/linux/vermagic.h builds it.
 func WithHeaders(dir string) KernelOption {
-	return func(l *kernelLoader) error { l.headers = append(l.headers, dir); return nil }
+	return pathOption("WithHeaders", dir, func(l *kernelLoader) *[]string { return &l.headers })
 }
 
 // WithConfig reads a kernel .config (e.g. /boot/config-<release>) for
 // CONFIG_MODVERSIONS, CONFIG_MODULE_FORCE_LOAD and the vermagic flags.
 func WithConfig(path string) KernelOption {
-	return func(l *kernelLoader) error { l.configs = append(l.configs, path); return nil }
+	return pathOption("WithConfig", path, func(l *kernelLoader) *[]string { return &l.configs })
 }
 
 // WithModulesDep reads a modules.dep ("path: dependencies" lines) for the
@@ -150,7 +150,7 @@ func WithConfig(path string) KernelOption {
 // what a check of shadowing needs when only the index of the tree is at
 // hand.
 func WithModulesDep(path string) KernelOption {
-	return func(l *kernelLoader) error { l.deps = append(l.deps, path); return nil }
+	return pathOption("WithModulesDep", path, func(l *kernelLoader) *[]string { return &l.deps })
 }
 
 // WithModulesAlias reads a modules.alias ("alias PATTERN MODULE" lines)
@@ -158,13 +158,25 @@ func WithModulesDep(path string) KernelOption {
 // aliases of modules that are not in-tree (WithModulesDep, WithModulesDir)
 // are left out.
 func WithModulesAlias(path string) KernelOption {
-	return func(l *kernelLoader) error { l.aliases = append(l.aliases, path); return nil }
+	return pathOption("WithModulesAlias", path, func(l *kernelLoader) *[]string { return &l.aliases })
 }
 
 // WithModulesBuiltin reads a modules.builtin (the modules built into the
 // kernel image, Kernel.Builtin).
 func WithModulesBuiltin(path string) KernelOption {
-	return func(l *kernelLoader) error { l.builtins = append(l.builtins, path); return nil }
+	return pathOption("WithModulesBuiltin", path, func(l *kernelLoader) *[]string { return &l.builtins })
+}
+
+// pathOption appends a file or folder to a list of the loader; an empty
+// path is a mistake of the caller, not "none".
+func pathOption(name, p string, list func(*kernelLoader) *[]string) KernelOption {
+	return func(l *kernelLoader) error {
+		if p == "" {
+			return fmt.Errorf("%s: empty path", name)
+		}
+		*list(l) = append(*list(l), p)
+		return nil
+	}
 }
 
 // WithRelease sets the kernel release, overriding what the sources say.
