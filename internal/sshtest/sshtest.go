@@ -370,12 +370,22 @@ func ReapStale() string {
 			}
 		}
 		deadline := time.Now().Add(10 * time.Second)
+		var pending []int
 		for ns := range namespaces {
 			for pids := NamespacePIDs(ns); len(pids) > 0 && time.Now().Before(deadline); pids = NamespacePIDs(ns) {
 				for _, pid := range pids {
 					killed = append(killed, fmt.Sprintf("%d (%s)", pid, procComm(pid)))
 					syscall.Kill(pid, syscall.SIGKILL)
+					pending = append(pending, pid)
 				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		}
+		// A killed process leaves its namespace before it is gone (it
+		// is still exiting, not yet a zombie): wait for that too, so
+		// that the caller finds it dead (seen once under load).
+		for _, pid := range pending {
+			for exiting(pid) && time.Now().Before(deadline) {
 				time.Sleep(10 * time.Millisecond)
 			}
 		}
@@ -384,6 +394,16 @@ func ReapStale() string {
 		f.Close()
 	}
 	return strings.Join(killed, ", ")
+}
+
+// exiting reports whether process pid still exists and is not a zombie.
+func exiting(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
 }
 
 func allPIDs() []int {
