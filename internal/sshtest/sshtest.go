@@ -396,7 +396,8 @@ func ReapStale() string {
 	return strings.Join(killed, ", ")
 }
 
-// exiting reports whether process pid still exists and is not a zombie.
+// exiting reports whether process pid still exists and is not a zombie
+// (a zombie is dead; only its parent has not reaped it yet).
 func exiting(pid int) bool {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {

@@ -142,10 +142,10 @@ func TestServe(t *testing.T) {
 	ns, pid, config := s.MountNamespace(), s.PID(), s.Config()
 	s.Stop()
 
-	if alive(left) {
+	if exiting(left) {
 		t.Errorf("the chroot's sleep (pid %d) survives Stop", left)
 	}
-	if alive(pid) {
+	if exiting(pid) {
 		t.Errorf("sshd (pid %d) survives Stop", pid)
 	}
 	if pids := NamespacePIDs(ns); len(pids) > 0 {
@@ -179,17 +179,6 @@ func inode(t *testing.T, p string) uint64 {
 	return n
 }
 
-// alive: the process exists and is not a zombie (an orphan killed in the
-// chroot waits for init to reap it).
-func alive(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	i := strings.LastIndexByte(string(b), ')')
-	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
-}
-
 // withArg lists the processes having arg on their command line.
 func withArg(arg string) []int {
 	ents, _ := os.ReadDir("/proc")
@@ -200,7 +189,7 @@ func withArg(arg string) []int {
 			continue
 		}
 		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		if err == nil && slices.Contains(strings.Split(string(b), "\x00"), arg) && alive(pid) {
+		if err == nil && slices.Contains(strings.Split(string(b), "\x00"), arg) && exiting(pid) {
 			pids = append(pids, pid)
 		}
 	}
@@ -395,7 +384,7 @@ func TestReapStale(t *testing.T) {
 	s.lock.Close()
 	s.cmd.Process.Kill()
 	<-s.done
-	if !alive(left) {
+	if !exiting(left) {
 		t.Fatal("the sleep died with sshd")
 	}
 	killed := ReapStale()
@@ -403,7 +392,7 @@ func TestReapStale(t *testing.T) {
 	// Another test process starting a server at the same moment (go test
 	// runs packages in parallel) may have reaped it first: what matters is
 	// that it is gone.
-	if alive(left) {
+	if exiting(left) {
 		t.Errorf("sleep %d still alive; ReapStale killed %q", left, killed)
 	}
 	for _, p := range []string{s.chroot, s.chroot + ".lock"} {
