@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -357,6 +356,15 @@ type PlanOptions struct {
 	// /etc/dkms/MODULE.conf, MODULE-VERSION.conf, MODULE-VERSION-KVER.conf,
 	// MODULE-VERSION-KVER-ARCH.conf.
 	Overrides []*Conf
+	// MatchERE answers [[ subject =~ pattern ]] with the target's bash for
+	// the expressions whose meaning only glibc knows (\w, back references,
+	// [[=a=]], ...): true or false, an *EREError when bash rejects the
+	// expression (status 2), another error when it cannot tell. Nil leaves
+	// the variables such expressions decide (BUILD_EXCLUSIVE_KERNEL,
+	// BUILD_EXCLUSIVE_ARCH, MAKE_MATCH, PATCH_MATCH) known only at build
+	// time. BUILD_EXCLUSIVE_CONFIG, which dkms greps, is not asked: grep -E
+	// reads malformed expressions differently from bash.
+	MatchERE func(pattern, subject string) (bool, error)
 }
 
 // Plan evaluates the file for one kernel as dkms 3.0.10 would on Debian
@@ -424,6 +432,22 @@ func (c *Conf) PlanWith(kernelver, arch string, o PlanOptions) (*Plan, error) {
 	}
 	sort.Strings(p.Unknown)
 	known := func(n string) bool { _, u := p.UnknownWhy[n]; return !u }
+	// markUnknown is for a value the evaluator knows whose effect on the
+	// plan (a regular expression's verdict) only the target can tell.
+	markUnknown := func(n, why string) {
+		if !known(n) {
+			return
+		}
+		p.Unknown = append(p.Unknown, n)
+		sort.Strings(p.Unknown)
+		p.UnknownWhy[n] = why
+		for k := range p.Vars {
+			if k == n || strings.HasPrefix(k, n+"[") {
+				delete(p.Vars, k)
+			}
+		}
+	}
+	regexMatch := regexMatcher(o.MatchERE)
 
 	r := &resolver{in: sh}
 	var problems []string
@@ -531,20 +555,33 @@ func (c *Conf) PlanWith(kernelver, arch string, o PlanOptions) (*Plan, error) {
 		if r.elem("MAKE_MATCH", 0) == "" {
 			mk = r.elem("MAKE", 0)
 		}
-		for i := 0; i < r.count("MAKE"); i++ {
+		// The last MAKE[i] whose MAKE_MATCH[i] matches wins: looking from
+		// the end, an unknown verdict before a match leaves MAKE unknown.
+		makeKnown := true
+		for i := r.count("MAKE") - 1; i >= 0; i-- {
 			m, mm := r.elem("MAKE", int64(i)), r.elem("MAKE_MATCH", int64(i))
-			if m != "" && mm != "" {
-				if ok, err := bashRegexMatch(mm, kernelver); err != nil {
-					warnings = append(warnings, fmt.Sprintf("MAKE_MATCH[%d] %q: %v", i, mm, err))
-				} else if ok {
-					mk = m
-				}
+			if m == "" || mm == "" {
+				continue
+			}
+			ok, sure, err := regexMatch(mm, kernelver)
+			if !sure {
+				markUnknown("MAKE_MATCH", fmt.Sprintf("MAKE_MATCH[%d]: %v", i, err))
+				makeKnown = false
+				break
+			}
+			if err != nil {
+				warnings = append(warnings, fmt.Sprintf("MAKE_MATCH[%d] %q: %v (bash's [[ =~ ]] fails, so dkms does not use MAKE[%d])", i, mm, err, i))
+			} else if ok {
+				mk = m
+				break
 			}
 		}
-		if mk == "" {
-			mk = "make -C " + o.KernelSourceDir + " M=" + o.DKMSTree + "/" + module + "/" + moduleVersion + "/build"
+		if makeKnown {
+			if mk == "" {
+				mk = "make -C " + o.KernelSourceDir + " M=" + o.DKMSTree + "/" + module + "/" + moduleVersion + "/build"
+			}
+			p.Make = mk + clangFlags(o.KernelConfig)
 		}
-		p.Make = mk + clangFlags(o.KernelConfig)
 	}
 	if known("CLEAN") {
 		p.Clean = r.scalar("CLEAN")
@@ -553,6 +590,8 @@ func (c *Conf) PlanWith(kernelver, arch string, o PlanOptions) (*Plan, error) {
 		}
 	}
 	if known("PATCH") && known("PATCH_MATCH") {
+		var patches []string
+		patchesKnown := true
 		for i := 0; i < r.count("PATCH"); i++ {
 			pt, pm := r.elem("PATCH", int64(i)), r.elem("PATCH_MATCH", int64(i))
 			if pt == "" {
@@ -560,48 +599,59 @@ func (c *Conf) PlanWith(kernelver, arch string, o PlanOptions) (*Plan, error) {
 			}
 			ok := pm == ""
 			if !ok {
-				m, err := bashRegexMatch(pm, kernelver)
+				m, sure, err := regexMatch(pm, kernelver)
+				if !sure {
+					markUnknown("PATCH_MATCH", fmt.Sprintf("PATCH_MATCH[%d]: %v", i, err))
+					patchesKnown = false
+					break
+				}
 				if err != nil {
-					warnings = append(warnings, fmt.Sprintf("PATCH_MATCH[%d] %q: %v", i, pm, err))
+					warnings = append(warnings, fmt.Sprintf("PATCH_MATCH[%d] %q: %v (bash's [[ =~ ]] fails, so dkms does not apply PATCH[%d])", i, pm, err, i))
 				}
 				ok = m
 			}
 			if ok {
-				p.Patches = append(p.Patches, pt)
+				patches = append(patches, pt)
 			}
+		}
+		if patchesKnown {
+			p.Patches = patches
 		}
 	}
 
 	// BUILD_EXCLUSIVE_*
 	var reasons []string
-	if known("BUILD_EXCLUSIVE_KERNEL") {
-		if re := r.scalar("BUILD_EXCLUSIVE_KERNEL"); re != "" {
-			ok, err := bashRegexMatch(re, kernelver)
-			if err != nil {
-				warnings = append(warnings, fmt.Sprintf("BUILD_EXCLUSIVE_KERNEL %q: %v (bash's [[ =~ ]] fails, so dkms does not exclude)", re, err))
-			} else if !ok {
-				reasons = append(reasons, fmt.Sprintf("BUILD_EXCLUSIVE_KERNEL %q does not match kernel %s", re, kernelver))
-			}
+	// dkms: [[ $BUILD_EXCLUSIVE_KERNEL && ! $1 =~ $BUILD_EXCLUSIVE_KERNEL ]]
+	// && build_exclude="yes"; a malformed expression makes =~ return 2,
+	// which "!" turns into true: dkms excludes.
+	for _, be := range []struct{ name, what, subject string }{
+		{"BUILD_EXCLUSIVE_KERNEL", "kernel", kernelver},
+		{"BUILD_EXCLUSIVE_ARCH", "arch", arch},
+	} {
+		if !known(be.name) {
+			continue
 		}
-	}
-	if known("BUILD_EXCLUSIVE_ARCH") {
-		if re := r.scalar("BUILD_EXCLUSIVE_ARCH"); re != "" {
-			ok, err := bashRegexMatch(re, arch)
-			if err != nil {
-				warnings = append(warnings, fmt.Sprintf("BUILD_EXCLUSIVE_ARCH %q: %v (bash's [[ =~ ]] fails, so dkms does not exclude)", re, err))
-			} else if !ok {
-				reasons = append(reasons, fmt.Sprintf("BUILD_EXCLUSIVE_ARCH %q does not match arch %s", re, arch))
-			}
+		re := r.scalar(be.name)
+		if re == "" {
+			continue
+		}
+		ok, sure, err := regexMatch(re, be.subject)
+		switch {
+		case !sure:
+			markUnknown(be.name, fmt.Sprintf("matching %s %s: %v", be.what, be.subject, err))
+		case err != nil:
+			reasons = append(reasons, fmt.Sprintf("%s %q does not compile (%v): bash's [[ =~ ]] fails, which dkms's negated test takes for a mismatch", be.name, re, err))
+		case !ok:
+			reasons = append(reasons, fmt.Sprintf("%s %q does not match %s %s", be.name, re, be.what, be.subject))
 		}
 	}
 	if cfg := r.scalar("BUILD_EXCLUSIVE_CONFIG"); cfg != "" && known("BUILD_EXCLUSIVE_CONFIG") {
 		if o.KernelConfig == nil {
-			p.Unknown = append(p.Unknown, "BUILD_EXCLUSIVE_CONFIG")
-			sort.Strings(p.Unknown)
-			p.UnknownWhy["BUILD_EXCLUSIVE_CONFIG"] = "checked against the kernel's .config, which was not given"
-			delete(p.Vars, "BUILD_EXCLUSIVE_CONFIG")
+			markUnknown("BUILD_EXCLUSIVE_CONFIG", "checked against the kernel's .config, which was not given")
+		} else if rs, sure, why := checkKernelConfig(cfg, o.KernelConfig); !sure {
+			markUnknown("BUILD_EXCLUSIVE_CONFIG", why)
 		} else {
-			reasons = append(reasons, checkKernelConfig(cfg, o.KernelConfig)...)
+			reasons = append(reasons, rs...)
 		}
 	}
 	for _, n := range []string{"MAKE", "PRE_BUILD", "POST_BUILD", "CLEAN"} {
@@ -838,43 +888,6 @@ func DistroFromOSRelease(data []byte) string {
 		return like
 	}
 	return id
-}
-
-// bashRegexMatch is [[ s =~ re ]]: an unanchored POSIX extended regular
-// expression search. An error means the expression does not compile.
-func bashRegexMatch(re, s string) (bool, error) {
-	rx, err := regexp.CompilePOSIX(re)
-	if err != nil {
-		return false, err
-	}
-	return rx.MatchString(s), nil
-}
-
-// checkKernelConfig is BUILD_EXCLUSIVE_CONFIG: each CONFIG_X must be y or m
-// in the .config, each !CONFIG_X must not.
-func checkKernelConfig(list string, config []byte) []string {
-	set := map[string]bool{}
-	for _, ln := range strings.Split(string(config), "\n") {
-		if i := strings.IndexByte(ln, '='); i > 0 {
-			v := ln[i+1:]
-			if v == "y" || v == "m" {
-				set[ln[:i]] = true
-			}
-		}
-	}
-	var reasons []string
-	for _, k := range strings.Fields(list) {
-		if strings.HasPrefix(k, "!") {
-			if set[k[1:]] {
-				reasons = append(reasons, fmt.Sprintf("BUILD_EXCLUSIVE_CONFIG: %s is set in the kernel config", k[1:]))
-			}
-			continue
-		}
-		if !set[k] {
-			reasons = append(reasons, fmt.Sprintf("BUILD_EXCLUSIVE_CONFIG: %s is not set in the kernel config", k))
-		}
-	}
-	return reasons
 }
 
 // clangFlags is dkms 3.0.10's check for a kernel built with clang or lld
