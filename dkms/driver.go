@@ -598,6 +598,23 @@ func (d *Driver) plan(ctx context.Context, t dkmsTrees, name, version, kernel, a
 		return nil
 	}
 	o := PlanOptions{DKMSTree: t.dkmsTree, SourceTree: t.sourceTree, InstallTree: t.installTree, Module: name, ModuleVersion: version}
+	// Regular expressions only glibc can answer are matched by the
+	// target's bash, the pattern and the subject passed as arguments.
+	o.MatchERE = func(pattern, subject string) (bool, error) {
+		_, errOut, st, err := d.run(ctx, "bash -c '[[ $2 =~ $1 ]]' kmodctl-ere "+shquote.Join(pattern, subject))
+		if err != nil {
+			return false, fmt.Errorf("bash [[ =~ ]] on the target: %w", err)
+		}
+		switch st {
+		case 0:
+			return true, nil
+		case 1:
+			return false, nil
+		case 2:
+			return false, &EREError{Pattern: pattern, Msg: "bash's [[ =~ ]] on the target returns status 2"}
+		}
+		return false, fmt.Errorf("bash [[ =~ ]] on the target: exit status %d: %s", st, lastLines(strings.TrimSpace(errOut), 3))
+	}
 	if osr, _, st, err := d.run(ctx, "cat /etc/os-release 2>/dev/null || cat /usr/lib/os-release"); err == nil && st == 0 {
 		o.Distro = DistroFromOSRelease([]byte(osr))
 	}

@@ -493,8 +493,8 @@ func checkKernelConfig(list string, config []byte) (reasons []string, known bool
 	// (dkms runs with extglob) expanded in dkms's working directory.
 	words := strings.FieldsFunc(list, func(r rune) bool { return r == ' ' || r == '\t' || r == '\n' })
 	for _, w := range words {
-		if strings.ContainsAny(w, `*?[\`) || strings.Contains(w, "@(") || strings.Contains(w, "!(") || strings.Contains(w, "+(") {
-			return nil, false, fmt.Sprintf("the word %q is a file name pattern (or holds a backslash) that dkms's unquoted $BUILD_EXCLUSIVE_CONFIG expands in its working directory", w)
+		if strings.ContainsAny(w, "*?[") || strings.Contains(w, "@(") || strings.Contains(w, "!(") || strings.Contains(w, "+(") {
+			return nil, false, fmt.Sprintf("the word %q is a file name pattern, which dkms's unquoted $BUILD_EXCLUSIVE_CONFIG expands against the files of its working directory", w)
 		}
 		neg := strings.HasPrefix(w, "!")
 		name := strings.TrimPrefix(w, "!")
