@@ -1,6 +1,7 @@
 package dkms
 
 import (
+	"bytes"
 	"errors"
 	"os"
 	"os/exec"
@@ -236,14 +237,23 @@ chk() {
 			pairs = append(pairs, pair{w, i})
 		}
 	}
-	for _, loc := range []string{"C", "C.UTF-8"} {
-		cmd := exec.Command("bash", "-c", script.String())
-		cmd.Env = append(os.Environ(), "LC_ALL="+loc)
-		out, err := cmd.Output()
-		if err != nil {
+	// Both locales at once: a grep per pair makes this the slow part.
+	locales := []string{"C", "C.UTF-8"}
+	outs := make([]bytes.Buffer, len(locales))
+	cmds := make([]*exec.Cmd, len(locales))
+	for i, loc := range locales {
+		cmds[i] = exec.Command("bash", "-c", script.String())
+		cmds[i].Env = append(os.Environ(), "LC_ALL="+loc)
+		cmds[i].Stdout = &outs[i]
+		if err := cmds[i].Start(); err != nil {
 			t.Fatalf("bash: %v", err)
 		}
-		got := strings.Fields(string(out))
+	}
+	for li, loc := range locales {
+		if err := cmds[li].Wait(); err != nil {
+			t.Fatalf("bash (LC_ALL=%s): %v", loc, err)
+		}
+		got := strings.Fields(outs[li].String())
 		if len(got) != len(pairs) {
 			t.Fatalf("bash gave %d answers for %d pairs", len(got), len(pairs))
 		}
