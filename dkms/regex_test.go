@@ -2,7 +2,9 @@ package dkms
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -346,5 +348,57 @@ func TestPlanBadERE(t *testing.T) {
 	out, err := exec.Command("bash", "-c", `K='^(6'; [[ $K && ! $1 =~ $K ]] && echo yes`, "x", "6.1.0-57-amd64").Output()
 	if err != nil || strings.TrimSpace(string(out)) != "yes" {
 		t.Errorf("bash: %q %v", out, err)
+	}
+}
+
+// shRunner serves a dkms.conf to Driver.plan and runs the matching command
+// Driver.plan sends (bash -c '[[ $2 =~ $1 ]]' ...) with the local sh, as a
+// target would; anything else fails.
+type shRunner struct {
+	conf string
+	cmds []string
+}
+
+func (r *shRunner) Run(ctx context.Context, cmd string, stdout, stderr io.Writer) (int, error) {
+	r.cmds = append(r.cmds, cmd)
+	switch {
+	case strings.HasPrefix(cmd, "cat /var/lib/dkms/x/1/source/dkms.conf"):
+		io.WriteString(stdout, r.conf)
+		return 0, nil
+	case strings.HasPrefix(cmd, "bash -c "):
+		c := exec.CommandContext(ctx, "sh", "-c", cmd)
+		c.Stdout, c.Stderr = stdout, stderr
+		err := c.Run()
+		var xe *exec.ExitError
+		if errors.As(err, &xe) {
+			return xe.ExitCode(), nil
+		}
+		return 0, err
+	}
+	return 3, nil
+}
+
+// TestDriverPlanMatchERE: Driver.plan asks the target's bash, passing the
+// pattern and the kernel release as arguments (a pattern holding a quote
+// and a ";" is not read as code).
+func TestDriverPlanMatchERE(t *testing.T) {
+	r := &shRunner{conf: "PACKAGE_NAME=x\nPACKAGE_VERSION=1\nBUILT_MODULE_NAME=x\nDEST_MODULE_LOCATION=/extra\n" +
+		"BUILD_EXCLUSIVE_KERNEL='^6\\.1\\.0-\\d'\nMAKE[0]='make q'\nMAKE_MATCH[0]='\\<6|a;'\"'\"'b'\n"}
+	d := &Driver{R: r}
+	p := d.plan(context.Background(), dkmsTrees{dkmsTree: "/var/lib/dkms", sourceTree: "/usr/src", installTree: "/lib/modules"}, "x", "1", "6.1.0-57-amd64", "x86_64")
+	if p == nil {
+		t.Fatal("no plan")
+	}
+	if len(p.Unknown) != 0 || !p.Excluded || p.Make != "make q" {
+		t.Errorf("Unknown %v %v, Excluded %v (%s), Make %q", p.Unknown, p.UnknownWhy, p.Excluded, p.Reason, p.Make)
+	}
+	asked := 0
+	for _, c := range r.cmds {
+		if strings.HasPrefix(c, "bash -c '[[ $2 =~ $1 ]]' kmodctl-ere ") {
+			asked++
+		}
+	}
+	if asked != 2 {
+		t.Errorf("asked bash %d times: %q", asked, r.cmds)
 	}
 }
