@@ -243,18 +243,34 @@ func (p *ereParser) atom(depth int) (string, pieceKind, error) {
 	return literalByte(c), pieceAtom, nil
 }
 
-// backslashWhy names what glibc makes of a backslash before e.
+// backslashWhy names what glibc makes of a backslash before e, and Go.
 func backslashWhy(e byte) string {
+	lit := fmt.Sprintf(`\%c is a literal %q in glibc's ERE`, e, string(e))
 	switch {
 	case e >= '1' && e <= '9':
 		return fmt.Sprintf(`\%c is a back reference in glibc's ERE, which Go's regexp lacks`, e)
-	case strings.IndexByte("wWsSbB<>`'", e) >= 0:
-		return fmt.Sprintf(`\%c is a GNU operator in glibc's ERE, with another meaning or none in Go's`, e)
+	case e == '<' || e == '>':
+		return fmt.Sprintf(`\%c is a GNU word-boundary operator in glibc's ERE, an error in Go's`, e)
+	case e == '`' || e == '\'':
+		return fmt.Sprintf(`\%c is a GNU text anchor in glibc's ERE, an error in Go's`, e)
+	case strings.IndexByte("wWsSbB", e) >= 0:
+		return fmt.Sprintf(`\%c is a GNU operator in glibc's ERE (word characters, spaces, word boundaries), whose members depend on the locale`, e)
+	case e == 'd' || e == 'D':
+		return lit + ", a digit class in Go's"
+	case e == 'x':
+		return lit + ` (so \x78 is "x78"), a hexadecimal escape in Go's`
+	case strings.IndexByte("aftnrv", e) >= 0:
+		return lit + ", a control character in Go's"
+	case e == 'p' || e == 'P':
+		return lit + ", a Unicode class in Go's"
+	case e == 'A' || e == 'z':
+		return lit + ", an anchor in Go's"
+	case e == 'Q' || e == 'E':
+		return lit + ", quoting in Go's"
 	case e >= 0x80:
-		return "a backslash before a non-ASCII byte"
-	default:
-		return fmt.Sprintf(`\%c is a literal %q in glibc's ERE, an escape or an error in Go's`, e, string(e))
+		return "a backslash before a non-ASCII byte, read according to the locale"
 	}
+	return lit + ", an error in Go's"
 }
 
 func literalByte(c byte) string {
