@@ -169,7 +169,7 @@ func newDKMSPlanCmd() *cobra.Command {
 			"(/etc/dkms/MODULE.conf, MODULE-VERSION.conf, MODULE-VERSION-KVER.conf, " +
 			"MODULE-VERSION-KVER-ARCH.conf), repeated in dkms's order.\n\n" +
 			"Exit status: 0 the plan is complete; 3 it is not: some values are known only at " +
-			"build time (listed; the rest of the plan holds); 1 dkms would reject the file (each " +
+			"build time (listed, and what derives from them is the reader's guess); 1 dkms would reject the file (each " +
 			"problem is printed) or a file cannot be read; 2 a usage error.\n" + dkmsPlanJSONHelp,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
