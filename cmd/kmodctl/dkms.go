@@ -71,7 +71,8 @@ With --json the plan is one JSON object on stdout:
     "excluded": false,                // a BUILD_EXCLUSIVE_* directive excludes the kernel
     "reason": "",                     // why excluded, or which directive is unknown
     "unknown": [{"name": "PRE_BUILD", "why": "..."}],  // known only at build time
-    "unsupported": ["line 12: ..."],  // constructs not evaluated, with their lines
+    "unsupported": ["line 12: ..."],  // constructs not evaluated, with their lines;
+                                      // what they leave unknown for this kernel is in "unknown"
     "warnings": ["..."],
     "rejected": false,                // dkms rejects the file ("Bad conf file")
     "problems": []                    // why it rejects it
@@ -415,7 +416,11 @@ func writeDKMSPlan(w io.Writer, d *dkmsPlanJSON) error {
 		}
 	}
 	if len(d.Unsupported) > 0 {
-		fmt.Fprintf(&b, "not evaluated (known only at build time):\n")
+		if d.Complete {
+			fmt.Fprintf(&b, "not evaluated (no value dkms reads depends on them for this kernel):\n")
+		} else {
+			fmt.Fprintf(&b, "not evaluated:\n")
+		}
 		for _, x := range d.Unsupported {
 			fmt.Fprintf(&b, "  %s\n", x)
 		}
