@@ -16,6 +16,7 @@ import (
 func TestExitStatus(t *testing.T) {
 	dir := t.TempDir()
 	missing := filepath.Join(dir, "missing.ko")
+	conf := filepath.Join(dir, "dkms.conf")
 	mod := fixture.TestModule(t, "kmodtest_base")
 	for _, tc := range []struct {
 		args []string
@@ -43,12 +44,27 @@ func TestExitStatus(t *testing.T) {
 		{[]string{"depmod", "6.1", "6.2"}, 2, "accepts at most 1 arg"},
 		{[]string{"firstboot", "verify", "extra"}, 2, "unknown command"},
 		{[]string{"bundle", "ls"}, 2, "accepts 1 arg"},
+		// kmodctl dkms plan (conf does not exist: a usage error must come
+		// before the file is read).
+		{[]string{"dkms", "bogus"}, 2, `unknown command "bogus" for "kmodctl dkms"`},
+		{[]string{"dkms", "plan", conf}, 2, `required flag(s) "kernel" not set`},
+		{[]string{"dkms", "plan", "--kernel", "", conf}, 2, "--kernel: give a kernel release"},
+		{[]string{"dkms", "plan", "--kernel", "6.1.0-1-amd64"}, 2, "accepts 1 arg(s), received 0"},
+		{[]string{"dkms", "plan", "--kernel", "6.1.0-1-amd64", conf, conf}, 2, "accepts 1 arg(s), received 2"},
+		{[]string{"dkms", "plan", "--kernel", "6.1.0-1-amd64", "--module", "m", conf}, 2, "missing [module-version]"},
+		{[]string{"dkms", "plan", "--kernel", "6.1.0-1-amd64", "--module-version", "1", conf}, 2, "missing [module]"},
+		{[]string{"dkms", "plan", "--kernel", "6.1.0-1-amd64", "--module", "", "--module-version", "1", conf}, 2, "--module and --module-version"},
+		{[]string{"dkms", "plan", "--kernel", "6.1.0-1-amd64", "--distro", "", conf}, 2, "--distro"},
+		{[]string{"dkms", "plan", "--kernel", "6.1.0-1-amd64", "--distro", "fedora", "--os-release", conf, conf}, 2, "[distro os-release] were all set"},
+		{[]string{"dkms", "plan", "--kernel", "6.1.0-1-amd64", "--bogus", conf}, 2, "unknown flag: --bogus"},
+		{[]string{"dkms", "plan", "--kernel", "6.1.0-1-amd64", "--json=maybe", conf}, 2, `invalid argument "maybe"`},
 		// Runtime failures.
 		{[]string{"module", "inspect", missing}, 1, "no such file"},
 		{[]string{"module", "verify", "--cert", missing, mod}, 1, "--cert"},
 		{[]string{"initramfs", "ls", filepath.Join(dir, "missing.img")}, 1, "no such file"},
 		{[]string{"firstboot", "verify", "--root", dir, "--kernel", "6.1.0-1-amd64", "--report", "-"}, 1, ""},
 		{[]string{"bundle", "ls", "oci:" + filepath.Join(dir, "nolayout")}, 1, "nolayout"},
+		{[]string{"dkms", "plan", "--kernel", "6.1.0-1-amd64", conf}, 1, "no such file"},
 	} {
 		_, stderr, code := kmodctl(t, tc.args...)
 		if code != tc.code || !strings.Contains(stderr, tc.want) {
@@ -59,7 +75,7 @@ func TestExitStatus(t *testing.T) {
 		}
 	}
 	// A group alone shows its help, as the root does.
-	for _, args := range [][]string{nil, {"module"}, {"initramfs"}} {
+	for _, args := range [][]string{nil, {"module"}, {"initramfs"}, {"dkms"}} {
 		out, stderr, code := kmodctl(t, args...)
 		if code != 0 || !strings.Contains(out, "Available Commands:") {
 			t.Errorf("%v: exit %d, stdout %q, stderr %q", args, code, out, stderr)

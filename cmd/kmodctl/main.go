@@ -3,7 +3,7 @@
 //
 // Exit status, for every command: 0 success, 1 failure, 2 usage error (an
 // unknown command or flag, a flag value or an argument count the command
-// does not accept).
+// does not accept); kmodctl dkms plan adds 3, a plan known only in part.
 package main
 
 import (
@@ -34,8 +34,8 @@ func main() {
 	os.Exit(run(ctx, newRootCmd()))
 }
 
-// run executes root and returns the exit status: 2 for an errUsage, 1 for
-// any other error.
+// run executes root and returns the exit status: 2 for an errUsage, an
+// errStatus's own, 1 for any other error.
 func run(ctx context.Context, root *cobra.Command) int {
 	cmd, err := root.ExecuteContextC(ctx)
 	if err == nil {
@@ -50,8 +50,21 @@ func run(ctx context.Context, root *cobra.Command) int {
 		fmt.Fprintf(root.ErrOrStderr(), "Run '%s --help' for usage.\n", cmd.CommandPath())
 		return 2
 	}
+	var status errStatus
+	if errors.As(err, &status) {
+		return status.code
+	}
 	return 1
 }
+
+// errStatus is an outcome with its own exit status, neither success nor
+// failure (kmodctl dkms plan's 3: a plan known only in part).
+type errStatus struct {
+	code int
+	msg  string
+}
+
+func (e errStatus) Error() string { return e.msg }
 
 // errQuiet is a failure whose details were already printed per file.
 type errQuiet struct{ msg string }
@@ -77,7 +90,8 @@ func newRootCmd() *cobra.Command {
 		Short: "Build-time toolkit for out-of-tree kernel modules",
 		Long: "Build-time toolkit for out-of-tree kernel modules.\n\n" +
 			"Exit status: 0 success, 1 failure, 2 usage error (unknown command or flag, a flag value or " +
-			"an argument count the command does not accept). Commands that report take --json: one " +
+			"an argument count the command does not accept); kmodctl dkms plan exits 3 for a plan known " +
+			"only in part. Commands that report take --json: one " +
 			"JSON document on standard output, its shape given in each command's help; errors still go " +
 			"to standard error.",
 		Version:       version,
@@ -89,6 +103,7 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(newFirstbootCmd())
 	root.AddCommand(newBundleCmd())
 	root.AddCommand(newCatalogCmd())
+	root.AddCommand(newDKMSCmd())
 	root.InitDefaultHelpCmd()
 	root.InitDefaultCompletionCmd()
 	usageErrors(root)
