@@ -1275,6 +1275,9 @@ func (in *interp) expandPart(p *part, line int) (string, bool) {
 	case pTilde:
 		in.note(line, "~: home directory known only at build time")
 		return "", false
+	case pOpaque:
+		in.note(line, "%s inside \"${...}\": not evaluated", shorten(p.text))
+		return "", false
 	case pCmdSubst:
 		in.note(line, "command substitution %s: known only at build time", shorten(p.text))
 		return "", false
@@ -1454,25 +1457,41 @@ func (in *interp) expandParam(pe *paramExp, text string, line int) (string, bool
 		}
 		return in.replacePattern(val, pat, rep, pe.op, text, line)
 	case "^", "^^", ",", ",,":
-		if pe.arg != nil && pe.arg.raw != "" {
-			in.note(line, "expansion %s: case conversion with a pattern not evaluated", shorten(text))
-			return "", false
+		// the pattern (default ?) selects the characters converted
+		var toks []globTok
+		if pe.arg != nil && len(pe.arg.parts) > 0 {
+			pat, ok := in.expandPattern(pe.arg, line)
+			if !ok || in.opaque(line, shorten(text), pat) {
+				return "", false
+			}
+			if pat != "" {
+				var err error
+				if toks, err = compileGlob(pat); err != nil {
+					in.note(line, "expansion %s: %v", shorten(text), err)
+					return "", false
+				}
+			}
 		}
-		if !known || in.opaque(line, shorten(text), val) {
+		if !known || in.opaque(line, shorten(text), val) || !utf8.ValidString(val) {
 			return "", false
 		}
 		conv := unicode.ToUpper
 		if pe.op[0] == ',' {
 			conv = unicode.ToLower
 		}
-		if len(pe.op) == 2 {
-			return strings.Map(conv, val), true
+		rs := []rune(val)
+		if !in.charge(len(rs) * (len(toks) + 1) / 256) {
+			return "", false
 		}
-		r, n := utf8.DecodeRuneInString(val)
-		if n == 0 {
-			return val, true
+		for i, r := range rs {
+			if i > 0 && len(pe.op) == 1 {
+				break
+			}
+			if toks == nil || globMatch(toks, rs[i:i+1]) {
+				rs[i] = conv(r)
+			}
 		}
-		return string(conv(r)) + val[n:], true
+		return string(rs), true
 	case ":":
 		if !known || in.opaque(line, shorten(text), val) {
 			return "", false
