@@ -1761,7 +1761,13 @@ func (p *parser) matchBracketAny(i int) (int, bool) {
 
 // parseShell parses a whole file, converting syntax panics to errors.
 func parseShell(src, name string) (prog []*andOr, err error) {
+	return parseShellAt(src, name, 1)
+}
+
+// parseShellAt parses text that starts at line (eval's text).
+func parseShellAt(src, name string, line int) (prog []*andOr, err error) {
 	p := newParser(src, name)
+	p.lineBase = line - 1
 	defer func() {
 		if r := recover(); r != nil {
 			se, ok := r.(*syntaxError)
