@@ -802,7 +802,9 @@ func safeSourceScript(in *interp) (string, map[string]bool) {
 			ifs = e.val
 		}
 	}
-	if strings.ContainsFunc(ifs, func(r rune) bool { return r == '_' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' }) {
+	if strings.ContainsFunc(ifs, func(r rune) bool {
+		return r == '_' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9'
+	}) {
 		ifsKnown = false // the names and indices safe_source expands unquoted split too
 	}
 	for _, n := range dkmsConfVariables {

@@ -100,10 +100,10 @@ type interp struct {
 	anyCommand string
 	// patterns is set when a shopt changed how patterns match: pattern
 	// results are then known only at build time.
-	patterns string
-	config   *kernelConfig // the kernel's .config when known (PlanOptions.KernelConfig)
-	line     int           // line of the command being evaluated
-	evalDepth int
+	patterns   string
+	config     *kernelConfig // the kernel's .config when known (PlanOptions.KernelConfig)
+	line       int           // line of the command being evaluated
+	evalDepth  int
 	vars       map[string]*variable
 	unsetKnown map[string]bool // names known to be unset unless assigned
 	funcs      map[string]*funcDef
