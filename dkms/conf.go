@@ -807,16 +807,27 @@ func safeSourceScript(in *interp) (string, map[string]bool) {
 	}) {
 		ifsKnown = false // the names and indices safe_source expands unquoted split too
 	}
+	broken := false
 	for _, n := range dkmsConfVariables {
 		v, ok := in.vars[n]
+		if broken {
+			unknown[n] = true
+			continue
+		}
 		if !ok {
 			if !in.unsetKnown[n] {
 				unknown[n] = true
 			}
 			continue
 		}
-		if v.unknown || !ifsKnown && len(v.elems) > 0 || len(v.elems) > 1 && !strings.Contains(ifs, " ") {
-			// (without a space in IFS, the list of indices is one word)
+		if len(v.elems) > 1 && !strings.Contains(ifs, " ") || v.unknown && !strings.Contains(ifs, " ") {
+			// without a space in IFS, the list of indices is one word:
+			// an arithmetic error stops safe_source's printing here
+			broken = true
+			unknown[n] = true
+			continue
+		}
+		if v.unknown || !ifsKnown && len(v.elems) > 0 {
 			unknown[n] = true
 			continue
 		}

@@ -3,10 +3,21 @@ package dkms
 // An interpreter for the syntax tree of shparse.go that evaluates what can
 // be known without running anything: assignments, parameter and arithmetic
 // expansion, the assignment builtins (declare, local, export, readonly,
-// unset, let, :), test/[ on strings and numbers, case, if and for over
-// known words. Every other command is not run; it is recorded as
-// unsupported, and the variables that a construct could change without us
-// knowing how are marked unknown ("known only at build time").
+// unset, let, :), test/[ on strings and numbers (and on the kernel's
+// .config when it is given), case, if and for over known words, eval of
+// known text, . of the kernel's .config, set -e/-u, shopt, exit and the
+// errors after which bash stops reading the file. Every other command is
+// not run; it is recorded as unsupported, and the variables that a
+// construct could change without us knowing how are marked unknown ("known
+// only at build time").
+//
+// Why not mvdan.cc/sh/v3: its interpreter is concrete. It executes
+// builtins (and hands other commands to an exec handler), and every value
+// it holds is a definite string; it has no notion of an unknown value.
+// This reader must never run anything and must say "unknown" wherever a
+// value depends on what it did not run, rather than give a wrong definite
+// value, so unknown values have to flow through expansions, conditions and
+// loops: that is what this evaluator does.
 //
 // The model of the environment is dkms's: a dkms.conf is sourced inside a
 // shell function (safe_source) after dkms unset its own variables, so those
@@ -1246,6 +1257,11 @@ func (in *interp) runShopt(line int, args []*word) status {
 		case "nocasematch", "nocaseglob":
 			if on {
 				in.patterns = fmt.Sprintf("line %d: shopt -s %s", line, s)
+			}
+		case "nullglob", "failglob":
+			if on {
+				// safe_source's NAME[i]="value" words are patterns
+				in.possiblyFatal(line, "shopt -s "+s+" changes what safe_source prints")
 			}
 		case "expand_aliases":
 			if on {
