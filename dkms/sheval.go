@@ -1026,10 +1026,47 @@ func (in *interp) runSimple(c *simpleCmd) status {
 	if !ok {
 		in.note(c.line, "command with a name known only at build time: not run")
 		in.expandArgsForEffects(c.args[1:])
+		// it may be eval, source, exit, set...
+		in.unknownText(c.line, "command with a name known only at build time")
 		return stUnknown
 	}
 	args := c.args[1:]
+	// command and builtin run the builtin they name
+	for (name == "command" || name == "builtin") && len(args) > 0 {
+		next, ok := args[0].literal()
+		if !ok || strings.HasPrefix(next, "-") {
+			break
+		}
+		if declBuiltins[next] {
+			in.unknownText(c.line, name+" "+next+": not evaluated")
+			return stUnknown
+		}
+		name, args = next, args[1:]
+	}
 	switch name {
+	case "exec":
+		if len(args) > 0 {
+			// the command replaces safe_source's subshell (or, not
+			// found, the shell exits): nothing is printed
+			in.expandArgsForEffects(args)
+			in.fatalError(c.line, "exec")
+			return stUnknown
+		}
+		return stOK
+	case "trap":
+		if len(args) > 0 {
+			if s, ok := args[0].literal(); !ok || s != "-l" && s != "-p" {
+				// an EXIT trap prints into safe_source's output after it
+				in.possiblyFatal(c.line, "trap: code run at build time")
+			}
+		}
+		return stUnknown
+	case "cd", "pushd", "popd":
+		in.expandArgsForEffects(args)
+		for _, n := range []string{"PWD", "OLDPWD", "DIRSTACK"} {
+			in.markUnknown(n, fmt.Sprintf("line %d: %s at build time", c.line, name))
+		}
+		return stUnknown
 	case ":", "true":
 		in.expandArgsForEffects(args)
 		return stOK
@@ -1958,6 +1995,7 @@ func (in *interp) expandParam(pe *paramExp, text string, line int) (string, bool
 		return in.expandString(pe.arg, line)
 	case ":?", "?":
 		if !known {
+			in.possiblyFatal(line, shorten(text)+" on a value known only at build time")
 			return "", false
 		}
 		if !set || pe.op == ":?" && val == "" {
