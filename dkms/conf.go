@@ -363,7 +363,10 @@ type PlanOptions struct {
 	Module, ModuleVersion string
 	// KernelConfig is the kernel's .config, for BUILD_EXCLUSIVE_CONFIG and
 	// the clang check; nil leaves BUILD_EXCLUSIVE_CONFIG unchecked (in
-	// Unknown when set).
+	// Unknown when set). Given, it is also what a file finds at
+	// $kernel_source_dir/.config ($kernel_config): [ -f ] on it is true
+	// and . on it assigns its CONFIG_ variables; nil leaves those known
+	// only at build time.
 	KernelConfig []byte
 	// Overrides are the files dkms sources after dkms.conf, in its order:
 	// /etc/dkms/MODULE.conf, MODULE-VERSION.conf, MODULE-VERSION-KVER.conf,
