@@ -1062,6 +1062,7 @@ func (in *interp) runSimple(c *simpleCmd) status {
 		}
 		return stUnknown
 	case "cd", "pushd", "popd":
+		in.note(c.line, "command %s: not run (changes the working directory at build time)", name)
 		in.expandArgsForEffects(args)
 		for _, n := range []string{"PWD", "OLDPWD", "DIRSTACK"} {
 			in.markUnknown(n, fmt.Sprintf("line %d: %s at build time", c.line, name))
