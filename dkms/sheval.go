@@ -398,6 +398,39 @@ func (in *interp) fileTest(op, path string) (bool, bool) {
 	return false, false
 }
 
+// condFileTest evaluates [[ -f FILE ]] and [[ ! -f FILE ]] (and -e, -r,
+// -s, -d) when fileTest knows the answer.
+func (in *interp) condFileTest(c *condCmd) (status, bool) {
+	w := c.words
+	neg := false
+	if len(w) == 3 {
+		if s, ok := w[0].literal(); ok && s == "!" {
+			neg, w = true, w[1:]
+		}
+	}
+	if len(w) != 2 {
+		return stUnknown, false
+	}
+	op, ok := w[0].literal()
+	if !ok {
+		return stUnknown, false
+	}
+	switch op {
+	case "-e", "-f", "-r", "-s", "-d":
+	default:
+		return stUnknown, false
+	}
+	path, ok := in.expandString(w[1], c.line)
+	if !ok {
+		return stUnknown, false
+	}
+	r, ok := in.fileTest(op, path)
+	if !ok {
+		return stUnknown, false
+	}
+	return status{b2iInt(r == neg), true}, true
+}
+
 // sourceConfig is . on the kernel's .config: a file of CONFIG_X=value
 // assignments and comments, evaluated as shell when given; otherwise
 // every CONFIG_ variable is known only at build time.
@@ -728,6 +761,9 @@ func (in *interp) runCommand(c command) status {
 		}
 		return status{b2iInt(v == 0), true}
 	case *condCmd:
+		if st, ok := in.condFileTest(c); ok {
+			return st
+		}
 		in.note(c.line, "[[ ... ]]: test evaluated only at build time")
 		return stUnknown
 	}
