@@ -239,7 +239,7 @@ func TestShell16Known(t *testing.T) {
 		"crafted-i16-dqpattern.conf": {"KMAJOR=6", "KMINOR=1", "KBASE=6.1.0", "VMAJMIN=1.2", "DIGITS=N.N.N-NN-amdNN",
 			"QUOTEDSUB=a*b.c-d*e", "SQ=b.c-d*e", "ESC=a*b.c-d", "ALL=aSb.c-dSe", "UPPAT=A*B.C-d*e", "LIT='}'",
 			"MAKE[0]=make KVER=6.1.0-56-amd64 NEW=1", "BUILT_MODULE_NAME[0]=dq_amd64"},
-		"crafted-i16-options.conf": {"A=1", "B=unset", "C=d", "D=", "F=assigned", "G=", "BUILT_MODULE_NAME[0]=options"},
+		"crafted-i16-options.conf": {"A=1", "B=unset", "C=d", "D=", "F=assigned", "G=", "BUILT_MODULE_NAME[0]=options", "LY=old", "LW=5"},
 		"crafted-i16-eval.conf":    {"PACKAGE_VERSION=1.0", "X=2.0", "MAKE[0]=make V=2.0 X=2.0", "CLEAN=make clean", "POST_ADD=yes", "POST_BUILD=nested 2.0", "A[2]=3", "BUILT_MODULE_NAME[0]=ev", "POST_INSTALL=builtin", "POST_REMOVE=command"},
 		"crafted-i16-read.conf":    {"PACKAGE_NAME=reader", "BUILT_MODULE_NAME[0]=reader"},
 		"crafted-i16-shopt.conf":   {"K=6.1.0", "PACKAGE_NAME=shopt"},

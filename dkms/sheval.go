@@ -297,6 +297,16 @@ func (in *interp) unbound(line int, name string, certain bool) {
 	in.possiblyFatal(line, "set -u and $"+name+" perhaps unset")
 }
 
+// certainArithError reports an arithmetic error that bash surely reports
+// too (the operands are known): division by 0, a negative exponent.
+func certainArithError(err error) bool {
+	if err == nil || err == errArithUnknown {
+		return false
+	}
+	msg := err.Error()
+	return msg == "division by 0" || msg == "exponent less than 0"
+}
+
 // arithExpansionError is an arithmetic error inside an expansion ($((...)),
 // a subscript, ${x:off:len}), which makes bash stop reading the file
 // (unlike in (( )) or let, where only the command fails).
@@ -305,7 +315,7 @@ func (in *interp) arithExpansionError(line int, err error) {
 		return
 	}
 	switch msg := err.Error(); {
-	case msg == "division by 0" || msg == "exponent less than 0":
+	case certainArithError(err):
 		in.fatalError(line, "arithmetic error: "+msg)
 	default:
 		// our evaluator's limits, or an error we do not claim to
@@ -757,6 +767,9 @@ func (in *interp) runCommand(c command) status {
 		v, err := evalArith(s, in, 0)
 		if err != nil {
 			in.arithFailed(c.line, err, c.expr)
+			if certainArithError(err) {
+				return stFail // (( )) fails; bash goes on
+			}
 			return stUnknown
 		}
 		return status{b2iInt(v == 0), true}
@@ -777,6 +790,9 @@ func (in *interp) arithFailed(line int, err error, w *word) {
 		in.note(line, "arithmetic on values known only at build time")
 	} else {
 		in.note(line, "arithmetic error: %v", err)
+	}
+	if certainArithError(err) {
+		return // the assignments before the error were made, as in bash
 	}
 	in.taintArith(w)
 }
@@ -1116,7 +1132,7 @@ func (in *interp) runSimple(c *simpleCmd) status {
 		return in.runUnset(c.line, args)
 	case "let":
 		st := stOK
-		for _, w := range args {
+		for i, w := range args {
 			s, ok := in.expandString(w, c.line)
 			if !ok {
 				in.note(c.line, "let: operands known only at build time")
@@ -1126,9 +1142,15 @@ func (in *interp) runSimple(c *simpleCmd) status {
 			}
 			v, err := evalArith(s, in, 0)
 			if err != nil {
+				// an error ends let: the next arguments are not evaluated
 				in.arithFailed(c.line, err, w)
-				st = stUnknown
-				continue
+				if certainArithError(err) {
+					return stFail
+				}
+				for _, rest := range args[i+1:] {
+					in.taintArith(rest)
+				}
+				return stUnknown
 			}
 			st = status{b2iInt(v == 0), true}
 		}
