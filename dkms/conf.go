@@ -77,6 +77,10 @@ type Conf struct {
 	// command substitution, if/case on runtime conditions, functions...),
 	// each as "line N: what": they are known only at build time.
 	Unsupported []string
+	// Fatal, when not empty, is why bash always stops reading the file
+	// before its end with an error or an exit ("line N: what"): dkms's
+	// safe_source then prints nothing, so dkms reads no variable from it.
+	Fatal string
 
 	prog []*andOr
 	in   *interp // the kernel-independent evaluation
@@ -123,6 +127,8 @@ func Parse(r io.Reader, name string) (*Conf, error) {
 	for _, v := range dkmsConfVariables {
 		in.unsetKnown[v] = true
 	}
+	ksd := placeholder("kernel_source_dir")
+	in.config = &kernelConfig{paths: []string{ksd + "/.config", placeholder("kernel_config")}, boot: "/boot/config-" + placeholder("kernelver"), srcDir: ksd}
 	for _, v := range providedVariables {
 		zero := int64(0)
 		in.write(v, &zero, placeholder(v), true, "$"+v, 0, false)
@@ -157,6 +163,12 @@ func (c *Conf) fill() {
 		}
 		if v.unknown || anyUnknown(v) || in.exhausted {
 			c.UnknownWhy[name] = in.unknownWhy[name]
+		}
+	}
+	c.Fatal = in.fatal
+	if in.maybeFatal != "" && in.fatal == "" {
+		for _, n := range dkmsConfVariables {
+			c.UnknownWhy[n] = in.maybeFatal
 		}
 	}
 	if in.exhausted {
@@ -350,7 +362,10 @@ type PlanOptions struct {
 	Module, ModuleVersion string
 	// KernelConfig is the kernel's .config, for BUILD_EXCLUSIVE_CONFIG and
 	// the clang check; nil leaves BUILD_EXCLUSIVE_CONFIG unchecked (in
-	// Unknown when set).
+	// Unknown when set). Given, it is also what a file finds at
+	// $kernel_source_dir/.config ($kernel_config): [ -f ] on it is true
+	// and . on it assigns its CONFIG_ variables; nil leaves those known
+	// only at build time.
 	KernelConfig []byte
 	// Overrides are the files dkms sources after dkms.conf, in its order:
 	// /etc/dkms/MODULE.conf, MODULE-VERSION.conf, MODULE-VERSION-KVER.conf,
@@ -407,6 +422,10 @@ func (c *Conf) PlanWith(kernelver, arch string, o PlanOptions) (*Plan, error) {
 	sh := ev.final
 	warnings := ev.warnings
 	p := &Plan{Kernel: kernelver, Arch: arch, Vars: map[string]string{}, UnknownWhy: map[string]string{}}
+	var problems []string
+	if ev.fatal != "" {
+		problems = append(problems, ev.fatal)
+	}
 	for _, n := range dkmsConfVariables {
 		v, ok := sh.vars[n]
 		if !ok {
@@ -450,7 +469,6 @@ func (c *Conf) PlanWith(kernelver, arch string, o PlanOptions) (*Plan, error) {
 	regexMatch := regexMatcher(o.MatchERE)
 
 	r := &resolver{in: sh}
-	var problems []string
 	p.PackageName = r.scalar("PACKAGE_NAME")
 	p.PackageVersion = r.scalar("PACKAGE_VERSION")
 	if known("PACKAGE_NAME") && p.PackageName == "" {
@@ -699,6 +717,7 @@ type evaluation struct {
 	arrays   map[string]bool   // variables some file assigned as arrays
 	why      map[string]string // why a variable is unknown
 	warnings []string
+	fatal    string // why dkms reads nothing from the dkms.conf itself
 }
 
 // evaluate sources the file and the overrides like dkms's read_conf: each
@@ -730,22 +749,43 @@ func (c *Conf) evaluate(kernelver, arch string, o PlanOptions) (*evaluation, err
 		sh.unsetKnown[v] = true
 	}
 	ev := &evaluation{final: sh, arrays: map[string]bool{}, why: map[string]string{}}
-	for _, f := range append([]*Conf{c}, o.Overrides...) {
+	config := &kernelConfig{paths: []string{provided["kernel_source_dir"] + "/.config", provided["kernel_config"]},
+		boot: "/boot/config-" + kernelver, srcDir: provided["kernel_source_dir"], data: o.KernelConfig}
+	for fi, f := range append([]*Conf{c}, o.Overrides...) {
 		if f == nil {
 			continue
 		}
 		sub := sh.clone()
+		sub.config = config
 		sub.runList(f.prog)
 		if sub.exhausted {
 			return nil, fmt.Errorf("%s: too complex to evaluate", f.Name)
 		}
 		ev.first = append(ev.first, sub)
+		if sub.fatal != "" {
+			// safe_source's subshell printed nothing: dkms's variables
+			// keep the values they had (unset for the dkms.conf)
+			if fi == 0 {
+				ev.fatal = sub.fatal
+			} else {
+				ev.warnings = append(ev.warnings, fmt.Sprintf("%s: %s; the values read before it are kept", f.Name, sub.fatal))
+			}
+			continue
+		}
 		for _, n := range dkmsConfVariables {
 			if v, ok := sub.vars[n]; ok && v.array {
 				ev.arrays[n] = true
 			}
 		}
 		script, unknown := safeSourceScript(sub)
+		if sub.maybeFatal != "" {
+			// dkms may read nothing from this file: every value may be
+			// the one it had before
+			for _, n := range dkmsConfVariables {
+				unknown[n] = true
+				sub.unknownWhy[n] = sub.maybeFatal
+			}
+		}
 		for n := range unknown {
 			if w := sub.unknownWhy[n]; w != "" {
 				ev.why[n] = f.Name + ": " + w
@@ -804,16 +844,45 @@ func (r *resolver) count(name string) int {
 func safeSourceScript(in *interp) (string, map[string]bool) {
 	var b strings.Builder
 	unknown := map[string]bool{}
+	// safe_source's echo splits the values with the file's IFS
+	ifs, ifsKnown := " \t\n", true
+	if v, ok := in.vars["IFS"]; ok {
+		e, has := v.elems[0]
+		switch {
+		case v.unknown || len(v.elems) > 1 || has && !e.known:
+			ifsKnown = false
+		case has:
+			ifs = e.val
+		}
+	}
+	if strings.ContainsFunc(ifs, func(r rune) bool {
+		return r == '_' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9'
+	}) {
+		ifsKnown = false // the names and indices safe_source expands unquoted split too
+	}
+	broken := false
 	for _, n := range dkmsConfVariables {
 		v, ok := in.vars[n]
+		if broken {
+			unknown[n] = true
+			continue
+		}
 		if !ok {
 			if !in.unsetKnown[n] {
 				unknown[n] = true
 			}
 			continue
 		}
-		if v.unknown {
+		if len(v.elems) > 1 && !strings.Contains(ifs, " ") || v.unknown && !strings.Contains(ifs, " ") {
+			// without a space in IFS, the list of indices is one word:
+			// an arithmetic error stops safe_source's printing here
+			broken = true
 			unknown[n] = true
+			continue
+		}
+		if v.unknown || !ifsKnown && len(v.elems) > 0 {
+			unknown[n] = true
+			continue
 		}
 		for _, k := range v.sortedIndices() {
 			e := v.elems[k]
@@ -821,33 +890,52 @@ func safeSourceScript(in *interp) (string, map[string]bool) {
 				unknown[n] = true
 				continue
 			}
-			fmt.Fprintf(&b, "%s[%d]=\"%s\"\n", n, k, echoUnquoted(e.val))
+			fmt.Fprintf(&b, "%s[%d]=\"%s\"\n", n, k, echoSplit(e.val, ifs))
 		}
 	}
 	return b.String(), unknown
 }
 
-// echoUnquoted is what safe_source's echo makes of a value it expands
-// unquoted: runs of blanks and newlines become one space. (Pathname
-// expansion of the words, in dkms's working directory, is assumed to match
-// nothing.)
-func echoUnquoted(v string) string {
-	isIFS := func(r rune) bool { return r == ' ' || r == '\t' || r == '\n' }
-	f := strings.FieldsFunc(v, isIFS)
-	if len(f) == 0 {
-		if v == "" {
-			return ""
+// echoSplit is what safe_source's echo makes of a value it expands
+// unquoted between literal text (NAME[i]=\"$value\"): the value is split
+// into fields at the characters of ifs (bash's rules: a run of IFS
+// whitespace, with at most one other IFS character, is one delimiter; an
+// IFS character that is not whitespace delimits even an empty field), and
+// echo joins the fields with one space. (Pathname expansion of the words,
+// in dkms's working directory, is assumed to match nothing.)
+func echoSplit(v, ifs string) string {
+	isWS := func(c byte) bool { return (c == ' ' || c == '\t' || c == '\n') && strings.IndexByte(ifs, c) >= 0 }
+	isIFS := func(c byte) bool { return strings.IndexByte(ifs, c) >= 0 }
+	var fields []string
+	cur := "\x00" // the literal text before the value: a field that exists
+	have := true
+	for i := 0; i < len(v); {
+		c := v[i]
+		if !isIFS(c) {
+			cur += string(c)
+			have = true
+			i++
+			continue
 		}
-		return " "
+		nonWS := false
+		for i < len(v) && isWS(v[i]) {
+			i++
+		}
+		if i < len(v) && isIFS(v[i]) && !isWS(v[i]) {
+			nonWS = true
+			i++
+			for i < len(v) && isWS(v[i]) {
+				i++
+			}
+		}
+		if have || nonWS {
+			fields = append(fields, cur)
+		}
+		cur, have = "", false
 	}
-	s := strings.Join(f, " ")
-	if isIFS(rune(v[0])) {
-		s = " " + s
-	}
-	if isIFS(rune(v[len(v)-1])) {
-		s += " "
-	}
-	return s
+	fields = append(fields, cur+"\x00") // with the literal text after it
+	s := strings.Join(fields, " ")
+	return s[1 : len(s)-1]
 }
 
 // overrideDestDir is dkms 3.0's override_dest_module_location.

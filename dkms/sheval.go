@@ -3,10 +3,21 @@ package dkms
 // An interpreter for the syntax tree of shparse.go that evaluates what can
 // be known without running anything: assignments, parameter and arithmetic
 // expansion, the assignment builtins (declare, local, export, readonly,
-// unset, let, :), test/[ on strings and numbers, case, if and for over
-// known words. Every other command is not run; it is recorded as
-// unsupported, and the variables that a construct could change without us
-// knowing how are marked unknown ("known only at build time").
+// unset, let, :), test/[ on strings and numbers (and on the kernel's
+// .config when it is given), case, if and for over known words, eval of
+// known text, . of the kernel's .config, set -e/-u, shopt, exit and the
+// errors after which bash stops reading the file. Every other command is
+// not run; it is recorded as unsupported, and the variables that a
+// construct could change without us knowing how are marked unknown ("known
+// only at build time").
+//
+// Why not mvdan.cc/sh/v3: its interpreter is concrete. It executes
+// builtins (and hands other commands to an exec handler), and every value
+// it holds is a definite string; it has no notion of an unknown value.
+// This reader must never run anything and must say "unknown" wherever a
+// value depends on what it did not run, rather than give a wrong definite
+// value, so unknown values have to flow through expansions, conditions and
+// loops: that is what this evaluator does.
 //
 // The model of the environment is dkms's: a dkms.conf is sourced inside a
 // shell function (safe_source) after dkms unset its own variables, so those
@@ -28,6 +39,7 @@ const (
 	maxSteps      = 200000  // evaluation budget
 	maxLoopIter   = 1000    // iterations of one for loop run exactly
 	maxFields     = 10000
+	maxEvalDepth  = 64 // nested eval evaluated
 )
 
 type elem struct {
@@ -78,7 +90,31 @@ type note struct {
 	msg  string
 }
 
+// optState is what is known of a shell option (set -e, set -u).
+type optState uint8
+
+const (
+	optOff optState = iota
+	optOn
+	optMaybe // set or unset under conditions known only at build time
+)
+
 type interp struct {
+	errexit    optState // set -e
+	nounset    optState // set -u
+	noErrexit  int      // >0 where set -e is ignored (if/while conditions, && || lists, !)
+	fatal      string   // an error that always happens: bash stops and dkms reads nothing from the file
+	maybeFatal string   // such an error may happen: every value is known only at build time
+	// anyCommand is set once text we could not read ran (eval or source
+	// of unknown text): it may have defined functions or aliases, so any
+	// command we do not evaluate may then assign anything.
+	anyCommand string
+	// patterns is set when a shopt changed how patterns match: pattern
+	// results are then known only at build time.
+	patterns   string
+	config     *kernelConfig // the kernel's .config when known (PlanOptions.KernelConfig)
+	line       int           // line of the command being evaluated
+	evalDepth  int
 	vars       map[string]*variable
 	unsetKnown map[string]bool // names known to be unset unless assigned
 	funcs      map[string]*funcDef
@@ -166,6 +202,128 @@ func readable(s string) string {
 
 func (in *interp) conditional() bool { return in.cond > 0 || in.maybeStop }
 
+// fatalError is an error after which bash stops reading the file (exit, an
+// expansion error, set -e or set -u): dkms's safe_source then prints
+// nothing, so dkms reads no variable from this file.
+func (in *interp) fatalError(line int, what string) {
+	if in.conditional() {
+		in.possiblyFatal(line, what+" under conditions known only at build time")
+		return
+	}
+	in.note(line, "%s: dkms reads nothing from this file", what)
+	if in.fatal == "" {
+		in.fatal = fmt.Sprintf("line %d: %s: dkms reads nothing from this file", line, what)
+	}
+	in.stopped = true
+}
+
+// possiblyFatal records that bash may stop reading the file here: from
+// then on nothing is known, and dkms may read nothing from the file.
+func (in *interp) possiblyFatal(line int, what string) {
+	in.note(line, "%s: dkms may read nothing from this file", what)
+	in.maybeStop = true
+	if in.maybeFatal == "" {
+		in.maybeFatal = fmt.Sprintf("line %d: %s: dkms may read nothing from this file", line, what)
+	}
+}
+
+// taintAll records that unknown code ran that could have assigned any
+// variable.
+func (in *interp) taintAll(why string) {
+	for n := range in.vars {
+		in.markUnknown(n, why)
+	}
+	for n := range in.unsetKnown {
+		in.markUnknown(n, why)
+	}
+	in.unsetKnown = map[string]bool{}
+}
+
+// unknownText records that text we cannot read was run (eval, source):
+// it may assign anything, define functions, set options or exit.
+func (in *interp) unknownText(line int, what string) {
+	why := fmt.Sprintf("line %d: %s", line, what)
+	in.taintAll(why)
+	if in.anyCommand == "" {
+		in.anyCommand = why
+	}
+	in.errexit = maybeOpt(in.errexit)
+	in.nounset = maybeOpt(in.nounset)
+	in.possiblyFatal(line, what)
+}
+
+func maybeOpt(o optState) optState {
+	if o == optOn {
+		return o
+	}
+	return optMaybe
+}
+
+// setOpt sets an option, or makes it maybe under a condition.
+func (in *interp) setOpt(o *optState, on bool) {
+	want := optOff
+	if on {
+		want = optOn
+	}
+	if in.conditional() && *o != want {
+		*o = optMaybe
+		return
+	}
+	*o = want
+}
+
+// checkErrexit is set -e after a command (not a compound command).
+func (in *interp) checkErrexit(line int, st status) {
+	if in.errexit == optOff || in.noErrexit > 0 || in.stopped || st.known && st.code == 0 {
+		return
+	}
+	if st.known && in.errexit == optOn {
+		in.fatalError(line, "set -e and a command that fails")
+		return
+	}
+	in.possiblyFatal(line, "set -e and a command whose status is known only at build time")
+}
+
+// unbound is set -u's check of an unset variable; certain tells whether
+// the variable is known to be unset.
+func (in *interp) unbound(line int, name string, certain bool) {
+	if in.nounset == optOff {
+		return
+	}
+	if certain && in.nounset == optOn {
+		in.fatalError(line, "set -u and $"+name+" unset")
+		return
+	}
+	in.possiblyFatal(line, "set -u and $"+name+" perhaps unset")
+}
+
+// certainArithError reports an arithmetic error that bash surely reports
+// too (the operands are known): division by 0, a negative exponent.
+func certainArithError(err error) bool {
+	if err == nil || err == errArithUnknown {
+		return false
+	}
+	msg := err.Error()
+	return msg == "division by 0" || msg == "exponent less than 0"
+}
+
+// arithExpansionError is an arithmetic error inside an expansion ($((...)),
+// a subscript, ${x:off:len}), which makes bash stop reading the file
+// (unlike in (( )) or let, where only the command fails).
+func (in *interp) arithExpansionError(line int, err error) {
+	if err == nil || err == errArithUnknown {
+		return
+	}
+	switch msg := err.Error(); {
+	case certainArithError(err):
+		in.fatalError(line, "arithmetic error: "+msg)
+	default:
+		// our evaluator's limits, or an error we do not claim to
+		// reproduce exactly
+		in.possiblyFatal(line, "arithmetic error: "+msg)
+	}
+}
+
 // charge spends n units of the evaluation budget.
 func (in *interp) charge(n int) bool {
 	in.steps += n
@@ -184,6 +342,131 @@ func (in *interp) step() bool {
 		in.exhausted = true
 	}
 	return !in.exhausted
+}
+
+// ---- the kernel's .config ----
+
+// kernelConfig is what is known of the kernel's .config: where dkms's
+// variables say it is, and its contents when PlanOptions.KernelConfig
+// gives them.
+type kernelConfig struct {
+	paths  []string // $kernel_source_dir/.config, $kernel_config
+	boot   string   // /boot/config-$kernelver: the same kind of file, contents not given
+	srcDir string   // $kernel_source_dir
+	data   []byte   // nil: not given
+}
+
+type configKind uint8
+
+const (
+	configNone   configKind = iota // not the kernel's config
+	configShaped                   // the kernel's config, contents not given
+	configKnown                    // the kernel's config, contents given
+)
+
+func (in *interp) configFile(path string) configKind {
+	k := in.config
+	if k == nil {
+		return configNone
+	}
+	for _, p := range k.paths {
+		if path == p {
+			if k.data != nil {
+				return configKnown
+			}
+			return configShaped
+		}
+	}
+	if path == k.boot {
+		return configShaped
+	}
+	return configNone
+}
+
+// fileTest evaluates test's -e, -f, -r, -s and -d on the kernel's config
+// and source directory, which exist when the config is given (the Driver
+// read it there).
+func (in *interp) fileTest(op, path string) (bool, bool) {
+	k := in.config
+	if k == nil || k.data == nil {
+		return false, false
+	}
+	switch op {
+	case "-e", "-f", "-r":
+		if in.configFile(path) == configKnown {
+			return true, true
+		}
+	case "-s":
+		if in.configFile(path) == configKnown {
+			return len(k.data) > 0, true
+		}
+	case "-d":
+		if path == k.srcDir || path == k.srcDir+"/" {
+			return true, true
+		}
+	}
+	return false, false
+}
+
+// condFileTest evaluates [[ -f FILE ]] and [[ ! -f FILE ]] (and -e, -r,
+// -s, -d) when fileTest knows the answer.
+func (in *interp) condFileTest(c *condCmd) (status, bool) {
+	w := c.words
+	neg := false
+	if len(w) == 3 {
+		if s, ok := w[0].literal(); ok && s == "!" {
+			neg, w = true, w[1:]
+		}
+	}
+	if len(w) != 2 {
+		return stUnknown, false
+	}
+	op, ok := w[0].literal()
+	if !ok {
+		return stUnknown, false
+	}
+	switch op {
+	case "-e", "-f", "-r", "-s", "-d":
+	default:
+		return stUnknown, false
+	}
+	path, ok := in.expandString(w[1], c.line)
+	if !ok {
+		return stUnknown, false
+	}
+	r, ok := in.fileTest(op, path)
+	if !ok {
+		return stUnknown, false
+	}
+	return status{b2iInt(r == neg), true}, true
+}
+
+// sourceConfig is . on the kernel's .config: a file of CONFIG_X=value
+// assignments and comments, evaluated as shell when given; otherwise
+// every CONFIG_ variable is known only at build time.
+func (in *interp) sourceConfig(line int, path string, kind configKind) status {
+	if kind == configShaped {
+		in.note(line, ". %s: the kernel's config, known only at build time", readable(path))
+		why := fmt.Sprintf("line %d: set by the kernel's config %s, known only at build time", line, readable(path))
+		for n := range in.vars {
+			if strings.HasPrefix(n, "CONFIG_") {
+				in.markUnknown(n, why)
+			}
+		}
+		for n := range in.unsetKnown {
+			if strings.HasPrefix(n, "CONFIG_") {
+				in.markUnknown(n, why)
+				delete(in.unsetKnown, n)
+			}
+		}
+		return stUnknown
+	}
+	prog, err := parseShell(string(in.config.data), readable(path))
+	if err != nil {
+		in.unknownText(line, fmt.Sprintf(". %s: the kernel config does not parse (%v)", readable(path), err))
+		return stUnknown
+	}
+	return in.runList(prog)
 }
 
 // ---- variables ----
@@ -345,6 +628,12 @@ func (in *interp) arithGet(name string, index *int64) (string, bool) {
 	if index != nil {
 		i = *index
 	}
+	if in.nounset != optOff {
+		if set, known := in.isSet(name, i); !set {
+			in.unbound(in.line, name, known)
+			return "", false
+		}
+	}
 	return in.get(name, i)
 }
 
@@ -378,7 +667,15 @@ func (in *interp) runAndOr(ao *andOr) status {
 		in.note(ao.line, "background command (&): runs in a subshell, not evaluated")
 		return stOK
 	}
-	st := in.runPipeline(ao.first)
+	// set -e ignores every member of a && || list but the last
+	run := func(i int, pl *pipeline) status {
+		if i < len(ao.rest) {
+			in.noErrexit++
+			defer func() { in.noErrexit-- }()
+		}
+		return in.runPipeline(pl)
+	}
+	st := run(0, ao.first)
 	for i, pl := range ao.rest {
 		if in.stopped {
 			return st
@@ -386,12 +683,12 @@ func (in *interp) runAndOr(ao *andOr) status {
 		op := ao.ops[i]
 		switch {
 		case st.known && (op == "&&") == (st.code == 0):
-			st = in.runPipeline(pl)
+			st = run(i+1, pl)
 		case st.known:
 			// skipped
 		default:
 			in.cond++
-			in.runPipeline(pl)
+			run(i+1, pl)
 			in.cond--
 			st = stUnknown
 		}
@@ -400,11 +697,24 @@ func (in *interp) runAndOr(ao *andOr) status {
 }
 
 func (in *interp) runPipeline(pl *pipeline) status {
+	if pl.bang {
+		in.noErrexit++
+		defer func() { in.noErrexit-- }()
+	}
 	if len(pl.cmds) > 1 {
 		in.note(pl.line, "pipeline: runs in subshells, not evaluated")
+		if in.anyCommand != "" {
+			in.taintAll(in.anyCommand)
+		}
+		in.checkErrexit(pl.line, stUnknown)
 		return stUnknown
 	}
 	st := in.runCommand(pl.cmds[0])
+	switch pl.cmds[0].(type) {
+	case *simpleCmd, *subshell, *arithCmd, *condCmd:
+		// set -e looks at these, not at compound commands
+		in.checkErrexit(pl.cmds[0].cmdLine(), st)
+	}
 	if pl.bang && st.known {
 		st.code = b2iInt(st.code == 0)
 	}
@@ -422,6 +732,7 @@ func (in *interp) runCommand(c command) status {
 	if !in.step() {
 		return stUnknown
 	}
+	in.line = c.cmdLine()
 	switch c := c.(type) {
 	case *simpleCmd:
 		return in.runSimple(c)
@@ -456,10 +767,16 @@ func (in *interp) runCommand(c command) status {
 		v, err := evalArith(s, in, 0)
 		if err != nil {
 			in.arithFailed(c.line, err, c.expr)
+			if certainArithError(err) {
+				return stFail // (( )) fails; bash goes on
+			}
 			return stUnknown
 		}
 		return status{b2iInt(v == 0), true}
 	case *condCmd:
+		if st, ok := in.condFileTest(c); ok {
+			return st
+		}
 		in.note(c.line, "[[ ... ]]: test evaluated only at build time")
 		return stUnknown
 	}
@@ -473,6 +790,9 @@ func (in *interp) arithFailed(line int, err error, w *word) {
 		in.note(line, "arithmetic on values known only at build time")
 	} else {
 		in.note(line, "arithmetic error: %v", err)
+	}
+	if certainArithError(err) {
+		return // the assignments before the error were made, as in bash
 	}
 	in.taintArith(w)
 }
@@ -519,7 +839,7 @@ func (in *interp) taintArith(w *word) {
 
 func (in *interp) runIf(c *ifClause) status {
 	for i, cond := range c.conds {
-		st := in.runList(cond)
+		st := in.runCond(cond)
 		if in.stopped {
 			return st
 		}
@@ -533,7 +853,7 @@ func (in *interp) runIf(c *ifClause) status {
 		in.cond++
 		in.runList(c.bodies[i])
 		for j := i + 1; j < len(c.conds); j++ {
-			in.runList(c.conds[j])
+			in.runCond(c.conds[j])
 			in.runList(c.bodies[j])
 		}
 		if c.hasEls {
@@ -546,6 +866,14 @@ func (in *interp) runIf(c *ifClause) status {
 		return in.runList(c.els)
 	}
 	return stOK
+}
+
+// runCond runs the condition of an if, while or until, where set -e is
+// ignored.
+func (in *interp) runCond(list []*andOr) status {
+	in.noErrexit++
+	defer func() { in.noErrexit-- }()
+	return in.runList(list)
 }
 
 // runConditionally runs a body that may run any number of times; outside
@@ -568,14 +896,14 @@ func (in *interp) runLoop(c *loopClause) status {
 	if c.until {
 		kw = "until"
 	}
-	st := in.runList(c.cond)
+	st := in.runCond(c.cond)
 	if st.known && (st.code == 0) == c.until {
 		return stOK // the body never runs
 	}
 	in.note(c.line, "%s loop: evaluated only at build time", kw)
 	in.runConditionally(func() {
 		in.runList(c.body)
-		in.runList(c.cond)
+		in.runCond(c.cond)
 	})
 	return stUnknown
 }
@@ -676,7 +1004,7 @@ func (in *interp) runCase(c *caseClause) status {
 		if !matched {
 			for _, pw := range it.patterns {
 				pat, ok := in.expandPattern(pw, c.line)
-				if ok && in.opaque(c.line, "case pattern", pat) {
+				if ok && (in.opaque(c.line, "case pattern", pat) || !in.patternsKnown(c.line)) {
 					ok = false
 				}
 				var toks []globTok
@@ -750,10 +1078,48 @@ func (in *interp) runSimple(c *simpleCmd) status {
 	if !ok {
 		in.note(c.line, "command with a name known only at build time: not run")
 		in.expandArgsForEffects(c.args[1:])
+		// it may be eval, source, exit, set...
+		in.unknownText(c.line, "command with a name known only at build time")
 		return stUnknown
 	}
 	args := c.args[1:]
+	// command and builtin run the builtin they name
+	for (name == "command" || name == "builtin") && len(args) > 0 {
+		next, ok := args[0].literal()
+		if !ok || strings.HasPrefix(next, "-") {
+			break
+		}
+		if declBuiltins[next] {
+			in.unknownText(c.line, name+" "+next+": not evaluated")
+			return stUnknown
+		}
+		name, args = next, args[1:]
+	}
 	switch name {
+	case "exec":
+		if len(args) > 0 {
+			// the command replaces safe_source's subshell (or, not
+			// found, the shell exits): nothing is printed
+			in.expandArgsForEffects(args)
+			in.fatalError(c.line, "exec")
+			return stUnknown
+		}
+		return stOK
+	case "trap":
+		if len(args) > 0 {
+			if s, ok := args[0].literal(); !ok || s != "-l" && s != "-p" {
+				// an EXIT trap prints into safe_source's output after it
+				in.possiblyFatal(c.line, "trap: code run at build time")
+			}
+		}
+		return stUnknown
+	case "cd", "pushd", "popd":
+		in.note(c.line, "command %s: not run (changes the working directory at build time)", name)
+		in.expandArgsForEffects(args)
+		for _, n := range []string{"PWD", "OLDPWD", "DIRSTACK"} {
+			in.markUnknown(n, fmt.Sprintf("line %d: %s at build time", c.line, name))
+		}
+		return stUnknown
 	case ":", "true":
 		in.expandArgsForEffects(args)
 		return stOK
@@ -766,7 +1132,7 @@ func (in *interp) runSimple(c *simpleCmd) status {
 		return in.runUnset(c.line, args)
 	case "let":
 		st := stOK
-		for _, w := range args {
+		for i, w := range args {
 			s, ok := in.expandString(w, c.line)
 			if !ok {
 				in.note(c.line, "let: operands known only at build time")
@@ -776,9 +1142,15 @@ func (in *interp) runSimple(c *simpleCmd) status {
 			}
 			v, err := evalArith(s, in, 0)
 			if err != nil {
+				// an error ends let: the next arguments are not evaluated
 				in.arithFailed(c.line, err, w)
-				st = stUnknown
-				continue
+				if certainArithError(err) {
+					return stFail
+				}
+				for _, rest := range args[i+1:] {
+					in.taintArith(rest)
+				}
+				return stUnknown
 			}
 			st = status{b2iInt(v == 0), true}
 		}
@@ -789,24 +1161,24 @@ func (in *interp) runSimple(c *simpleCmd) status {
 		in.runReader(name, c.line, args)
 		return stUnknown
 	case ".", "source":
-		what := ""
-		if len(args) > 0 {
-			what = " " + args[0].raw
-		}
-		in.note(c.line, "%s%s: another file is not read; it is assumed not to set dkms.conf variables", name, what)
-		in.expandArgsForEffects(args)
-		return stUnknown
+		return in.runSource(name, c.line, args)
 	case "eval":
-		in.note(c.line, "eval: not evaluated; it is assumed not to set dkms.conf variables")
+		return in.runEval(c.line, args)
+	case "set":
+		return in.runSet(c.line, args)
+	case "shopt":
+		return in.runShopt(c.line, args)
+	case "exit":
+		// exit leaves safe_source's subshell before it prints anything
+		in.expandArgsForEffects(args)
+		in.fatalError(c.line, "exit")
 		return stUnknown
-	case "return", "exit":
+	case "return":
+		// return ends the sourced file; safe_source still prints
 		if in.conditional() {
 			in.note(c.line, "%s under conditions known only at build time: later assignments are known only at build time", name)
 			in.maybeStop = true
 			return stUnknown
-		}
-		if name == "exit" {
-			in.note(c.line, "exit: dkms would read no variables from this file")
 		}
 		in.stopped = true
 		return stOK
@@ -823,7 +1195,187 @@ func (in *interp) runSimple(c *simpleCmd) status {
 	}
 	in.note(c.line, "command %s: not run (known only at build time)", name)
 	in.expandArgsForEffects(args)
+	if in.anyCommand != "" {
+		in.taintAll(in.anyCommand + " (and " + name + " may be a function it defined)")
+		in.possiblyFatal(c.line, "command "+name+" after "+in.anyCommand)
+	}
 	return stUnknown
+}
+
+// runEval evaluates eval on known text, as bash does: the arguments joined
+// by spaces, parsed and run here.
+func (in *interp) runEval(line int, args []*word) status {
+	var fields []string
+	for _, w := range args {
+		fs, ok := in.expandFields(w)
+		if !ok {
+			in.unknownText(line, "eval of text known only at build time")
+			return stUnknown
+		}
+		fields = append(fields, fs...)
+	}
+	if in.evalDepth >= maxEvalDepth {
+		in.unknownText(line, "eval nested too deeply to evaluate")
+		return stUnknown
+	}
+	prog, err := parseShellAt(strings.Join(fields, " "), "eval", line)
+	if err != nil {
+		// a syntax error in eval's text stops bash
+		in.fatalError(line, fmt.Sprintf("eval: %v", err))
+		return stUnknown
+	}
+	in.evalDepth++
+	defer func() { in.evalDepth-- }()
+	return in.runList(prog)
+}
+
+// runSource evaluates . FILE: the kernel's .config is read when known
+// (PlanOptions.KernelConfig), any other file is unknown text.
+func (in *interp) runSource(name string, line int, args []*word) status {
+	if len(args) == 0 {
+		return status{2, true}
+	}
+	path, ok := in.expandString(args[0], line)
+	in.expandArgsForEffects(args[1:])
+	if ok && len(args) == 1 {
+		if kind := in.configFile(path); kind != configNone {
+			return in.sourceConfig(line, path, kind)
+		}
+	}
+	in.unknownText(line, fmt.Sprintf("%s %s: another file, known only at build time", name, shorten(args[0].raw)))
+	return stUnknown
+}
+
+// runSet evaluates set's options -e and -u (-o errexit, -o nounset); the
+// other options that change what a file assigns make it unknown.
+func (in *interp) runSet(line int, args []*word) status {
+	var strs []string
+	for _, w := range args {
+		s, ok := in.expandString(w, line)
+		if !ok {
+			in.errexit, in.nounset = maybeOpt(in.errexit), maybeOpt(in.nounset)
+			in.possiblyFatal(line, "set with arguments known only at build time")
+			return stUnknown
+		}
+		strs = append(strs, s)
+	}
+	option := func(o string, on bool) {
+		switch o {
+		case "errexit":
+			in.setOpt(&in.errexit, on)
+		case "nounset":
+			in.setOpt(&in.nounset, on)
+		case "noexec":
+			if on {
+				// commands after this one are read, not run: safe_source
+				// prints nothing
+				in.fatalError(line, "set -n")
+			}
+		case "allexport", "braceexpand", "emacs", "errtrace", "functrace", "hashall", "histexpand", "history",
+			"ignoreeof", "interactive-comments", "keyword", "monitor", "noclobber", "noglob", "nolog", "notify",
+			"physical", "pipefail", "privileged", "verbose", "vi", "xtrace":
+			// no effect on the values we evaluate
+		default:
+			in.possiblyFatal(line, "set -o "+o+": not evaluated")
+		}
+	}
+	letters := map[byte]string{'e': "errexit", 'u': "nounset", 'n': "noexec", 'a': "allexport", 'B': "braceexpand",
+		'b': "notify", 'C': "noclobber", 'E': "errtrace", 'f': "noglob", 'H': "histexpand", 'h': "hashall",
+		'k': "keyword", 'm': "monitor", 'P': "physical", 'p': "privileged", 'T': "functrace", 'v': "verbose", 'x': "xtrace"}
+	for i := 0; i < len(strs); i++ {
+		s := strs[i]
+		if s == "--" || s == "-" || len(s) < 2 || s[0] != '-' && s[0] != '+' {
+			break // positional parameters
+		}
+		on := s[0] == '-'
+		for j := 1; j < len(s); j++ {
+			if s[j] == 'o' {
+				if i+1 < len(strs) {
+					i++
+					option(strs[i], on)
+				}
+				continue
+			}
+			if o, ok := letters[s[j]]; ok {
+				option(o, on)
+			} else {
+				option("-"+s[j:j+1], on)
+			}
+		}
+	}
+	return stOK
+}
+
+// runShopt: the options that change how patterns match make pattern
+// results unknown; expand_aliases makes any command unknown.
+func (in *interp) runShopt(line int, args []*word) status {
+	var strs []string
+	for _, w := range args {
+		s, ok := in.expandString(w, line)
+		if !ok {
+			in.patterns = fmt.Sprintf("line %d: shopt with arguments known only at build time", line)
+			in.unknownText(line, "shopt with arguments known only at build time")
+			return stUnknown
+		}
+		strs = append(strs, s)
+	}
+	mode := ""
+	setO := false
+	for _, s := range strs {
+		if strings.HasPrefix(s, "-") && len(s) > 1 {
+			for _, f := range s[1:] {
+				switch f {
+				case 's', 'u':
+					mode = string(f)
+				case 'o':
+					setO = true
+				}
+			}
+			continue
+		}
+		if mode == "" {
+			continue // a query
+		}
+		on := mode == "s"
+		if setO {
+			w := "-o"
+			if !on {
+				w = "+o"
+			}
+			in.runSet(line, []*word{{parts: []part{{kind: pLit, text: w}}}, {parts: []part{{kind: pLit, text: s}}}})
+			continue
+		}
+		switch s {
+		case "extglob", "globasciiranges", "patsub_replacement":
+			if !on { // on in dkms's shell
+				in.patterns = fmt.Sprintf("line %d: shopt -u %s", line, s)
+			}
+		case "nocasematch", "nocaseglob":
+			if on {
+				in.patterns = fmt.Sprintf("line %d: shopt -s %s", line, s)
+			}
+		case "nullglob", "failglob":
+			if on {
+				// safe_source's NAME[i]="value" words are patterns
+				in.possiblyFatal(line, "shopt -s "+s+" changes what safe_source prints")
+			}
+		case "expand_aliases":
+			if on {
+				in.unknownText(line, "shopt -s expand_aliases: aliases are not evaluated")
+			}
+		}
+	}
+	return stOK
+}
+
+// patternsKnown reports whether pattern matching is evaluated (no shopt
+// changed it).
+func (in *interp) patternsKnown(line int) bool {
+	if in.patterns == "" {
+		return true
+	}
+	in.note(line, "pattern matching known only at build time (%s)", in.patterns)
+	return false
 }
 
 // expandAssignmentForEffects expands an assignment's value only for the
@@ -888,6 +1440,7 @@ func (in *interp) subscript(name string, w *word, line int) *int64 {
 	v, err := evalArith(s, in, 0)
 	if err != nil {
 		in.arithFailed(line, err, w)
+		in.arithExpansionError(line, err)
 		return nil
 	}
 	if v < 0 {
@@ -1089,54 +1642,66 @@ func (in *interp) runUnset(line int, args []*word) status {
 
 func (in *interp) runReader(name string, line int, args []*word) {
 	in.note(line, "%s: reads input at build time", name)
-	var targets []string
-	switch name {
-	case "printf":
-		for i, w := range args {
-			if s, ok := w.literal(); ok && s == "-v" && i+1 < len(args) {
-				if t, ok := args[i+1].literal(); ok {
-					targets = append(targets, t)
-				}
-			}
+	var strs []string
+	for _, w := range args {
+		v, ok := in.expandString(w, line)
+		if !ok {
+			// an option or a name we do not know: any variable
+			in.taintAll(fmt.Sprintf("line %d: %s with arguments known only at build time", line, name))
+			return
 		}
-	case "getopts":
-		if len(args) >= 2 {
-			if t, ok := args[1].literal(); ok {
-				targets = append(targets, t, "OPTARG", "OPTIND")
-			}
+		strs = append(strs, v)
+	}
+	// options that take an argument
+	withArg := map[string]string{"read": "adinNptu", "mapfile": "dnOsuCc", "readarray": "dnOsuCc", "printf": "v", "getopts": ""}[name]
+	var targets, operands []string
+	for i := 0; i < len(strs); i++ {
+		s := strs[i]
+		if s == "--" {
+			operands = append(operands, strs[i+1:]...)
+			break
 		}
-	default:
-		skipNext := false
-		for _, w := range args {
-			s, ok := w.literal()
-			if !ok {
+		if len(s) < 2 || s[0] != '-' {
+			operands = append(operands, strs[i:]...)
+			break
+		}
+		for j := 1; j < len(s); j++ {
+			if !strings.ContainsRune(withArg, rune(s[j])) {
 				continue
 			}
-			if skipNext {
-				skipNext = false
-				continue
+			arg := s[j+1:]
+			if arg == "" && i+1 < len(strs) {
+				i++
+				arg = strs[i]
 			}
-			if strings.HasPrefix(s, "-") {
-				if strings.ContainsAny(s[len(s)-1:], "adDnNptuCcOsi") {
-					if strings.Contains(s, "a") && name == "read" {
-						// read -a NAME
-						skipNext = false
-						continue
-					}
-					skipNext = true
-				}
-				continue
+			if name == "read" && s[j] == 'a' || name == "printf" && s[j] == 'v' {
+				targets = append(targets, arg)
 			}
-			targets = append(targets, s)
-		}
-		if name == "read" && len(targets) == 0 {
-			targets = append(targets, "REPLY")
-		}
-		if (name == "mapfile" || name == "readarray") && len(targets) == 0 {
-			targets = append(targets, "MAPFILE")
+			break
 		}
 	}
+	switch name {
+	case "read":
+		targets = append(targets, operands...)
+		if len(targets) == 0 {
+			targets = append(targets, "REPLY")
+		}
+	case "mapfile", "readarray":
+		if len(operands) > 0 {
+			targets = append(targets, operands[0])
+		} else {
+			targets = append(targets, "MAPFILE")
+		}
+	case "getopts":
+		if len(operands) >= 2 {
+			targets = append(targets, operands[1])
+		}
+		targets = append(targets, "OPTARG", "OPTIND")
+	}
 	for _, t := range targets {
+		if i := strings.IndexByte(t, '['); i > 0 && strings.HasSuffix(t, "]") {
+			t = t[:i] // printf -v a[i]
+		}
 		if isName(t) {
 			in.markUnknown(t, fmt.Sprintf("line %d: set by %s at build time", line, name))
 		}
@@ -1161,7 +1726,7 @@ func (in *interp) runTest(name string, line int, args []*word) status {
 		}
 		fields = fields[:len(fields)-1]
 	}
-	st, ok := evalTest(fields)
+	st, ok := evalTest(fields, in.fileTest)
 	if !ok {
 		in.note(line, "%s %s: not evaluated (file tests and complex expressions are known only at build time)", name, shorten(strings.Join(fields, " ")))
 		return stUnknown
@@ -1172,7 +1737,9 @@ func (in *interp) runTest(name string, line int, args []*word) status {
 	return st
 }
 
-func evalTest(f []string) (status, bool) {
+// evalTest evaluates test's arguments; fileTest answers the file tests it
+// knows.
+func evalTest(f []string, fileTest func(op, path string) (bool, bool)) (status, bool) {
 	switch len(f) {
 	case 0:
 		return stFail, true
@@ -1186,6 +1753,10 @@ func evalTest(f []string) (status, bool) {
 			return status{b2iInt(f[1] == ""), true}, true
 		case "-z":
 			return status{b2iInt(f[1] != ""), true}, true
+		case "-e", "-f", "-r", "-s", "-d":
+			if r, ok := fileTest(f[0], f[1]); ok {
+				return status{b2iInt(!r), true}, true
+			}
 		}
 		return stUnknown, false
 	case 3:
@@ -1219,7 +1790,7 @@ func evalTest(f []string) (status, bool) {
 			return status{b2iInt(!r), true}, true
 		}
 		if a == "!" {
-			st, ok := evalTest(f[1:])
+			st, ok := evalTest(f[1:], fileTest)
 			if ok && st.code <= 1 {
 				st.code = 1 - st.code
 			}
@@ -1228,7 +1799,7 @@ func evalTest(f []string) (status, bool) {
 		return stUnknown, false
 	case 4:
 		if f[0] == "!" {
-			st, ok := evalTest(f[1:])
+			st, ok := evalTest(f[1:], fileTest)
 			if ok && st.code <= 1 {
 				st.code = 1 - st.code
 			}
@@ -1275,6 +1846,9 @@ func (in *interp) expandPart(p *part, line int) (string, bool) {
 	case pTilde:
 		in.note(line, "~: home directory known only at build time")
 		return "", false
+	case pOpaque:
+		in.note(line, "%s inside \"${...}\": not evaluated", shorten(p.text))
+		return "", false
 	case pCmdSubst:
 		in.note(line, "command substitution %s: known only at build time", shorten(p.text))
 		return "", false
@@ -1288,6 +1862,7 @@ func (in *interp) expandPart(p *part, line int) (string, bool) {
 		v, err := evalArith(s, in, 0)
 		if err != nil {
 			in.arithFailed(line, err, p.arith)
+			in.arithExpansionError(line, err)
 			return "", false
 		}
 		return strconv.FormatInt(v, 10), true
@@ -1303,6 +1878,49 @@ func shorten(s string) string {
 		return s[:57] + "..."
 	}
 	return s
+}
+
+// checkNounset is set -u on a parameter expansion: an unset variable is
+// an error, except in ${x-...}, ${x=...}, ${x+...}, ${x?...} and "${a[@]}".
+func (in *interp) checkNounset(pe *paramExp, line int) {
+	if !nounsetApplies(pe) || pe.index != nil && !pe.bad && !pe.indirect {
+		return // an element is checked by paramValue, once its subscript is evaluated
+	}
+	if pe.special {
+		switch pe.name {
+		case "@", "*", "#", "?", "-", "$", "0":
+			return
+		}
+		in.unbound(line, pe.name, false)
+		return
+	}
+	if pe.bad || pe.indirect || pe.name == "" {
+		in.unbound(line, pe.name, false)
+		return
+	}
+	if pe.allElems != "" {
+		if pe.op == "" && !pe.length {
+			return
+		}
+		v, known := in.lookup(pe.name)
+		if v == nil && known {
+			in.unbound(line, pe.name, false) // ${#a[@]}, ${a[@]%x}: not checked against bash
+		} else if v == nil || v.unknown {
+			in.unbound(line, pe.name, false)
+		}
+		return
+	}
+	if set, known := in.isSet(pe.name, 0); !set {
+		in.unbound(line, pe.name, known)
+	}
+}
+
+func nounsetApplies(pe *paramExp) bool {
+	switch pe.op {
+	case "-", ":-", "=", ":=", "+", ":+", "?", ":?":
+		return pe.length || pe.bad || pe.indirect
+	}
+	return true
 }
 
 // paramValue returns the value of name[index] (or $name), and whether it is
@@ -1334,11 +1952,17 @@ func (in *interp) paramValue(pe *paramExp, line int) (val string, set bool, know
 	if pe.index != nil {
 		ip := in.subscript(pe.name, pe.index, line)
 		if ip == nil {
+			if in.nounset != optOff && nounsetApplies(pe) {
+				in.unbound(line, pe.name, false)
+			}
 			return "", false, false
 		}
 		idx = *ip
 	}
 	set, known = in.isSet(pe.name, idx)
+	if pe.index != nil && in.nounset != optOff && nounsetApplies(pe) && !set {
+		in.unbound(line, pe.name+"["+strconv.FormatInt(idx, 10)+"]", known)
+	}
 	if !known {
 		return "", false, false
 	}
@@ -1350,6 +1974,12 @@ func (in *interp) paramValue(pe *paramExp, line int) (val string, set bool, know
 }
 
 func (in *interp) expandParam(pe *paramExp, text string, line int) (string, bool) {
+	if in.nounset != optOff {
+		in.checkNounset(pe, line)
+		if in.stopped {
+			return "", false
+		}
+	}
 	if pe.bad || pe.indirect {
 		in.note(line, "expansion %s: not evaluated", shorten(text))
 		return "", false
@@ -1424,10 +2054,11 @@ func (in *interp) expandParam(pe *paramExp, text string, line int) (string, bool
 		return in.expandString(pe.arg, line)
 	case ":?", "?":
 		if !known {
+			in.possiblyFatal(line, shorten(text)+" on a value known only at build time")
 			return "", false
 		}
 		if !set || pe.op == ":?" && val == "" {
-			in.note(line, "%s: bash reports an error here and stops reading the file", shorten(text))
+			in.fatalError(line, shorten(text)+" unset or empty")
 			return "", false
 		}
 		return val, true
@@ -1454,25 +2085,44 @@ func (in *interp) expandParam(pe *paramExp, text string, line int) (string, bool
 		}
 		return in.replacePattern(val, pat, rep, pe.op, text, line)
 	case "^", "^^", ",", ",,":
-		if pe.arg != nil && pe.arg.raw != "" {
-			in.note(line, "expansion %s: case conversion with a pattern not evaluated", shorten(text))
-			return "", false
+		// the pattern (default ?) selects the characters converted
+		var toks []globTok
+		if pe.arg != nil && len(pe.arg.parts) > 0 {
+			pat, ok := in.expandPattern(pe.arg, line)
+			if !ok || in.opaque(line, shorten(text), pat) {
+				return "", false
+			}
+			if pat != "" {
+				if !in.patternsKnown(line) {
+					return "", false
+				}
+				var err error
+				if toks, err = compileGlob(pat); err != nil {
+					in.note(line, "expansion %s: %v", shorten(text), err)
+					return "", false
+				}
+			}
 		}
-		if !known || in.opaque(line, shorten(text), val) {
+		if !known || in.opaque(line, shorten(text), val) || !utf8.ValidString(val) {
 			return "", false
 		}
 		conv := unicode.ToUpper
 		if pe.op[0] == ',' {
 			conv = unicode.ToLower
 		}
-		if len(pe.op) == 2 {
-			return strings.Map(conv, val), true
+		rs := []rune(val)
+		if !in.charge(len(rs) * (len(toks) + 1) / 256) {
+			return "", false
 		}
-		r, n := utf8.DecodeRuneInString(val)
-		if n == 0 {
-			return val, true
+		for i, r := range rs {
+			if i > 0 && len(pe.op) == 1 {
+				break
+			}
+			if toks == nil || globMatch(toks, rs[i:i+1]) {
+				rs[i] = conv(r)
+			}
 		}
-		return string(conv(r)) + val[n:], true
+		return string(rs), true
 	case ":":
 		if !known || in.opaque(line, shorten(text), val) {
 			return "", false
@@ -1491,6 +2141,7 @@ func (in *interp) substring(val string, pe *paramExp, text string, line int) (st
 	off, err := evalArith(offS, in, 0)
 	if err != nil {
 		in.arithFailed(line, err, pe.arg)
+		in.arithExpansionError(line, err)
 		return "", false
 	}
 	rs := []rune(val)
@@ -1513,12 +2164,13 @@ func (in *interp) substring(val string, pe *paramExp, text string, line int) (st
 		l, err := evalArith(lenS, in, 0)
 		if err != nil {
 			in.arithFailed(line, err, pe.arg2)
+			in.arithExpansionError(line, err)
 			return "", false
 		}
 		if l < 0 {
 			end = n + l
 			if end < off {
-				in.note(line, "%s: substring expression < 0", shorten(text))
+				in.fatalError(line, shorten(text)+": substring expression < 0")
 				return "", false
 			}
 		} else if off+l < n {
@@ -1554,6 +2206,9 @@ func (in *interp) expandPattern(w *word, line int) (string, bool) {
 }
 
 func (in *interp) removePattern(val, pat, op, text string, line int) (string, bool) {
+	if !in.patternsKnown(line) {
+		return "", false
+	}
 	toks, err := compileGlob(pat)
 	if err != nil {
 		in.note(line, "expansion %s: %v", shorten(text), err)
@@ -1597,6 +2252,9 @@ func (in *interp) removePattern(val, pat, op, text string, line int) (string, bo
 func (in *interp) replacePattern(val, pat, rep, op, text string, line int) (string, bool) {
 	if pat == "" {
 		return val, true
+	}
+	if !in.patternsKnown(line) {
+		return "", false
 	}
 	toks, err := compileGlob(pat)
 	if err != nil {

@@ -31,6 +31,7 @@ const (
 	pArith                    // $((...))
 	pTilde                    // an unquoted ~ that bash would expand
 	pExtglob                  // an extglob group like @(a|b), literal text
+	pOpaque                   // text parsed but not evaluated: known only at build time
 )
 
 // part is one piece of a word.
@@ -1120,7 +1121,6 @@ const (
 	wordBrace                   // ${...} operand: ends at an unquoted '}'
 	wordBraceDQ                 // ${...} operand inside double quotes
 	wordPattern                 // ${x/pattern/...}: ends at '/' or '}'
-	wordPatternDQ
 )
 
 func (p *parser) parseWord(ctx wordCtx) *word {
@@ -1169,8 +1169,8 @@ func (p *parser) scanWordPartsRaw(ctx wordCtx) []part {
 		parts = append(parts, part{kind: pLit, quoted: quoted, text: s})
 	}
 	atStart := true
-	inBraceOp := ctx == wordBrace || ctx == wordBraceDQ || ctx == wordPattern || ctx == wordPatternDQ
-	dqOp := ctx == wordBraceDQ || ctx == wordPatternDQ
+	inBraceOp := ctx == wordBrace || ctx == wordBraceDQ || ctx == wordPattern
+	dqOp := ctx == wordBraceDQ
 	for !p.eof() {
 		c := p.peek()
 		switch ctx {
@@ -1186,7 +1186,7 @@ func (p *parser) scanWordPartsRaw(ctx wordCtx) []part {
 			if c == '}' {
 				return parts
 			}
-		case wordPattern, wordPatternDQ:
+		case wordPattern:
 			if c == '}' || c == '/' {
 				return parts
 			}
@@ -1215,6 +1215,16 @@ func (p *parser) scanWordPartsRaw(ctx wordCtx) []part {
 			}
 			lit(p.src[p.pos+1:p.pos+2], true)
 			p.pos += 2
+		case c == '\'' && dqOp:
+			// inside "${x:-...}" single quotes still group at parse time
+			// (a '}' between them does not end the expansion), but they
+			// stay in the value and what is between them is expanded
+			s := p.parseSingleQuoted()
+			if strings.ContainsAny(s, "\\\"$`") {
+				parts = append(parts, part{kind: pOpaque, quoted: true, text: "'" + s + "'"})
+			} else {
+				lit("'"+s+"'", true)
+			}
 		case c == '\'' && !dqOp:
 			s := p.parseSingleQuoted()
 			if s == "" {
@@ -1614,18 +1624,23 @@ func (p *parser) parseBraceParam(inDQ bool) *paramExp {
 		return pe
 	}
 	p.pos += len(pe.op)
-	ctxArg, ctxPat := wordBrace, wordPattern
+	ctxArg := wordBrace
 	if inDQ {
-		ctxArg, ctxPat = wordBraceDQ, wordPatternDQ
+		ctxArg = wordBraceDQ
 	}
 	switch pe.op {
 	case "/", "//", "/#", "/%":
-		pe.arg = p.parseWordCtxInBrace(ctxPat, line)
+		// Quoting the whole expansion does not quote the pattern nor the
+		// replacement: bash 5.2 reads them as outside double quotes
+		// ("${k%%-*}" removes a glob match; "${x#"$y"}" is literal).
+		pe.arg = p.parseWordCtxInBrace(wordPattern, line)
 		if p.peek() == '/' {
 			p.pos++
 			pe.hasArg2 = true
-			pe.arg2 = p.parseWordCtxInBrace(ctxArg, line)
+			pe.arg2 = p.parseWordCtxInBrace(wordBrace, line)
 		}
+	case "%", "%%", "#", "##", "^", "^^", ",", ",,":
+		pe.arg = p.parseWordCtxInBrace(wordBrace, line)
 	case ":":
 		pe.arg = p.parseSubstringPart(line)
 		if p.peek() == ':' {
@@ -1712,13 +1727,8 @@ func (p *parser) skipBraceOperand(inDQ bool, line int) {
 		case '}':
 			p.pos++
 			return
-		case '\'':
-			if inDQ {
-				p.pos++
-				continue
-			}
-			p.skipQuotedOrExpansion()
-		case '\\', '"', '`', '$':
+		case '\\', '\'', '"', '`', '$':
+			// single quotes group even inside double quotes
 			p.skipQuotedOrExpansion()
 		default:
 			p.pos++
@@ -1751,7 +1761,13 @@ func (p *parser) matchBracketAny(i int) (int, bool) {
 
 // parseShell parses a whole file, converting syntax panics to errors.
 func parseShell(src, name string) (prog []*andOr, err error) {
+	return parseShellAt(src, name, 1)
+}
+
+// parseShellAt parses text that starts at line (eval's text).
+func parseShellAt(src, name string, line int) (prog []*andOr, err error) {
 	p := newParser(src, name)
+	p.lineBase = line - 1
 	defer func() {
 		if r := recover(); r != nil {
 			se, ok := r.(*syntaxError)
