@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kmodctl/packer-plugin-kmod/internal/fixture"
 	"github.com/kmodctl/packer-plugin-kmod/internal/shquote"
 )
 
@@ -353,25 +354,17 @@ func TestShell16EchoSplit(t *testing.T) {
 	}
 }
 
-// kernelConfigFile finds a real kernel .config: the fixture's headers, or
-// the host's /boot.
+// kernelConfigFile is the fixture kernel's real .config (its headers);
+// missing, the test skips, or fails in CI (internal/fixture).
 func kernelConfigFile(t *testing.T) []byte {
 	t.Helper()
-	var candidates []string
-	if dir := os.Getenv("KMODCTL_FIXTURES"); dir != "" {
-		m, _ := filepath.Glob(filepath.Join(dir, "rootfs-dkms/usr/src/linux-headers-*/.config"))
-		candidates = append(candidates, m...)
+	p := filepath.Join(fixture.Headers(t), ".config")
+	data, err := os.ReadFile(p)
+	if err != nil || len(data) == 0 {
+		fixture.Missing(t, "the kernel .config "+p)
 	}
-	m, _ := filepath.Glob("/boot/config-*")
-	candidates = append(candidates, m...)
-	for _, f := range candidates {
-		if data, err := os.ReadFile(f); err == nil && len(data) > 0 {
-			t.Logf("kernel config %s", f)
-			return data
-		}
-	}
-	t.Skip("no kernel .config (set KMODCTL_FIXTURES)")
-	return nil
+	t.Logf("kernel config %s", p)
+	return data
 }
 
 // TestShell16KernelConfig sources every testdata/conf file with a real
