@@ -388,9 +388,14 @@ type PlanOptions struct {
 // assigned earlier in the file, applies dkms's defaults
 // (BUILT_MODULE_LOCATION "", DEST_MODULE_NAME = BUILT_MODULE_NAME,
 // BUILT_MODULE_NAME = PACKAGE_NAME when there is a single
-// DEST_MODULE_LOCATION), matches BUILD_EXCLUSIVE_KERNEL and
-// BUILD_EXCLUSIVE_ARCH like bash's =~ (POSIX extended regular expressions),
-// and checks the file as dkms's read_conf does.
+// DEST_MODULE_LOCATION), matches BUILD_EXCLUSIVE_KERNEL,
+// BUILD_EXCLUSIVE_ARCH, MAKE_MATCH and PATCH_MATCH as bash's =~ and
+// BUILD_EXCLUSIVE_CONFIG as dkms's grep -E do (glibc's POSIX extended
+// regular expressions: regex.go answers the subset it is sure of,
+// PlanOptions.MatchERE the rest, or the verdict is in Plan.Unknown), and
+// checks the file as dkms's read_conf does. A file that stops bash reading
+// it (exit, set -e or set -u failing, an arithmetic error) gives dkms
+// nothing: a *ConfError naming the line.
 //
 // DestDir: dkms 3.0 ignores DEST_MODULE_LOCATION on Debian, Ubuntu and Arch
 // and installs into /updates/dkms (override_dest_module_location in

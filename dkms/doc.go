@@ -12,13 +12,18 @@
 // line continuations, semicolons, here-documents, and $var, ${var},
 // ${var:-default} and the other parameter expansions bash has (pattern
 // removal and replacement, case conversion, substrings, lengths), plus
-// $((arithmetic)). if, case and for are evaluated when their conditions
-// or words are known from the file itself (test/[ on strings and numbers,
-// true, false); otherwise the assignments inside are marked unknown.
-// Nothing is ever executed: command substitution, backquotes, commands,
-// pipelines, functions, file tests, sourcing other files are listed in
+// $((arithmetic)); patterns inside a quoted "${x%%pat}" are patterns, as
+// in bash. if, case and for are evaluated when their conditions or words
+// are known from the file itself (test/[ on strings and numbers, true,
+// false, and file tests on the kernel's .config when PlanOptions gives
+// it); otherwise the assignments inside are marked unknown. set -e/-u,
+// shopt, IFS and eval of known text are modelled; exit and the errors that
+// stop bash make dkms read nothing (a *ConfError). Nothing is ever
+// executed: command substitution, backquotes, commands, pipelines,
+// functions, other file tests, sourcing other files are listed in
 // Conf.Unsupported with their line numbers, and the variables they could
-// set are in Conf.Unknown ("known only at build time").
+// set are in Conf.Unknown ("known only at build time"). kmodctl dkms plan
+// prints what the reader concludes.
 //
 // The model of the environment is dkms 3.0.10's: the variables dkms reads
 // from a dkms.conf (dkms_conf_variables) start unset, dkms provides
@@ -35,7 +40,8 @@
 // tells which modules dkms builds, where they end up, and whether
 // BUILD_EXCLUSIVE_* excludes the kernel. Differential tests compare both
 // against bash itself on the dkms.conf files of 37 Debian 12 packages and
-// on crafted files (testdata/conf).
+// on crafted files (testdata/conf, testdata/conf/i16), regular expressions
+// against bash's =~ and grep -E (regex_test.go).
 //
 // # Driver
 //
