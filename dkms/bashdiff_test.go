@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -196,31 +195,7 @@ func TestBashFirstPass(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			ev, err := c.evaluate(diffKernel, diffArch, diffOptions.withDefaults(diffKernel))
-			if err != nil {
-				t.Fatal(err)
-			}
-			in := ev.first[0]
-			names := map[string]bool{}
-			for _, n := range dkmsConfVariables {
-				names[n] = true
-			}
-			for n := range in.vars {
-				if isName(n) {
-					names[n] = true
-				}
-			}
-			var list []string
-			for n := range names {
-				list = append(list, n)
-			}
-			sort.Strings(list)
-			abs, _ := filepath.Abs(file)
-			theirs := runBash(t, bashFirstPass, append([]string{abs}, list...)...)
-			compared := 0
-			for _, n := range list {
-				compared += compareVar(t, n, in.vars[n], in.unsetKnown[n], theirs[n])
-			}
+			compared := compareFirst(t, c, file, diffOptions, bashFirstPass)
 			t.Logf("%d values compared, %d unsupported constructs", compared, len(c.Unsupported))
 		})
 	}

@@ -117,8 +117,9 @@ func comparePlan(t *testing.T, p *Plan, theirs map[string]*bashVar) int {
 }
 
 // compareFirst compares the first pass (the file in safe_source's
-// subshell) with bash for every variable we know.
-func compareFirst(t *testing.T, c *Conf, file string, o PlanOptions, prelude string) int {
+// subshell) with bash running script (bashFirstPass, or bashFirstPass16
+// after a prelude) for every variable we know.
+func compareFirst(t *testing.T, c *Conf, file string, o PlanOptions, script string) int {
 	t.Helper()
 	ev, err := c.evaluate(diffKernel, diffArch, o.withDefaults(diffKernel))
 	if err != nil {
@@ -140,7 +141,7 @@ func compareFirst(t *testing.T, c *Conf, file string, o PlanOptions, prelude str
 	}
 	sort.Strings(list)
 	abs, _ := filepath.Abs(file)
-	theirs := runBash(t, prelude+bashFirstPass16, append([]string{abs}, list...)...)
+	theirs := runBash(t, script, append([]string{abs}, list...)...)
 	compared := 0
 	for _, n := range list {
 		compared += compareVar(t, n, in.vars[n], in.unsetKnown[n], theirs[n])
@@ -224,7 +225,7 @@ func TestShell16Files(t *testing.T) {
 				if set == 0 {
 					t.Errorf("bash's dkms read nothing")
 				}
-				compared += compareFirst(t, c, file, diffOptions, "")
+				compared += compareFirst(t, c, file, diffOptions, bashFirstPass16)
 			default:
 				t.Fatalf("bad expectation %q", kind)
 			}
@@ -407,7 +408,7 @@ func TestShell16KernelConfig(t *testing.T) {
 			abs, _ := filepath.Abs(file)
 			theirs := runBash(t, prelude+bashSafeSource, abs)
 			n := comparePlan(t, p, theirs)
-			n += compareFirst(t, c, file, o, prelude)
+			n += compareFirst(t, c, file, o, prelude+bashFirstPass16)
 			for _, v := range definite[filepath.Base(file)] {
 				if why, ok := p.UnknownWhy[v]; ok {
 					t.Errorf("%s unknown with the kernel config given: %s", v, why)
