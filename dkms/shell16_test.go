@@ -6,7 +6,6 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -73,81 +72,6 @@ first16() {
 }
 first16 "$@" 3>&1
 `
-
-// comparePlan compares the variables p claims to know with bash's view.
-func comparePlan(t *testing.T, p *Plan, theirs map[string]*bashVar) int {
-	t.Helper()
-	unknown := map[string]bool{}
-	for _, n := range p.Unknown {
-		unknown[n] = true
-	}
-	compared := 0
-	for _, n := range dkmsConfVariables {
-		if unknown[n] {
-			continue
-		}
-		tv := theirs[n]
-		if tv == nil {
-			t.Errorf("%s: bash did not report it", n)
-			continue
-		}
-		ours := map[int64]string{}
-		for k, v := range p.Vars {
-			base, idx := k, int64(0)
-			if i := strings.IndexByte(k, '['); i > 0 {
-				base = k[:i]
-				idx, _ = strconv.ParseInt(k[i+1:len(k)-1], 10, 64)
-			}
-			if base == n {
-				ours[idx] = v
-			}
-		}
-		compared++
-		if len(ours) != len(tv.elems) {
-			t.Errorf("%s: ours %v, bash %v", n, ours, tv.elems)
-			continue
-		}
-		for k, v := range ours {
-			if tv.elems[k] != v {
-				t.Errorf("%s[%d] = %q, bash %q", n, k, v, tv.elems[k])
-			}
-		}
-	}
-	return compared
-}
-
-// compareFirst compares the first pass (the file in safe_source's
-// subshell) with bash running script (bashFirstPass, or bashFirstPass16
-// after a prelude) for every variable we know.
-func compareFirst(t *testing.T, c *Conf, file string, o PlanOptions, script string) int {
-	t.Helper()
-	ev, err := c.evaluate(diffKernel, diffArch, o.withDefaults(diffKernel))
-	if err != nil {
-		t.Fatal(err)
-	}
-	in := ev.first[0]
-	names := map[string]bool{}
-	for _, n := range dkmsConfVariables {
-		names[n] = true
-	}
-	for n := range in.vars {
-		if isName(n) {
-			names[n] = true
-		}
-	}
-	var list []string
-	for n := range names {
-		list = append(list, n)
-	}
-	sort.Strings(list)
-	abs, _ := filepath.Abs(file)
-	theirs := runBash(t, script, append([]string{abs}, list...)...)
-	compared := 0
-	for _, n := range list {
-		compared += compareVar(t, n, in.vars[n], in.unsetKnown[n], theirs[n])
-	}
-	return compared
-}
 
 // expectation reads a file's "# expect: fatal LINE", "# expect: unknown"
 // or "# expect: values" comment.
