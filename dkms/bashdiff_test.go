@@ -8,8 +8,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-
-	"github.com/kmodctl/packer-plugin-kmod/internal/shquote"
 )
 
 // The differential tests source each dkms.conf of testdata/conf with bash
@@ -292,48 +290,5 @@ func TestBashDKMSView(t *testing.T) {
 			compared := comparePlan(t, p, runBash(t, bashDKMSView, abs))
 			t.Logf("%d variables compared, unknown %v", compared, p.Unknown)
 		})
-	}
-}
-
-// TestBashRegex compares BUILD_EXCLUSIVE_* matching with bash's [[ =~ ]].
-func TestBashRegex(t *testing.T) {
-	res := []string{
-		`^6\.`, `^5\.`, `^(3\.[1-9][0-9]|[4-9]\.)`, `^3\.1[4-9].*|^[4-9].*`, `^(5\.[6-9]\.|5\.[1-9][0-9]\.|[6-9]\.)`,
-		`amd64$`, `-rt`, `x86_64|i.86`, `^do_not_build$`, `REQUIRES CONFIG_VIDEO_DEV`, `[[:digit:]]+\.[[:digit:]]+`,
-		`^6\.1\.0-[0-9]+-amd64$`, `(`, `a{2,}`, `^$`, `.`, `[`, `\`, `a**`, `6.1.0-56-amd64`, `AMD64`,
-	}
-	subjects := []string{diffKernel, diffArch, "5.10.0-30-arm64", "aarch64", "6.1.0-56-rt-amd64", ""}
-	var script strings.Builder
-	script.WriteString("m() { if [[ $2 =~ $1 ]]; then printf 'E\\0r\\0%s\\0y\\0' \"$3\"; else r=$?; printf 'E\\0r\\0%s\\0n%s\\0' \"$3\" $r; fi; }\n")
-	type pair struct{ re, s string }
-	var pairs []pair
-	for _, re := range res {
-		for _, s := range subjects {
-			script.WriteString("m " + shquote.Quote(re) + " " + shquote.Quote(s) + " " + strconv.Itoa(len(pairs)) + "\n")
-			pairs = append(pairs, pair{re, s})
-		}
-	}
-	theirs := runBash(t, script.String())
-	for i, pr := range pairs {
-		got := theirs["r"].elems[int64(i)]
-		ok, known, err := bashRegexMatch(pr.re, pr.s)
-		switch {
-		case !known:
-			t.Logf("%q =~ %q: unknown (%v); bash says %s", pr.s, pr.re, err, got)
-		case got == "y":
-			if err != nil || !ok {
-				t.Errorf("%q =~ %q: bash matches, we say %v %v", pr.s, pr.re, ok, err)
-			}
-		case got == "n1":
-			if err != nil || ok {
-				t.Errorf("%q =~ %q: bash does not match, we say %v %v", pr.s, pr.re, ok, err)
-			}
-		case got == "n2":
-			if err == nil {
-				t.Errorf("%q =~ %q: bash rejects the expression, we say %v", pr.s, pr.re, ok)
-			}
-		default:
-			t.Errorf("%q =~ %q: bash said %q", pr.s, pr.re, got)
-		}
 	}
 }

@@ -20,6 +20,8 @@ import (
 // alternation in a group), the constructs the translation accepts, and the
 // malformed ones bash rejects.
 var ereCases = []string{
+	// The BUILD_EXCLUSIVE_* values of the former TestBashRegex.
+	`REQUIRES CONFIG_VIDEO_DEV`, `a{2,}`, `6.1.0-56-amd64`, `AMD64`,
 	// the issue's
 	`\d`, `^6\.\d`, `^6\.1\.0-\d+-amd64$`, `\<6`, `amd64\>`, `\bamd64`, `^\w+\.`, `\w+`, `\s`, `a{,3}`, `^a{,1}$`,
 	`^[0-9]{,2}\.`, `(a)\1`, `^([0-9])\.\1`, `[[=a=]]`, `[[.a.]]`, `\x78`, `x86_\x36`, `[\d]`, `[\w]+`, `^[\.0-9]+$`,
@@ -47,7 +49,7 @@ var ereCases = []string{
 
 // ereSubjects are kernel releases, architectures and odd strings.
 var ereSubjects = []string{
-	"6.1.0-57-amd64", "6.12.48+deb12-amd64", "6.1.0-56-rt-amd64", "5.10.0-30-arm64", "4.19.0-27-686-pae",
+	"6.1.0-56-amd64", "6.1.0-57-amd64", "6.12.48+deb12-amd64", "6.1.0-56-rt-amd64", "5.10.0-30-arm64", "4.19.0-27-686-pae",
 	"6.1.0-57-cloud-amd64", "3.16.0-11-amd64", "x86_64", "aarch64", "i686", "armv7l", "ppc64le", "x86_32",
 	"", "a", "aa", "aaa", "d", "6.1.0-d", `\`, "a{b", "a)", "b\na", "a\nb", "é", "éa", "a b", "\t", "x",
 }
