@@ -15,7 +15,9 @@ import (
 // built image; the size of the rewritten image against image's (what
 // update-initramfs wrote), and the peak memory of rewrite against the
 // image's uncompressed size.
-func benchInject(kmodctl, rootfs, image string) {
+func benchInject(kmodctl, fixtures string) {
+	rootfs := filepath.Join(fixtures, "rootfs")
+	image := filepath.Join(fixtures, "initrd/initramfs-tools-zstd.img")
 	module := filepath.Join(filepath.Dir(rootfs), "testmods", "kmodtest_marker.ko")
 	im, err := initramfs.Open(image)
 	must(err)

@@ -42,7 +42,7 @@ func main() {
 	catalogClients := flag.Int("catalog-clients", 32, "concurrent API clients in the catalog bench")
 	catalogN := flag.Int("catalog-attestations", 3200, "attestations in the catalog bench")
 	catalogMods := flag.Int("catalog-modules", 5, "modules per attestation in the catalog bench")
-	only := flag.String("only", "", "comma list of benchmarks (sign,inspect,depmod,initramfs-ls,inject,bundle,catalog,builder,provisioner); default all")
+	only := flag.String("only", "", "comma list of benchmarks (sign,inspect,depmod,initramfs-ls,inject,bundle,catalog,builder,provisioner,firstboot); default all")
 	flag.Parse()
 	abs, err := filepath.Abs(*kmodctl)
 	must(err)
@@ -61,10 +61,10 @@ func main() {
 		benchDepmod(abs, tree)
 	}
 	if want("initramfs-ls") {
-		benchLs(abs, filepath.Join(*fixtures, "initrd/initramfs-tools-zstd.img"))
+		benchLs(abs, *fixtures)
 	}
 	if want("inject") {
-		benchInject(abs, filepath.Join(*fixtures, "rootfs"), filepath.Join(*fixtures, "initrd/initramfs-tools-zstd.img"))
+		benchInject(abs, *fixtures)
 	}
 	if want("bundle") {
 		o, err := filepath.Abs(*oras)
@@ -89,6 +89,9 @@ func main() {
 		pl, err := filepath.Abs(*plugin)
 		must(err)
 		benchProvisioner(p, pl, *fixtures, *provisionerRuns)
+	}
+	if want("firstboot") {
+		benchFirstboot(abs, *fixtures)
 	}
 }
 
