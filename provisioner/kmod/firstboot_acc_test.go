@@ -276,8 +276,8 @@ func TestAccFirstbootCondition(t *testing.T) {
 
 // TestAccFirstbootCloudInit: with hook = "cloud-init" the first-boot part
 // runs from cloud-init's per-instance scripts (NoCloud seed in the image):
-// on the first boot, not on the second boot of the same disk, and again
-// once the seed carries a new instance-id.
+// on the first boot, and again on that disk once the seed carries a new
+// instance-id.
 func TestAccFirstbootCloudInit(t *testing.T) {
 	t.Parallel()
 	seed := func(id string) string {
@@ -314,11 +314,12 @@ func TestAccFirstbootCloudInit(t *testing.T) {
 	if c, _ := os.ReadFile(filepath.Join(fb.dir, "ci1.console.log")); !strings.Contains(string(c), "kmodctl: 2/2 modules verified and loaded") {
 		t.Errorf("boot 1: no first-boot summary line on the console")
 	}
-	b2 := fb.boot("ci2", disk)
-	if b2.report != b1.boot || b2.boot == b1.boot || b2.disabled != "1" {
-		t.Errorf("boot 2 (same instance): %+v (boot 1 was %s)", b2, b1.boot)
-	}
-	// A new instance: cloud-init sees another instance-id.
+	// No second boot of the same instance here: that per-instance scripts
+	// run once per instance-id is cloud-init's own behaviour (ours is that
+	// the script sits in per-instance, checked above), and a second boot
+	// of one disk keeping the first boot's report is TestAccFirstbootHook's
+	// boot 2. A new instance: cloud-init sees another instance-id, and the
+	// first-boot part runs again on the disk that has booted once.
 	next := filepath.Join(t.TempDir(), "next.raw")
 	if b, err := exec.Command("qemu-img", "convert", "-O", "raw", disk, next).CombinedOutput(); err != nil {
 		t.Fatalf("%v %s", err, b)
