@@ -144,10 +144,16 @@ func benchSign(kmodctl, fixtures, kver string, all []string, n int) {
 		// digests, and the cheapest durable atomic rewrite of the files
 		// (every temporary file created first, written and fsynced on all
 		// cores, renamed, the folder fsynced once), as kmodctl does.
+		var hashCPU time.Duration
 		hash := best(3, func() time.Duration {
+			cpu0 := cpuTime()
 			start := time.Now()
 			parallel(len(contents), cores, func(i int) { sha256.Sum256(contents[i]) })
-			return time.Since(start)
+			d := time.Since(start)
+			if c := cpuTime() - cpu0; hashCPU == 0 || c < hashCPU {
+				hashCPU = c
+			}
+			return d
 		})
 		var rewriteCPU time.Duration
 		rewrite := best(3, func() time.Duration {
@@ -185,12 +191,15 @@ func benchSign(kmodctl, fixtures, kver string, all []string, n int) {
 		report(fmt.Sprintf("sign RSA-%d: sign-file, one process per module", bits), secs(theirs), fmt.Sprintf("%d in parallel", cores))
 		report(fmt.Sprintf("sign RSA-%d: sign-file, one at a time (as DKMS)", bits), secs(serial), fmt.Sprintf("kmodctl %.2fx faster", serial.Seconds()/ours.Seconds()))
 		report(fmt.Sprintf("sign RSA-%d: limit (private-key ops / cores)", bits), secs(priv), fmt.Sprintf("crypto/rsa, digests made beforehand; CPU %.3f s", privCPU.Seconds()))
-		report(fmt.Sprintf("sign RSA-%d: not in the limit: sha256 / cores", bits), secs(hash), "")
+		report(fmt.Sprintf("sign RSA-%d: not in the limit: sha256 / cores", bits), secs(hash), fmt.Sprintf("CPU %.3f s", hashCPU.Seconds()))
 		report(fmt.Sprintf("sign RSA-%d: not in the limit: durable rewrites", bits), secs(rewrite), fmt.Sprintf("temp, write, fsync, rename; CPU %.3f s", rewriteCPU.Seconds()))
 		report(fmt.Sprintf("sign RSA-%d: floor with the I/O", bits), secs(floor), "limit + sha256 + rewrites' CPU / cores")
 		report(fmt.Sprintf("sign RSA-%d: speed-up vs sign-file", bits), fmt.Sprintf("%.2fx", speedup), goalNote(bits, speedup >= 8, "goal >= 8x"))
 		report(fmt.Sprintf("sign RSA-%d: kmodctl / limit", bits), fmt.Sprintf("%.2fx", ratio), goalNote(bits, ratio <= 1.2, "goal <= 1.2x"))
 		report(fmt.Sprintf("sign RSA-%d: kmodctl / floor with the I/O", bits), fmt.Sprintf("%.2fx", ours.Seconds()/floor.Seconds()), "")
+		// CPU times hold better than wall times on a shared machine.
+		report(fmt.Sprintf("sign RSA-%d: CPU: kmodctl / limit", bits), fmt.Sprintf("%.2fx", oursCPU.Seconds()/privCPU.Seconds()), "")
+		report(fmt.Sprintf("sign RSA-%d: CPU: kmodctl / floor with the I/O", bits), fmt.Sprintf("%.2fx", oursCPU.Seconds()/(privCPU+hashCPU+rewriteCPU).Seconds()), "")
 		must(os.RemoveAll(dir))
 	}
 }
