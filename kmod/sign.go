@@ -337,7 +337,9 @@ func (s *Signer) SignFiles(ctx context.Context, paths []string, workers int) []e
 // file is created (ahead, by one goroutine) before the first module is
 // replaced, which keeps ext4 without a journal from searching past the
 // inodes just freed (see atomicfile.Reserved). Cancelling ctx stops before
-// the next file; files not signed then report ctx's error.
+// the next file; files not signed then report ctx's error and their
+// temporary files are removed (a killed process can leave them, named
+// .NAME.tmp-*, next to the modules).
 func (s *Signer) SignFilesResults(ctx context.Context, paths []string, workers int) ([]SignResult, []error) {
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
