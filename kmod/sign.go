@@ -311,83 +311,11 @@ func (s *Signer) prepare(path string) (job, error) {
 	return job{target: target, out: out, perm: st.Mode().Perm(), res: res}, err
 }
 
-// SignFiles signs the modules at paths in place, as SignFile does, in a
-// pipeline: workers goroutines read and sign (<= 0: GOMAXPROCS, the
-// private-key operations being CPU-bound) and hand the results to more
-// writer goroutines, so that the fsyncs of the atomic rewrites overlap
-// each other and the signing. It returns the errors of the files that
-// failed, in the order of paths, each naming its file; nil when all
-// succeeded. Cancelling ctx stops before the next file; files not signed
-// then report ctx's error.
+// SignFiles signs the modules at paths in place, as SignFile does, and
+// returns the errors of the files that failed, in the order of paths, each
+// naming its file; nil when all succeeded. See SignFilesResults.
 func (s *Signer) SignFiles(ctx context.Context, paths []string, workers int) []error {
-	if workers <= 0 {
-		workers = runtime.GOMAXPROCS(0)
-	}
-	workers = min(workers, len(paths))
-	writers := min(max(8, 2*workers), len(paths))
-	errs := make([]error, len(paths))
-	next := make(chan int)
-	type done struct {
-		i int
-		j job
-	}
-	// The buffer bounds the signed modules held in memory.
-	written := make(chan done, writers)
-	var signWG, writeWG sync.WaitGroup
-	var dirsMu sync.Mutex
-	dirs := make(map[string][]int) // folder -> files renamed into it
-	for w := 0; w < workers; w++ {
-		signWG.Add(1)
-		go func() {
-			defer signWG.Done()
-			for i := range next {
-				if err := ctx.Err(); err != nil {
-					errs[i] = fileError("sign", paths[i], err)
-					continue
-				}
-				j, err := s.prepare(paths[i])
-				if err != nil {
-					errs[i] = fileError("sign", paths[i], err)
-					continue
-				}
-				if !j.res.Skipped {
-					written <- done{i, j}
-				}
-			}
-		}()
-	}
-	for w := 0; w < writers; w++ {
-		writeWG.Add(1)
-		go func() {
-			defer writeWG.Done()
-			for d := range written {
-				// The folders are fsynced once each at the end, not per file.
-				if err := d.j.write(atomicfile.NoDirSync()); err != nil {
-					errs[d.i] = fileError("sign", paths[d.i], err)
-					continue
-				}
-				dirsMu.Lock()
-				dirs[filepath.Dir(d.j.target)] = append(dirs[filepath.Dir(d.j.target)], d.i)
-				dirsMu.Unlock()
-			}
-		}()
-	}
-	for i := range paths {
-		next <- i
-	}
-	close(next)
-	signWG.Wait()
-	close(written)
-	writeWG.Wait()
-	// Until its folder is fsynced a rename may not survive a crash, so a
-	// failure here fails every file renamed in that folder.
-	for dir, idx := range dirs {
-		if err := atomicfile.SyncDir(dir); err != nil {
-			for _, i := range idx {
-				errs[i] = fileError("sign", paths[i], err)
-			}
-		}
-	}
+	_, errs := s.SignFilesResults(ctx, paths, workers)
 	var out []error
 	for _, err := range errs {
 		if err != nil {
@@ -395,4 +323,215 @@ func (s *Signer) SignFiles(ctx context.Context, paths []string, workers int) []e
 		}
 	}
 	return out
+}
+
+// SignFilesResults signs the modules at paths in place, as SignFileResult
+// does, and returns each file's result and error (nil on success; errors
+// name the file), indexed like paths.
+//
+// The private-key operations are CPU-bound: workers goroutines (<= 0:
+// GOMAXPROCS) read, sign and write each module into its temporary file,
+// reusing one buffer each, while more goroutines fsync those files and
+// rename them over the modules, so that waiting on the disk overlaps the
+// signing. The folders are fsynced once each at the end. Every temporary
+// file is created (ahead, by one goroutine) before the first module is
+// replaced, which keeps ext4 without a journal from searching past the
+// inodes just freed (see atomicfile.Reserved). Cancelling ctx stops before
+// the next file; files not signed then report ctx's error and their
+// temporary files are removed (a killed process can leave them, named
+// .NAME.tmp-*, next to the modules).
+func (s *Signer) SignFilesResults(ctx context.Context, paths []string, workers int) ([]SignResult, []error) {
+	if workers <= 0 {
+		workers = runtime.GOMAXPROCS(0)
+	}
+	workers = max(1, min(workers, len(paths)))
+	syncers := max(1, min(max(8, 2*workers), len(paths)))
+	results := make([]SignResult, len(paths))
+	errs := make([]error, len(paths))
+	fail := func(i int, err error) { errs[i] = fileError("sign", paths[i], err) }
+
+	// The creator reserves the temporary files in order and hands them to
+	// the workers; the channel holds them all, so it never waits.
+	type reserved struct {
+		i    int
+		r    atomicfile.Reserved
+		size int64
+	}
+	todo := make(chan reserved, len(paths))
+	allReserved := make(chan struct{})
+	go func() {
+		defer close(allReserved)
+		defer close(todo)
+		for i, p := range paths {
+			if err := ctx.Err(); err != nil {
+				fail(i, err)
+				continue
+			}
+			target, st, err := s.open(p)
+			if err != nil {
+				fail(i, err)
+				continue
+			}
+			r, err := atomicfile.Reserve(target, st.Mode().Perm())
+			if err != nil {
+				fail(i, err)
+				continue
+			}
+			todo <- reserved{i, r, st.Size()}
+		}
+	}()
+
+	// Written temporary files go to the syncers, open; the buffer bounds
+	// the open files.
+	type written struct {
+		i int
+		r atomicfile.Reserved
+		f *os.File
+	}
+	toSync := make(chan written, syncers)
+	var signWG, syncWG sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		signWG.Add(1)
+		go func() {
+			defer signWG.Done()
+			var buf []byte
+			for t := range todo {
+				if err := ctx.Err(); err != nil {
+					t.r.Discard()
+					fail(t.i, err)
+					continue
+				}
+				f, res, err := s.signInto(t.r, t.size, &buf)
+				results[t.i] = res
+				if err != nil {
+					t.r.Discard()
+					fail(t.i, err)
+					continue
+				}
+				if res.Skipped {
+					t.r.Discard()
+					continue
+				}
+				toSync <- written{t.i, t.r, f}
+			}
+		}()
+	}
+	var dirsMu sync.Mutex
+	dirs := make(map[string][]int) // folder -> files renamed into it
+	for w := 0; w < syncers; w++ {
+		syncWG.Add(1)
+		go func() {
+			defer syncWG.Done()
+			for d := range toSync {
+				err := d.f.Sync()
+				if cerr := d.f.Close(); err == nil {
+					err = cerr
+				}
+				if err != nil {
+					d.r.Discard()
+					fail(d.i, fmt.Errorf("replace %s: %w", d.r.Path, err))
+					continue
+				}
+				// No module is replaced (its inode freed) before every
+				// temporary file exists.
+				<-allReserved
+				if err := d.r.Commit(); err != nil {
+					fail(d.i, err)
+					continue
+				}
+				dir := filepath.Dir(d.r.Path)
+				dirsMu.Lock()
+				dirs[dir] = append(dirs[dir], d.i)
+				dirsMu.Unlock()
+			}
+		}()
+	}
+	signWG.Wait()
+	close(toSync)
+	syncWG.Wait()
+	// Until its folder is fsynced a rename may not survive a crash, so a
+	// failure here fails every file renamed in that folder.
+	for dir, idx := range dirs {
+		if err := atomicfile.SyncDir(dir); err != nil {
+			for _, i := range idx {
+				fail(i, err)
+			}
+		}
+	}
+	return results, errs
+}
+
+// open resolves path's symlinks and checks that the target is a regular
+// file within the size limit.
+func (s *Signer) open(path string) (target string, st os.FileInfo, err error) {
+	target, err = filepath.EvalSymlinks(path)
+	if err != nil {
+		return "", nil, err
+	}
+	if st, err = os.Stat(target); err != nil {
+		return "", nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return "", nil, fmt.Errorf("not a regular file (%s)", st.Mode().Type())
+	}
+	if st.Size() > s.cfg.maxSize {
+		return "", nil, fmt.Errorf("file of %d bytes exceeds the %d-byte limit", st.Size(), s.cfg.maxSize)
+	}
+	return target, st, nil
+}
+
+// signInto reads the module r replaces (size bytes when reserved) into
+// *buf, grown as needed and reused across calls, signs it and writes the
+// result into r's temporary file, returned open and not yet fsynced.
+func (s *Signer) signInto(r atomicfile.Reserved, size int64, buf *[]byte) (*os.File, SignResult, error) {
+	in, err := os.Open(r.Path)
+	if err != nil {
+		return nil, SignResult{}, err
+	}
+	// Room for the signature, so an uncompressed module is signed in its
+	// own buffer; a file that grew since it was reserved is read whole.
+	b := (*buf)[:0]
+	if need := int(size) + s.sig.MaxSize(); cap(b) < need {
+		b = make([]byte, 0, need)
+	}
+	b, err = readAll(in, b, s.cfg.maxSize)
+	in.Close()
+	*buf = b[:0]
+	if err != nil {
+		return nil, SignResult{}, err
+	}
+	out, res, err := s.signBytes(b, true)
+	if err != nil || res.Skipped {
+		return nil, res, err
+	}
+	f, err := r.Open()
+	if err != nil {
+		return nil, res, err
+	}
+	if _, err := f.Write(out); err != nil {
+		f.Close()
+		return nil, res, fmt.Errorf("replace %s: %w", r.Path, err)
+	}
+	return f, res, nil
+}
+
+// readAll appends f's content to b up to max bytes, the way os.ReadFile
+// reads, into the caller's buffer.
+func readAll(f *os.File, b []byte, max int64) ([]byte, error) {
+	for {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+		n, err := f.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if int64(len(b)) > max {
+			return nil, fmt.Errorf("file of more than %d bytes exceeds the %d-byte limit", max, max)
+		}
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read: %w", err)
+		}
+	}
 }

@@ -353,7 +353,33 @@ func TestSignFiles(t *testing.T) {
 		}
 		paths = append(paths, p)
 	}
-	errs := s.SignFiles(context.Background(), paths, 0)
+	// A signed module sits between two unsigned ones.
+	fixture.CopyFile(t, fixture.TestModule(t, "kmodtest_param"), paths[6])
+	if err := s.SignFile(paths[6]); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{paths[0], paths[5]} {
+		if err := os.Chmod(p, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	results, errs := s.SignFilesResults(context.Background(), paths, 0)
+	if len(results) != len(paths) || len(errs) != len(paths) {
+		t.Fatalf("%d results, %d errors for %d files", len(results), len(errs), len(paths))
+	}
+	if r := results[6]; r.Replaced != 1 || r.PreviousSigner == "" {
+		t.Errorf("re-signed module: %+v", r)
+	}
+	if errs[6] != nil || errs[0] != nil {
+		t.Errorf("good files failed: %v, %v", errs[0], errs[6])
+	}
+	assertNoTemp(t, dir)
+	for _, p := range []string{paths[0], paths[5]} {
+		if st, err := os.Stat(p); err != nil || st.Mode().Perm() != 0o600 {
+			t.Errorf("%s: mode not kept: %v %v", p, st.Mode(), err)
+		}
+	}
+	errs = s.SignFiles(context.Background(), paths, 0)
 	if len(errs) != len(bad) {
 		t.Fatalf("errors: %v", errs)
 	}
@@ -362,6 +388,7 @@ func TestSignFiles(t *testing.T) {
 			t.Errorf("error %d: %v", i, err)
 		}
 	}
+	assertNoTemp(t, dir)
 	for _, p := range paths {
 		if slicesContains(bad, p) {
 			continue
@@ -377,6 +404,7 @@ func TestSignFiles(t *testing.T) {
 	if len(errs) != 3 || !errors.Is(errs[0], context.Canceled) {
 		t.Errorf("cancelled: %v", errs)
 	}
+	assertNoTemp(t, dir)
 }
 
 func slicesContains(s []string, v string) bool {

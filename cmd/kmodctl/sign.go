@@ -99,30 +99,22 @@ func newSignCmd() *cobra.Command {
 	return cmd
 }
 
-// signFilesJSON signs each file on its own (SignFiles reports only the
-// failures) and prints the results as one JSON array.
+// signFilesJSON signs the files as the plain command does and prints each
+// file's result as one JSON array.
 func signFilesJSON(cmd *cobra.Command, s *kmod.Signer, paths []string, jobs int) error {
+	results, errs := s.SignFilesResults(cmd.Context(), paths, jobs)
 	out := make([]signJSON, len(paths))
 	failed := 0
-	forEachOrdered(len(paths), jobs, func(i int) signJSON {
-		r := signJSON{Filename: paths[i]}
-		if err := cmd.Context().Err(); err != nil {
-			r.Error = fmt.Sprintf("sign %s: %v", paths[i], err)
-			return r
-		}
-		res, err := s.SignFileResult(paths[i])
-		r.OK, r.Skipped, r.Replaced, r.PreviousSigner, r.Compression = err == nil, res.Skipped, res.Replaced, res.PreviousSigner, string(res.Compression)
+	for i, res := range results {
+		err := errs[i]
+		out[i] = signJSON{Filename: paths[i], OK: err == nil, Skipped: res.Skipped, Replaced: res.Replaced,
+			PreviousSigner: res.PreviousSigner, Compression: string(res.Compression)}
 		if err != nil {
-			r.Error = err.Error()
-		}
-		return r
-	}, func(i int, r signJSON) {
-		if !r.OK {
 			failed++
-			fmt.Fprintln(cmd.ErrOrStderr(), "kmodctl:", r.Error)
+			out[i].Error = err.Error()
+			fmt.Fprintln(cmd.ErrOrStderr(), "kmodctl:", err)
 		}
-		out[i] = r
-	})
+	}
 	if err := writeJSON(cmd.OutOrStdout(), out); err != nil {
 		return err
 	}

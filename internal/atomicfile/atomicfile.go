@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"syscall"
 )
 
 // Option changes how WriteFile replaces a file.
@@ -61,13 +60,7 @@ func WriteFunc(path string, perm os.FileMode, write func(f *os.File) error, opts
 		opt(&o)
 	}
 	dir := filepath.Dir(path)
-	mode, uid, gid := perm, -1, -1
-	if st, err := os.Stat(path); err == nil {
-		mode = st.Mode().Perm()
-		if sys, ok := st.Sys().(*syscall.Stat_t); ok {
-			uid, gid = int(sys.Uid), int(sys.Gid)
-		}
-	}
+	mode, uid, gid := modeOwner(path, perm)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
 		return fmt.Errorf("replace %s: %w", path, err)

@@ -3,6 +3,7 @@ package atomicfile
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -84,5 +85,60 @@ func TestWriteFuncBeforeRenameAndErrors(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
 		t.Errorf("temporary files left: %v", ents)
+	}
+}
+
+func TestReserveCommitDiscard(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "m.ko")
+	if err := os.WriteFile(p, []byte("old"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r, err := Reserve(p, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(r.Temp); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("temporary file: %v, %v (want the old file's mode 0600)", st, err)
+	}
+	f, err := r.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write([]byte("new")); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if b, _ := os.ReadFile(p); string(b) != "old" {
+		t.Fatalf("replaced before Commit: %q", b)
+	}
+	if err := r.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(p); string(b) != "new" {
+		t.Fatalf("content %q", b)
+	}
+	r2, err := Reserve(p, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2.Discard()
+	if b, _ := os.ReadFile(p); string(b) != "new" {
+		t.Fatalf("Discard changed the file: %q", b)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Errorf("temporary files left: %v", ents)
+	}
+	if _, err := Reserve(filepath.Join(dir, "missing", "f"), 0o644); err == nil {
+		t.Error("no error for a missing folder")
+	}
+	// Commit of a reservation whose temporary file is gone fails and names the file.
+	r3, _ := Reserve(p, 0o644)
+	r3.Discard()
+	if err := r3.Commit(); err == nil || !strings.Contains(err.Error(), p) {
+		t.Errorf("Commit without the temporary file: %v", err)
 	}
 }

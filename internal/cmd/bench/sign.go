@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/kmodctl/packer-plugin-kmod/internal/atomicfile"
@@ -20,9 +21,10 @@ import (
 // benchSign signs n fixture modules (signatures stripped first) three ways,
 // each on all cores: kmodctl (one process for all files), the kernel's
 // sign-file (one process per module, as Kbuild and DKMS run it), and the
-// physical limit — Go's bare private-key operation (with the hash) for every
-// module spread over the cores, plus one durable rewrite per file (temp file,
-// fsync, rename; the folder fsynced once at the end, as kmodctl does).
+// limit: crypto/rsa's private-key operation alone, once per module, spread
+// over the cores. The digests and the durable rewrites of the files are
+// measured apart and printed, not added to the limit. Goals (RSA-2048):
+// at least 8x sign-file, within 1.2x of the limit.
 func benchSign(kmodctl, fixtures, kver string, all []string, n int) {
 	// The fixture kernel's own linux-kbuild, in the rootfs-dkms fixture.
 	signFile := filepath.Join(fixtures, "rootfs-dkms/usr/lib", "linux-kbuild-"+fixture.KernelSeries(kver), "scripts/sign-file")
@@ -80,9 +82,20 @@ func benchSign(kmodctl, fixtures, kver string, all []string, n int) {
 			return paths
 		}
 
+		var oursCPU time.Duration
 		ours := best(3, func() time.Duration {
 			paths := fresh()
-			return run(kmodctl, append([]string{"module", "sign", "--key", key, "--cert", cert}, paths...)...)
+			cmd := exec.Command(kmodctl, append([]string{"module", "sign", "--key", key, "--cert", cert}, paths...)...)
+			start := time.Now()
+			out, err := cmd.CombinedOutput()
+			d := time.Since(start)
+			if err != nil {
+				must(fmt.Errorf("kmodctl module sign: %v: %s", err, out))
+			}
+			if c := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime(); oursCPU == 0 || c < oursCPU {
+				oursCPU = c
+			}
+			return d
 		})
 		theirs := best(2, func() time.Duration {
 			paths := fresh()
@@ -105,43 +118,97 @@ func benchSign(kmodctl, fixtures, kver string, all []string, n int) {
 			})
 			return time.Since(start)
 		})
-		// The limit, in two measured parts.
+		// The limit: the private-key operations alone, N signatures with
+		// crypto/rsa on all cores, over digests computed beforehand.
+		digests := make([][]byte, len(contents))
+		for i, c := range contents {
+			sum := sha256.Sum256(c)
+			digests[i] = sum[:]
+		}
+		var privCPU time.Duration
 		priv := best(3, func() time.Duration {
+			cpu0 := cpuTime()
 			start := time.Now()
 			parallel(len(contents), cores, func(i int) {
-				sum := sha256.Sum256(contents[i])
-				if _, err := signer.Sign(rand.Reader, sum[:], crypto.SHA256); err != nil {
+				if _, err := signer.Sign(rand.Reader, digests[i], crypto.SHA256); err != nil {
 					must(err)
 				}
 			})
-			return time.Since(start)
+			d := time.Since(start)
+			if c := cpuTime() - cpu0; privCPU == 0 || c < privCPU {
+				privCPU = c
+			}
+			return d
 		})
+		// Not in the limit, printed to show what the rest costs: the
+		// digests, and the cheapest durable atomic rewrite of the files
+		// (every temporary file created first, written and fsynced on all
+		// cores, renamed, the folder fsynced once), as kmodctl does.
+		var hashCPU time.Duration
+		hash := best(3, func() time.Duration {
+			cpu0 := cpuTime()
+			start := time.Now()
+			parallel(len(contents), cores, func(i int) { sha256.Sum256(contents[i]) })
+			d := time.Since(start)
+			if c := cpuTime() - cpu0; hashCPU == 0 || c < hashCPU {
+				hashCPU = c
+			}
+			return d
+		})
+		var rewriteCPU time.Duration
 		rewrite := best(3, func() time.Duration {
 			paths := fresh()
+			cpu0 := cpuTime()
 			start := time.Now()
-			parallel(len(paths), cores, func(i int) {
-				must(atomicfile.WriteFile(paths[i], contents[i], 0o644, atomicfile.NoDirSync()))
+			tmps := make([]atomicfile.Reserved, len(paths))
+			for i, p := range paths {
+				r, err := atomicfile.Reserve(p, 0o644)
+				must(err)
+				tmps[i] = r
+			}
+			parallel(len(paths), 2*cores, func(i int) {
+				f, err := tmps[i].Open()
+				must(err)
+				_, err = f.Write(contents[i])
+				must(err)
+				must(f.Sync())
+				must(f.Close())
+				must(tmps[i].Commit())
 			})
-			// One fsync of the folder makes all the renames durable.
 			must(atomicfile.SyncDir(filepath.Dir(paths[0])))
-			return time.Since(start)
+			d := time.Since(start)
+			if c := cpuTime() - cpu0; rewriteCPU == 0 || c < rewriteCPU {
+				rewriteCPU = c
+			}
+			return d
 		})
-		limit := priv + rewrite
-		report(fmt.Sprintf("sign RSA-%d: kmodctl", bits), secs(ours), fmt.Sprintf("%.2f ms/module", ours.Seconds()*1000/float64(len(contents))))
+		// On cores busy with the signing, only the rewrites' waits on the
+		// disk can overlap it; their CPU time (system time: copies, inode
+		// allocation, writeback) adds to it.
+		floor := priv + hash + rewriteCPU/time.Duration(cores)
+		speedup, ratio := theirs.Seconds()/ours.Seconds(), ours.Seconds()/priv.Seconds()
+		report(fmt.Sprintf("sign RSA-%d: kmodctl", bits), secs(ours), fmt.Sprintf("%.2f ms/module; CPU %.3f s", ours.Seconds()*1000/float64(len(contents)), oursCPU.Seconds()))
 		report(fmt.Sprintf("sign RSA-%d: sign-file, one process per module", bits), secs(theirs), fmt.Sprintf("%d in parallel", cores))
 		report(fmt.Sprintf("sign RSA-%d: sign-file, one at a time (as DKMS)", bits), secs(serial), fmt.Sprintf("kmodctl %.2fx faster", serial.Seconds()/ours.Seconds()))
-		report(fmt.Sprintf("sign RSA-%d: limit (private-key ops / cores)", bits), secs(priv), "")
-		report(fmt.Sprintf("sign RSA-%d: limit (durable rewrites)", bits), secs(rewrite), "")
-		report(fmt.Sprintf("sign RSA-%d: limit vs sign-file (best possible)", bits), fmt.Sprintf("%.2fx", theirs.Seconds()/limit.Seconds()), "")
-		report(fmt.Sprintf("sign RSA-%d: speed-up vs sign-file", bits), fmt.Sprintf("%.2fx", theirs.Seconds()/ours.Seconds()), goalNote(bits))
-		report(fmt.Sprintf("sign RSA-%d: kmodctl / limit", bits), fmt.Sprintf("%.2fx", ours.Seconds()/limit.Seconds()), "goal <= 1.25x")
+		report(fmt.Sprintf("sign RSA-%d: limit (private-key ops / cores)", bits), secs(priv), fmt.Sprintf("crypto/rsa, digests made beforehand; CPU %.3f s", privCPU.Seconds()))
+		report(fmt.Sprintf("sign RSA-%d: not in the limit: sha256 / cores", bits), secs(hash), fmt.Sprintf("CPU %.3f s", hashCPU.Seconds()))
+		report(fmt.Sprintf("sign RSA-%d: not in the limit: durable rewrites", bits), secs(rewrite), fmt.Sprintf("temp, write, fsync, rename; CPU %.3f s", rewriteCPU.Seconds()))
+		report(fmt.Sprintf("sign RSA-%d: floor with the I/O", bits), secs(floor), "limit + sha256 + rewrites' CPU / cores")
+		report(fmt.Sprintf("sign RSA-%d: speed-up vs sign-file", bits), fmt.Sprintf("%.2fx", speedup), goalNote(bits, speedup >= 8, "goal >= 8x"))
+		report(fmt.Sprintf("sign RSA-%d: kmodctl / limit", bits), fmt.Sprintf("%.2fx", ratio), goalNote(bits, ratio <= 1.2, "goal <= 1.2x"))
+		report(fmt.Sprintf("sign RSA-%d: kmodctl / floor with the I/O", bits), fmt.Sprintf("%.2fx", ours.Seconds()/floor.Seconds()), "")
+		// CPU times hold better than wall times on a shared machine.
+		report(fmt.Sprintf("sign RSA-%d: CPU: kmodctl / limit", bits), fmt.Sprintf("%.2fx", oursCPU.Seconds()/privCPU.Seconds()), "")
+		report(fmt.Sprintf("sign RSA-%d: CPU: kmodctl / floor with the I/O", bits), fmt.Sprintf("%.2fx", oursCPU.Seconds()/(privCPU+hashCPU+rewriteCPU).Seconds()), "")
 		must(os.RemoveAll(dir))
 	}
 }
 
-func goalNote(bits int) string {
+// goalNote is PASS/MISS for the RSA-2048 goals (speed-up >= 8x, within
+// 1.2x of the limit); RSA-4096 is printed for information.
+func goalNote(bits int, ok bool, goal string) string {
 	if bits == 2048 {
-		return "goal >= 8x"
+		return passMiss(ok) + " (" + goal + ")"
 	}
 	return ""
 }
@@ -164,4 +231,11 @@ func parallel(n, workers int, f func(i int)) {
 	}
 	close(next)
 	wg.Wait()
+}
+
+// cpuTime is the user and system time this process has used so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	must(syscall.Getrusage(syscall.RUSAGE_SELF, &ru))
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
