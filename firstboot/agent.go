@@ -15,12 +15,14 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"syscall"
 	"time"
 
 	securejoin "github.com/cyphar/filepath-securejoin"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/kmodctl/packer-plugin-kmod/internal/atomicfile"
 	"github.com/kmodctl/packer-plugin-kmod/kmod"
@@ -254,15 +256,11 @@ func check(ctx context.Context, o Options) *checker {
 			Errors:         []string{},
 		})
 	}
+	// The initramfs file is hashed while the modules are checked.
+	initrd := c.startInitramfs()
 	deps, depErr := c.readModulesDep()
-	for i := range k.Modules {
-		if ctx.Err() != nil {
-			c.res.Modules[i].Errors = append(c.res.Modules[i].Errors, "not checked: "+ctx.Err().Error())
-			continue
-		}
-		c.checkModule(&k.Modules[i], &c.res.Modules[i], deps, depErr)
-	}
-	c.checkInitramfs(ctx)
+	c.checkModules(ctx, deps, depErr)
+	c.checkInitramfs(ctx, initrd)
 	for i := range c.res.Modules {
 		r := &c.res.Modules[i]
 		r.Verified = len(r.Errors) == 0
@@ -312,6 +310,25 @@ func (r *ModuleReport) errorf(format string, args ...any) {
 	r.Errors = append(r.Errors, fmt.Sprintf(format, args...))
 }
 
+// checkModules checks the kernel's modules concurrently, on as many
+// goroutines as there are CPUs: each writes only its module's report and
+// reads the checker, which nothing changes meanwhile.
+func (c *checker) checkModules(ctx context.Context, deps map[string]string, depErr error) {
+	var g errgroup.Group
+	g.SetLimit(runtime.GOMAXPROCS(0))
+	for i := range c.kern.Modules {
+		g.Go(func() error {
+			if err := ctx.Err(); err != nil {
+				c.res.Modules[i].errorf("not checked: %v", err)
+				return nil
+			}
+			c.checkModule(&c.kern.Modules[i], &c.res.Modules[i], deps, depErr)
+			return nil
+		})
+	}
+	_ = g.Wait() // the goroutines return no error
+}
+
 // checkModule checks one module's file, signature, modules.dep entry and,
 // when it is loaded already, its srcversion.
 func (c *checker) checkModule(mod *manifest.Module, r *ModuleReport, deps map[string]string, depErr error) {
@@ -332,11 +349,17 @@ func (c *checker) checkModule(mod *manifest.Module, r *ModuleReport, deps map[st
 	case depErr != nil:
 		r.errorf("%v", depErr)
 	default:
-		got, ok := deps[modName(mod.Name)]
+		file, ok := deps[modName(mod.Name)]
+		if ok && file == mod.Path {
+			break // the same path resolves to the same file
+		}
+		got, gerr := securejoin.SecureJoin(c.o.Root, file)
 		want, err := securejoin.SecureJoin(c.o.Root, mod.Path)
 		switch {
 		case !ok:
 			r.errorf("modules.dep does not list %s: modprobe would not find it", mod.Name)
+		case gerr != nil:
+			r.errorf("modules.dep resolves %s to %s: %v", mod.Name, file, gerr)
 		case err != nil || got != want:
 			r.errorf("modules.dep resolves %s to another file (%s), not the verified %s", mod.Name, c.imagePath(got), mod.Path)
 		}
@@ -415,8 +438,11 @@ func (c *checker) readModuleFile(p string) ([]byte, error) {
 	return data, nil
 }
 
-// readModulesDep maps module names to the host path modules.dep gives
-// their file (resolved under Root, like the manifest's paths).
+// readModulesDep maps the names of the managed modules to the image path
+// modules.dep gives their file (modprobe takes the first line of a name).
+// Only those are kept: the caller resolves them under Root, which costs
+// a few system calls per path component, too many to spend on each of the
+// thousands of modules of a kernel on every boot.
 func (c *checker) readModulesDep() (map[string]string, error) {
 	dir := "/lib/modules/" + c.o.Kernel
 	p, err := securejoin.SecureJoin(c.o.Root, dir+"/modules.dep")
@@ -439,17 +465,16 @@ func (c *checker) readModulesDep() (map[string]string, error) {
 		}
 		file := string(line[:i])
 		name := kmod.ModuleNameFromPath(file)
+		if _, managed := c.modIndex[name]; !managed {
+			continue
+		}
 		if _, dup := out[name]; dup {
 			continue // modprobe takes the first
 		}
 		if !path.IsAbs(file) {
 			file = dir + "/" + file
 		}
-		host, err := securejoin.SecureJoin(c.o.Root, path.Clean(file))
-		if err != nil {
-			continue
-		}
-		out[name] = host
+		out[name] = path.Clean(file)
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("%s/modules.dep: %v", dir, err)

@@ -14,8 +14,12 @@ import (
 	"github.com/kmodctl/packer-plugin-kmod/kmod/manifest"
 )
 
-// fuzzKernel is the running kernel of the fuzz tree.
-const fuzzKernel = "6.1.0-56-amd64"
+// fuzzKernel is the running kernel of the fuzz tree, fuzzInitrd its
+// initramfs.
+const (
+	fuzzKernel = "6.1.0-56-amd64"
+	fuzzInitrd = "\x00\x00\x00\x00070701garbage"
+)
 
 // fuzzSeeds are manifests for the fuzz tree: valid ones whose modules
 // exist (as non-modules: the checksum matches, the signature cannot) or
@@ -49,8 +53,22 @@ func fuzzSeeds(t testing.TB, root string) [][]byte {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The initramfs record (fuzzInitrd's file): matching, and not.
+	isum := sha256.Sum256([]byte(fuzzInitrd))
+	m.Kernels[0].Initramfs = &manifest.Initramfs{Path: "/boot/initrd.img-" + fuzzKernel, Size: int64(len(fuzzInitrd)), SHA256: hex.EncodeToString(isum[:])}
+	recorded, err := m.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Kernels[0].Initramfs.SHA256 = strings.Repeat("3", 64)
+	otherFile, err := m.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
 	return [][]byte{
 		valid,
+		recorded,
+		otherFile,
 		[]byte(`{"version": 1, "certificates": [], "kernels": [{"release": "` + fuzzKernel + `", "modules": []}]}`),
 		[]byte(`{"version": 2}`),
 		[]byte(`{"version": 1, "certificates": [], "kernels": [{"release": "` + fuzzKernel + `", "modules": [{"name": "a", "path": "/../a.ko", "sha256": "` + hex.EncodeToString(sum[:]) + `", "early": false, "load": true}]}]}`),
@@ -74,7 +92,7 @@ func FuzzVerifyManifest(f *testing.F) {
 	if err := os.MkdirAll(filepath.Join(root, "boot"), 0o755); err != nil {
 		f.Fatal(err)
 	}
-	os.WriteFile(filepath.Join(root, "boot/initrd.img-"+fuzzKernel), []byte("\x00\x00\x00\x00070701garbage"), 0o644)
+	os.WriteFile(filepath.Join(root, "boot/initrd.img-"+fuzzKernel), []byte(fuzzInitrd), 0o644)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		if err := os.WriteFile(mp, data, 0o644); err != nil {
 			t.Fatal(err)

@@ -47,36 +47,101 @@ type InitramfsCopy struct {
 	Path, SHA256 string
 }
 
-// checkInitramfs compares the initramfs copy of every module whose
-// manifest entry records one (initramfs_sha256) with it. The copy is the
-// record at the module's path (merged /usr folded); failing that, a
-// module file of the same name under lib/modules/KVER.
-func (c *checker) checkInitramfs(ctx context.Context) {
-	var want []int
+// initrdCheck is the initramfs part of a check, started before the
+// modules are checked so that the file is hashed meanwhile.
+type initrdCheck struct {
+	// want are the indexes of the modules whose manifest entry records an
+	// initramfs copy; image and host the kernel's initramfs ("" when it
+	// has none).
+	want        []int
+	image, host string
+	// digest delivers the SHA-256 of the image file when the manifest
+	// records the file the build left and the image has its path and size;
+	// nil otherwise (a file of another size differs: no need to hash it).
+	digest <-chan digestResult
+}
+
+type digestResult struct {
+	sum string
+	err error
+}
+
+// startInitramfs finds the kernel's initramfs and, when the manifest
+// records the file the build left, starts hashing it.
+func (c *checker) startInitramfs() *initrdCheck {
+	ic := &initrdCheck{}
 	for i, mod := range c.kern.Modules {
 		if mod.InitramfsSHA256 != "" {
-			want = append(want, i)
+			ic.want = append(ic.want, i)
 		}
 	}
-	if len(want) == 0 {
-		return
+	if len(ic.want) == 0 {
+		return ic
 	}
-	image, host := "", ""
 	for _, p := range initramfs.Paths(c.o.Kernel) {
 		h, err := securejoin.SecureJoin(c.o.Root, p)
 		if err != nil {
 			continue
 		}
 		if st, err := os.Stat(h); err == nil && st.Mode().IsRegular() {
-			image, host = p, h
+			ic.image, ic.host = p, h
 			break
+		}
+	}
+	rec := c.kern.Initramfs
+	if ic.image == "" || rec == nil || rec.Path != ic.image {
+		return ic
+	}
+	f, err := os.Open(ic.host)
+	if err != nil {
+		return ic // the walk reports it
+	}
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() || st.Size() != rec.Size {
+		f.Close()
+		return ic
+	}
+	ch := make(chan digestResult, 1)
+	ic.digest = ch
+	go func() {
+		defer f.Close()
+		h := sha256.New()
+		_, err := io.Copy(h, f)
+		ch <- digestResult{hex.EncodeToString(h.Sum(nil)), err}
+	}()
+	return ic
+}
+
+// checkInitramfs compares the initramfs copy of every module whose
+// manifest entry records one (initramfs_sha256) with it. When the manifest
+// also records the initramfs file the build left (its kernel's initramfs)
+// and the file is that one, byte for byte, it holds the copies the build
+// recorded: nothing to decode. Otherwise the image is walked: the copy is
+// the record at the module's path (merged /usr folded); failing that, a
+// module file of the same name under lib/modules/KVER.
+func (c *checker) checkInitramfs(ctx context.Context, ic *initrdCheck) {
+	want, image, host := ic.want, ic.image, ic.host
+	if len(want) == 0 {
+		return
+	}
+	imageSum := ""
+	if ic.digest != nil {
+		d := <-ic.digest
+		if d.err == nil {
+			imageSum = d.sum
+		}
+		if d.err == nil && d.sum == c.kern.Initramfs.SHA256 {
+			for _, i := range want {
+				exp := c.kern.Modules[i].InitramfsSHA256
+				c.res.Modules[i].Initramfs = &InitramfsCheck{Image: image, ExpectedSHA256: exp, ActualSHA256: exp, ImageSHA256: d.sum, OK: true}
+			}
+			return
 		}
 	}
 	fail := func(format string, args ...any) {
 		msg := fmt.Sprintf(format, args...)
 		for _, i := range want {
 			r := &c.res.Modules[i]
-			r.Initramfs = &InitramfsCheck{Image: image, ExpectedSHA256: c.kern.Modules[i].InitramfsSHA256}
+			r.Initramfs = &InitramfsCheck{Image: image, ExpectedSHA256: c.kern.Modules[i].InitramfsSHA256, ImageSHA256: imageSum, Walked: image != ""}
 			r.Errors = append(r.Errors, msg)
 		}
 	}
@@ -102,7 +167,7 @@ func (c *checker) checkInitramfs(ctx context.Context) {
 	for j, i := range want {
 		mod := &c.kern.Modules[i]
 		r := &c.res.Modules[i]
-		chk := &InitramfsCheck{Image: image, ExpectedSHA256: mod.InitramfsSHA256}
+		chk := &InitramfsCheck{Image: image, ExpectedSHA256: mod.InitramfsSHA256, ImageSHA256: imageSum, Walked: true}
 		r.Initramfs = chk
 		cp := copies[j]
 		switch {

@@ -822,3 +822,145 @@ func TestOptions(t *testing.T) {
 		t.Error("a result without drift created the blocked file's folder")
 	}
 }
+
+// TestInitramfsRecord: the manifest records the initramfs file as the
+// build left it (kernels[].initramfs, as the provisioner writes it). That
+// file is not decoded; any change to it (one byte of the early module's
+// copy, the copy replaced, a regenerated image, another path) makes verify
+// walk it, which finds a drifted copy and passes an image that holds the
+// right one; a manifest without the record (an older build's) walks.
+func TestInitramfsRecord(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	rel := "boot/initrd.img-" + e.kver
+	img := filepath.Join(e.root, rel)
+	orig, err := os.ReadFile(fixture.Initrd(t, fixture.InitrdToolsZstd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.write(rel, string(orig))
+	host := filepath.Join(e.root, "usr/lib/modules", e.kver, "updates/kmodtest_base.ko")
+	res, err := initramfs.Inject(img, initramfs.WithModules(host), initramfs.WithLoad(true), initramfs.WithKernelRelease(e.kver))
+	if err != nil {
+		t.Fatal(err)
+	}
+	built, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := e.module("kmodtest_base")
+	base.Early, base.InitramfsSHA256 = true, base.SHA256
+	rec, err := manifest.InitramfsFromFile(img, "/"+rel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Size != int64(len(built)) || rec.SHA256 != hexSum(built) || rec.Path != "/"+rel {
+		t.Fatalf("record %+v", rec)
+	}
+	e.m.Kernels[0].Initramfs = rec
+	e.writeManifest()
+
+	// check verifies and returns the early module's report, after checking
+	// whether it passed, whether its initramfs copy did and whether the
+	// image was walked.
+	check := func(what string, verified, copyOK, walked bool, errPart string) *ModuleReport {
+		t.Helper()
+		v := e.verify(e.options())
+		m := moduleReport(t, v.Modules, "kmodtest_base")
+		ic := m.Initramfs
+		if ic == nil || m.Verified != verified || ic.OK != copyOK || ic.Walked != walked || !strings.Contains(strings.Join(m.Errors, "; "), errPart) {
+			t.Errorf("%s: want verified=%v, copy ok=%v, walked=%v (error %q), got %+v %+v", what, verified, copyOK, walked, errPart, m, ic)
+			return m
+		}
+		if dep := moduleReport(t, v.Modules, "kmodtest_dep"); dep.Initramfs != nil || !dep.Verified {
+			t.Errorf("%s: kmodtest_dep %+v", what, dep)
+		}
+		return m
+	}
+	setImage := func(data []byte) {
+		t.Helper()
+		if err := os.WriteFile(img, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// As built: the file's digest is the record's, no walk.
+	ic := check("as built", true, true, false, "").Initramfs
+	if ic.ImageSHA256 != rec.SHA256 || ic.ActualSHA256 != base.SHA256 || ic.ExpectedSHA256 != base.SHA256 || ic.Path != "" || ic.Image != "/"+rel {
+		t.Errorf("as built: %+v", ic)
+	}
+
+	// A manifest without the record: the walk finds the copy.
+	e.m.Kernels[0].Initramfs = nil
+	e.writeManifest()
+	ic = check("no record", true, true, true, "").Initramfs
+	if ic.ImageSHA256 != "" || ic.ActualSHA256 != base.SHA256 || ic.Path != "/"+strings.TrimPrefix(res.Modules[0].Path, "/") {
+		t.Errorf("no record: %+v", ic)
+	}
+	// A record of another path (dracut's name): the walk.
+	other := *rec
+	other.Path = "/boot/initramfs-" + e.kver + ".img"
+	e.m.Kernels[0].Initramfs = &other
+	e.writeManifest()
+	check("record of another path", true, true, true, "")
+	e.m.Kernels[0].Initramfs = rec
+	e.writeManifest()
+
+	// One byte of the appended archive (the module's copy, compressed)
+	// changed, the size kept: hashed, walked, refused.
+	bad := slices.Clone(built)
+	bad[res.SizeBefore+(res.SizeAfter-res.SizeBefore)/2] ^= 0x01
+	setImage(bad)
+	ic = check("one byte of the copy", false, false, true, "initramfs copy").Initramfs
+	if ic.ImageSHA256 != hexSum(bad) {
+		t.Errorf("one byte of the copy: image sha256 %q, want %s", ic.ImageSHA256, hexSum(bad))
+	}
+	if !strings.Contains(e.blocked(), "blacklist kmodtest_base") {
+		t.Errorf("blocked %q", e.blocked())
+	}
+
+	// The copy replaced by one that differs in one byte (its .comment).
+	i := strings.Index(string(e.files["kmodtest_base"]), "GCC: (")
+	if i < 0 {
+		t.Fatal("no .comment in kmodtest_base")
+	}
+	drifted := slices.Clone(e.files["kmodtest_base"])
+	drifted[i+1] ^= 0x20
+	driftedHost := filepath.Join(t.TempDir(), "kmodtest_base.ko")
+	if err := os.WriteFile(driftedHost, drifted, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	setImage(orig)
+	if _, err := initramfs.Inject(img, initramfs.WithModules(driftedHost), initramfs.WithLoad(true), initramfs.WithKernelRelease(e.kver)); err != nil {
+		t.Fatal(err)
+	}
+	ic = check("a drifted copy", false, false, true, "drift: the initramfs copy").Initramfs
+	if ic.ActualSHA256 != hexSum(drifted) {
+		t.Errorf("a drifted copy: %+v", ic)
+	}
+
+	// Regenerated (another image of another size) with the right copy:
+	// passes by the walk, the file not even hashed.
+	setImage(orig)
+	if _, err := initramfs.Inject(img, initramfs.WithModules(host), initramfs.WithLoad(true), initramfs.WithKernelRelease(e.kver), initramfs.WithMode(initramfs.Rewrite)); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(img); err != nil || st.Size() == rec.Size {
+		t.Fatalf("the rewritten image: %v %v", st, err)
+	}
+	if ic = check("regenerated", true, true, true, "").Initramfs; ic.ImageSHA256 != "" || ic.ActualSHA256 != base.SHA256 {
+		t.Errorf("regenerated: %+v", ic)
+	}
+
+	// The module file itself drifted by one byte: found whatever the
+	// initramfs; the built image back is not walked.
+	setImage(built)
+	file := slices.Clone(e.files["kmodtest_base"])
+	file[len(file)/2] ^= 0x01
+	e.installFile("kmodtest_base", file)
+	if m := check("the module file drifted", false, true, false, "drift: /lib/modules/"); m.Initramfs.ImageSHA256 != rec.SHA256 {
+		t.Errorf("the module file drifted: the initramfs copy %+v", m.Initramfs)
+	}
+	e.installFile("kmodtest_base", e.files["kmodtest_base"])
+	check("all back", true, true, false, "")
+}

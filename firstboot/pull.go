@@ -489,7 +489,7 @@ func recordPulled(root string, state, image *manifest.Manifest, k manifest.Kerne
 
 // injectEarly puts the early modules of k into the kernel's initramfs,
 // when it has one, loaded there the way its flavor does, and records the
-// copies' sha256 (the verify unit compares them).
+// copies' sha256 and the resulting file (the verify unit compares them).
 func (o PullOptions) injectEarly(ctx context.Context, k *manifest.Kernel, p *PullResult) error {
 	var early []string
 	var refs []manifest.Module
@@ -540,6 +540,11 @@ func (o PullOptions) injectEarly(ctx context.Context, k *manifest.Kernel, p *Pul
 		if copies[j] != nil {
 			k.Modules[i].InitramfsSHA256 = copies[j].SHA256
 		}
+	}
+	// The file as it now is: the verify unit decodes it only when it
+	// differs (the kernel's own tools regenerated it, say).
+	if k.Initramfs, err = manifest.InitramfsFromFile(host, img); err != nil {
+		return fmt.Errorf("read back %s: %v", img, err)
 	}
 	p.Initramfs = img
 	return nil

@@ -146,6 +146,10 @@ func TestPull(t *testing.T) {
 	if k, _ := state.Kernel(p.kernelB); k.Modules[0].InitramfsSHA256 == "" || k.Modules[1].InitramfsSHA256 != "" {
 		t.Errorf("initramfs copies recorded: %+v", k.Modules)
 	}
+	// The initramfs as the pull left it is recorded too.
+	if k, _ := state.Kernel(p.kernelB); k.Initramfs == nil || k.Initramfs.Path != "/boot/initrd.img-"+p.kernelB || k.Initramfs.Size != int64(len(p.read("boot/initrd.img-"+p.kernelB))) {
+		t.Errorf("initramfs file recorded: %+v", k.Initramfs)
+	}
 	o := p.options()
 	o.Kernel = p.kernelB
 	p.calls = nil
@@ -153,8 +157,8 @@ func TestPull(t *testing.T) {
 	if !v.Covered || !v.Pulled || v.PulledFrom != r.Reference || v.Verified != 2 || v.Status != StatusOK {
 		t.Fatalf("verify after the pull: %s (%+v)", v.SummaryLine, v)
 	}
-	if ic := v.Modules[0].Initramfs; ic == nil || !ic.OK {
-		t.Errorf("the early module's initramfs copy: %+v", ic)
+	if ic := v.Modules[0].Initramfs; ic == nil || !ic.OK || ic.Walked || ic.ImageSHA256 == "" {
+		t.Errorf("the early module's initramfs copy, by the recorded file: %+v", ic)
 	}
 	// Again: recorded and intact, nothing fetched.
 	p.reg.Kill()

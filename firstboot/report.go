@@ -117,12 +117,21 @@ type ModuleReport struct {
 // InitramfsCheck is the comparison of a module's initramfs copy.
 type InitramfsCheck struct {
 	// Image is the initramfs image path, Path the copy's path in it (""
-	// when it was not found).
+	// when it was not found, or not looked for).
 	Image          string `json:"image"`
 	Path           string `json:"path,omitempty"`
 	ExpectedSHA256 string `json:"expected_sha256"`
 	ActualSHA256   string `json:"actual_sha256"`
 	OK             bool   `json:"ok"`
+	// ImageSHA256 is the image file's SHA-256, computed when the manifest
+	// records the file the build left (path, size and SHA-256) and the
+	// image has that path and size. When it is the recorded one the file
+	// is the build's byte for byte, whose copy the manifest records: the
+	// image is not decoded (ActualSHA256 is then the manifest's, Path "").
+	// Walked: it was decoded, the copy found and hashed (no record, or
+	// the file differs from it: a regenerated image, or a changed one).
+	ImageSHA256 string `json:"image_sha256,omitempty"`
+	Walked      bool   `json:"walked"`
 }
 
 // VerifyResult is what Verify found (and Run, which embeds it). Its JSON is

@@ -105,6 +105,33 @@ func readModule(path string) ([]byte, error) {
 	return data, nil
 }
 
+// InitramfsFromFile describes the initramfs image file at path (on the
+// host), which is, byte for byte, the file at imagePath in the image: its
+// length and SHA-256, for Kernel.Initramfs.
+func InitramfsFromFile(path, imagePath string) (*Initramfs, error) {
+	if err := checkImagePath(imagePath); err != nil {
+		return nil, fmt.Errorf("%s: image path: %w", path, err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: not a regular file", path)
+	}
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &Initramfs{Path: imagePath, Size: n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
+}
+
 // Mismatch is a module file that is not as the manifest says.
 type Mismatch struct {
 	// Kernel is the release, Module the module's name, Path its path in

@@ -19,6 +19,7 @@ func FuzzUnmarshal(f *testing.F) {
 	f.Add(empty)
 	for _, s := range []string{
 		`{"version": 1, "certificates": [], "kernels": [{"release": "6.1.0-9-amd64", "modules": [{"name": "m", "path": "/lib/modules/6.1.0-9-amd64/extra/m.ko", "sha256": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "early": false, "load": true}]}]}`,
+		`{"version": 1, "certificates": [], "kernels": [{"release": "6.1.0-9-amd64", "modules": [], "initramfs": {"path": "/boot/initrd.img-6.1.0-9-amd64", "size": 30660657, "sha256": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"}}]}`,
 		`{"version": 2}`,
 		`{"version": 1, "version": 1}`,
 		`{"Version": 1}`,

@@ -82,6 +82,20 @@ type Kernel struct {
 	Release string `json:"release"`
 	// Modules are in load order.
 	Modules []Module `json:"modules"`
+	// Initramfs is the kernel's initramfs file as the build left it, once
+	// the early modules' copies (Module.InitramfsSHA256) were put in
+	// (optional; an addition to version 1 like Bundles). A file of that
+	// path and SHA-256 holds exactly those copies, so the first-boot agent
+	// decodes the image only when the file differs; without it, always.
+	Initramfs *Initramfs `json:"initramfs,omitempty"`
+}
+
+// Initramfs is an initramfs image file: its path in the image, its length
+// and the hex SHA-256 of its bytes.
+type Initramfs struct {
+	Path   string `json:"path"`
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
 }
 
 // Module is one installed module file.
@@ -330,6 +344,17 @@ func (m *Manifest) validate() error {
 			return invalid("%s: kernel %s is listed twice", field, k.Release)
 		}
 		releases[k.Release] = true
+		if in := k.Initramfs; in != nil {
+			if err := checkImagePath(in.Path); err != nil {
+				return invalid("%s (%s): initramfs path: %v", field, k.Release, err)
+			}
+			if in.Size < 0 {
+				return invalid("%s (%s): initramfs size %d is negative", field, k.Release, in.Size)
+			}
+			if !hexSumRE.MatchString(in.SHA256) {
+				return invalid("%s (%s): initramfs sha256 %q is not 64 lower-case hex digits", field, k.Release, in.SHA256)
+			}
+		}
 		if len(k.Modules) > MaxModules {
 			return invalid("%s: %d modules, the limit is %d", field, len(k.Modules), MaxModules)
 		}

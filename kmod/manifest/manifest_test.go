@@ -603,3 +603,75 @@ func TestBundles(t *testing.T) {
 		}
 	}
 }
+
+// The initramfs record is an optional part of version 1 like the bundles:
+// a manifest without it reads as before and does not write the key, one
+// with it round-trips, InitramfsFromFile describes the file, and a record
+// breaking a rule is refused, naming the field.
+func TestInitramfsRecord(t *testing.T) {
+	m := sample(t)
+	data, err := m.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(data, []byte(`"initramfs"`)) {
+		t.Error("a manifest without the record writes the key")
+	}
+	img := filepath.Join(t.TempDir(), "initrd.img")
+	content := []byte("07070100000000...not really an initramfs, but bytes all the same")
+	if err := os.WriteFile(img, content, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := InitramfsFromFile(img, "/boot/initrd.img-6.1.0-9-amd64")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (Initramfs{Path: "/boot/initrd.img-6.1.0-9-amd64", Size: int64(len(content)), SHA256: sum(content)}); *rec != want {
+		t.Fatalf("InitramfsFromFile = %+v, want %+v", *rec, want)
+	}
+	m.Kernels[0].Initramfs = rec
+	if data, err = m.Marshal(); err != nil {
+		t.Fatal(err)
+	}
+	back, err := Unmarshal(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k, ok := back.Kernel(m.Kernels[0].Release); !ok || k.Initramfs == nil || *k.Initramfs != *rec {
+		t.Fatalf("round trip: %+v", k)
+	}
+	for name, c := range map[string]struct{ host, image string }{
+		"a relative image path": {img, "boot/initrd.img"},
+		"a folder":              {t.TempDir(), "/boot/initrd.img"},
+		"a missing file":        {img + ".missing", "/boot/initrd.img"},
+	} {
+		if _, err := InitramfsFromFile(c.host, c.image); err == nil {
+			t.Errorf("InitramfsFromFile of %s: no error", name)
+		}
+	}
+	for name, c := range map[string]struct {
+		rec   Initramfs
+		field string
+	}{
+		"relative path":  {Initramfs{Path: "boot/initrd.img", SHA256: rec.SHA256}, "initramfs path"},
+		"unclean path":   {Initramfs{Path: "/boot/../initrd.img", SHA256: rec.SHA256}, "initramfs path"},
+		"negative size":  {Initramfs{Path: rec.Path, Size: -1, SHA256: rec.SHA256}, "initramfs size"},
+		"short sha256":   {Initramfs{Path: rec.Path, SHA256: rec.SHA256[:63]}, "initramfs sha256"},
+		"upper sha256":   {Initramfs{Path: rec.Path, SHA256: strings.ToUpper(rec.SHA256)}, "initramfs sha256"},
+		"missing sha256": {Initramfs{Path: rec.Path}, "initramfs sha256"},
+	} {
+		m.Kernels[0].Initramfs = &c.rec
+		_, err := m.Marshal()
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), c.field) || !strings.Contains(err.Error(), m.Kernels[0].Release) {
+			t.Errorf("%s: Marshal = %v", name, err)
+		}
+	}
+	// Unknown keys in the record are refused like anywhere else.
+	doc := edit(t, func(doc map[string]any) {
+		k := doc["kernels"].([]any)[0].(map[string]any)
+		k["initramfs"] = map[string]any{"path": rec.Path, "size": rec.Size, "sha256": rec.SHA256, "mtime": 1}
+	})
+	if _, err := Unmarshal(doc); !errors.Is(err, ErrInvalid) {
+		t.Errorf("unknown key in the record: %v", err)
+	}
+}

@@ -303,6 +303,9 @@ func (r *run) regenerate(ctx context.Context, k *targetKernel) error {
 		return fmt.Errorf("kernel %s: read back %s: %w", k.Release, img, err)
 	}
 	defer im.Close()
+	if k.InitrdFile, err = manifest.InitramfsFromFile(host, img); err != nil {
+		return fmt.Errorf("kernel %s: %w", k.Release, err)
+	}
 	var early []*module
 	var refs []manifest.Module
 	for _, m := range r.modules {
@@ -399,6 +402,9 @@ func (r *run) inject(ctx context.Context, k *targetKernel, early []*module) erro
 		return fmt.Errorf("kernel %s: inject into %s: %w", k.Release, k.Initrd, err)
 	}
 	if err := r.t.writeHostFile(ctx, img, k.Initrd, mode); err != nil {
+		return fmt.Errorf("kernel %s: %w", k.Release, err)
+	}
+	if k.InitrdFile, err = manifest.InitramfsFromFile(img, k.Initrd); err != nil {
 		return fmt.Errorf("kernel %s: %w", k.Release, err)
 	}
 	byName := map[string]int64{}

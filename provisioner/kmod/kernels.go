@@ -11,6 +11,7 @@ import (
 	"github.com/kmodctl/packer-plugin-kmod/initramfs"
 	"github.com/kmodctl/packer-plugin-kmod/internal/shquote"
 	"github.com/kmodctl/packer-plugin-kmod/kmod"
+	"github.com/kmodctl/packer-plugin-kmod/kmod/manifest"
 )
 
 // targetKernel is one kernel of the image, with host copies of what the
@@ -27,6 +28,9 @@ type targetKernel struct {
 	SystemMap  string // host path, "" if the image has none
 	Config     string // host path, "" if the image has none
 	Initrd     string // image path of its initramfs, "" if none
+	// InitrdFile is the initramfs file as the early modules' step left it
+	// (nil when it did not touch it), for the manifest.
+	InitrdFile *manifest.Initramfs
 	// Model is the kernel as the checks see it: its exports, config,
 	// in-tree and built-in modules and their aliases.
 	Model *kmod.Kernel

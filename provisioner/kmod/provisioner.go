@@ -518,7 +518,7 @@ func (r *run) writeManifest(ctx context.Context) error {
 	m := &manifest.Manifest{Version: manifest.Version, Generator: "packer-plugin-kmod", Certificates: []manifest.Certificate{manifest.NewCertificate(r.cert)}}
 	listed := map[string]bool{m.Certificates[0].SHA256: true}
 	for _, k := range r.kernels {
-		mk := manifest.Kernel{Release: k.Release}
+		mk := manifest.Kernel{Release: k.Release, Initramfs: k.InitrdFile}
 		for _, mod := range r.modules {
 			if mod.Kernel != k {
 				continue
