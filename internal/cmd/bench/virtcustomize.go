@@ -74,7 +74,7 @@ func (v virtCustomize) run(dir, source string) (virtRun, error) {
 	run("sync") // earlier dirty pages off the clock
 	var r virtRun
 	r.cp = run("cp", "--sparse=always", source, raw)
-	cmd := exec.Command(v.bin, "-a", raw, "--format", "raw", "--no-network",
+	cmd := exec.Command(v.bin, "--format", "raw", "-a", raw, "--no-network",
 		"--run-command", "echo kmodctl-bench > /etc/kmodctl-bench")
 	cmd.Env = v.env
 	var out bytes.Buffer
