@@ -181,6 +181,7 @@ type convertConfig struct {
 	srcFormat   string
 	compression bool
 	sum         *string
+	srcSum      *string
 }
 
 // WithProgress has fn called as the conversion progresses, with the bytes
@@ -208,6 +209,15 @@ func WithCompression(on bool) ConvertOption {
 // *sum, computed while the file is fsynced rather than in a pass after it.
 func WithSHA256(sum *string) ConvertOption {
 	return func(c *convertConfig) { c.sum = sum }
+}
+
+// WithSourceSHA256 has CopyRaw store the hex sha256 of the source file in
+// *sum, from the copy's own read of a raw source (holes hashed as the zeros
+// they read as), or read beside qemu-img for the other formats: one pass
+// over the source instead of two. The caller compares it before using the
+// copy.
+func WithSourceSHA256(sum *string) ConvertOption {
+	return func(c *convertConfig) { c.srcSum = sum }
 }
 
 // Convert writes src as dstFormat (a key of OutputFormats) to dst,
@@ -355,7 +365,29 @@ func CopyRaw(ctx context.Context, src string, dst *os.File, opts ...ConvertOptio
 	if err != nil {
 		return err
 	}
-	if err := cfg.write(ctx, dst, absSrc, info, "raw", true); err != nil {
+	switch {
+	case cfg.srcSum == nil:
+		err = cfg.write(ctx, dst, absSrc, info, "raw", true)
+	case info.Format == "raw":
+		h := sha256.New()
+		err = sparseCopy(ctx, dst, absSrc, cfg.progress, h)
+		*cfg.srcSum = hex.EncodeToString(h.Sum(nil))
+	default:
+		// qemu-img and the hash read the source side by side; the page
+		// cache serves the slower of the two.
+		var sumErr error
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			*cfg.srcSum, sumErr = SHA256File(ctx, absSrc, nil)
+		}()
+		err = cfg.write(ctx, dst, absSrc, info, "raw", true)
+		<-done
+		if err == nil {
+			err = sumErr
+		}
+	}
+	if err != nil {
 		return err
 	}
 	if err := dst.Truncate(info.VirtualSize); err != nil {

@@ -59,16 +59,13 @@ func (s *stepSource) Run(ctx context.Context, state multistep.StateBag) multiste
 	} else if format != info.Format {
 		return halt(state, "source_format is %s but qemu-img reads %s as %s", format, cfg.SourceImage, info.Format)
 	}
+	opts := []diskimage.ConvertOption{diskimage.WithSourceFormat(format), diskimage.WithProgress(progress(u, "copy"))}
+	var got string
 	if cfg.SourceChecksum != "" {
-		want, _ := parseChecksum(cfg.SourceChecksum)
-		u.Say(fmt.Sprintf("Verifying the checksum of %s...", cfg.SourceImage))
-		got, err := diskimage.SHA256File(ctx, cfg.SourceImage, progress(u, "sha256"))
-		if err != nil {
-			return halt(state, "source_checksum: %v", err)
-		}
-		if got != want {
-			return halt(state, "source_checksum: %s has sha256 %s, want %s", cfg.SourceImage, got, want)
-		}
+		// Hashed by the copy's own read of the source, checked before
+		// anything uses the copy.
+		u.Say(fmt.Sprintf("Verifying the checksum of %s while copying it...", cfg.SourceImage))
+		opts = append(opts, diskimage.WithSourceSHA256(&got))
 	}
 	u.Say(fmt.Sprintf("Making a raw working copy of %s (%s, %s)...", cfg.SourceImage, format, humanBytes(info.VirtualSize)))
 	f, err := os.OpenFile(b.workImage, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
@@ -83,10 +80,11 @@ func (s *stepSource) Run(ctx context.Context, state multistep.StateBag) multiste
 	if err := b.tracker.Reserve(ctx, b.workImage, spareLoops(cfg.SourceImage, format)); err != nil {
 		return halt(state, "working copy: %v", err)
 	}
-	err = diskimage.CopyRaw(ctx, cfg.SourceImage, f,
-		diskimage.WithSourceFormat(format), diskimage.WithProgress(progress(u, "copy")))
-	if err != nil {
+	if err := diskimage.CopyRaw(ctx, cfg.SourceImage, f, opts...); err != nil {
 		return halt(state, "source_image %s: %v", cfg.SourceImage, err)
+	}
+	if want, _ := parseChecksum(cfg.SourceChecksum); cfg.SourceChecksum != "" && got != want {
+		return halt(state, "source_checksum: %s has sha256 %s, want %s", cfg.SourceImage, got, want)
 	}
 	if err := f.Close(); err != nil {
 		return halt(state, "working copy: %v", err)
