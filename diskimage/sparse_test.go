@@ -126,3 +126,23 @@ func TestCopyRawSourceSHA256(t *testing.T) {
 		}
 	}
 }
+
+// TestConvertSHA256: the sum Convert computes while fsyncing is the sha256
+// of the file it renamed into place.
+func TestConvertSHA256(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src.raw")
+	if err := os.WriteFile(src, bytes.Repeat([]byte("kmod-image"), 300000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, format := range []string{"qcow2", "raw"} {
+		var sum string
+		dst := filepath.Join(dir, "out."+format)
+		if err := Convert(context.Background(), src, dst, format, WithSHA256(&sum)); err != nil {
+			t.Fatal(err)
+		}
+		if want := sha(t, dst); sum != want {
+			t.Errorf("%s: sum %q, want %s", format, sum, want)
+		}
+	}
+}
