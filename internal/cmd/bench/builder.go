@@ -129,6 +129,10 @@ func benchBuilder(packer, plugin, fixtures, source string, runs, virtRuns int) {
 	report("builder packer build / fsync'd anchor", fmt.Sprintf("%.2fx", wall.Seconds()/anchorSync.Seconds()),
 		fmt.Sprintf("goal <= 1.5x: %s", passMiss(wall.Seconds() <= 1.5*anchorSync.Seconds())))
 
+	if virtRuns < 1 {
+		report("builder vs virt-customize", "skipped", "-virt-customize-runs 0")
+		return
+	}
 	v, err := findVirtCustomize(fixtures)
 	if err != nil {
 		report("builder vs virt-customize", "skipped", err.Error())
