@@ -180,6 +180,8 @@ type convertConfig struct {
 	progress    func(done, total int64)
 	srcFormat   string
 	compression bool
+	sum         *string
+	srcSum      *string
 }
 
 // WithProgress has fn called as the conversion progresses, with the bytes
@@ -201,6 +203,21 @@ func WithSourceFormat(f string) ConvertOption {
 // compressed).
 func WithCompression(on bool) ConvertOption {
 	return func(c *convertConfig) { c.compression = on }
+}
+
+// WithSHA256 has Convert store the hex sha256 of the file it writes in
+// *sum, computed while the file is fsynced rather than in a pass after it.
+func WithSHA256(sum *string) ConvertOption {
+	return func(c *convertConfig) { c.sum = sum }
+}
+
+// WithSourceSHA256 has CopyRaw store the hex sha256 of the source file in
+// *sum, from the copy's own read of a raw source (holes hashed as the zeros
+// they read as), or read beside qemu-img for the other formats: one pass
+// over the source instead of two. The caller compares it before using the
+// copy.
+func WithSourceSHA256(sum *string) ConvertOption {
+	return func(c *convertConfig) { c.srcSum = sum }
 }
 
 // Convert writes src as dstFormat (a key of OutputFormats) to dst,
@@ -259,15 +276,9 @@ func Convert(ctx context.Context, src, dst, dstFormat string, opts ...ConvertOpt
 		return fmt.Errorf("convert: destination %s is the source", absDst)
 	}
 
-	info, err := inspect(ctx, absSrc, srcFormat)
+	info, err := checkSource(ctx, absSrc, srcFormat)
 	if err != nil {
-		return fmt.Errorf("convert: %w", err)
-	}
-	if !sourceFormats[info.Format] {
-		return fmt.Errorf("convert %s: source format %q is not accepted (want one of %s)", absSrc, info.Format, formatList(sourceFormats))
-	}
-	if info.BackingFile != "" {
-		return fmt.Errorf("convert %s: refusing an image that reads another file (%s)", absSrc, info.BackingFile)
+		return err
 	}
 	total := info.VirtualSize
 	if dstFormat == "vhd" && total%mib != 0 {
@@ -279,35 +290,31 @@ func Convert(ctx context.Context, src, dst, dstFormat string, opts ...ConvertOpt
 	if progress == nil {
 		progress = func(int64, int64) {}
 	}
+	// The output's sha256 is read back from the page cache while
+	// atomicfile fsyncs the file: the hash overlaps the disk write.
+	var hashDone chan error
+	defer func() {
+		if hashDone != nil {
+			<-hashDone
+		}
+	}()
 	write := func(f *os.File) error {
-		if info.Format == "raw" && dstFormat == "raw" {
-			return SparseCopy(ctx, f, absSrc, progress)
+		if err := cfg.write(ctx, f, absSrc, info, dstFormat, false); err != nil {
+			return err
 		}
-		args := []string{"convert", "-f", info.Format}
-		switch dstFormat {
-		case "raw":
-			args = append(args, "-O", "raw")
-		case "qcow2":
-			args = append(args, "-O", "qcow2", "-o", "compat=1.1")
-			if cfg.compression {
-				args = append(args, "-c")
+		if cfg.sum != nil {
+			// Its own descriptor: atomicfile closes f before the rename.
+			r, err := os.Open(f.Name())
+			if err != nil {
+				return fmt.Errorf("convert %s: %w", absSrc, err)
 			}
-		case "vmdk":
-			args = append(args, "-O", "vmdk", "-o", "subformat=streamOptimized")
-		case "vhd":
-			args = append(args, "-O", "vpc", "-o", "subformat=fixed,force_size=on")
-		}
-		var pw *progressWriter
-		if cfg.progress != nil {
-			args = append(args, "-p")
-			pw = &progressWriter{total: total, fn: progress}
-		}
-		args = append(args, absSrc, f.Name())
-		if _, err := qemuImg(ctx, pw, args...); err != nil {
-			if ctx.Err() != nil {
-				return fmt.Errorf("convert %s: %w", absSrc, ctx.Err())
-			}
-			return fmt.Errorf("convert %s: %w", absSrc, err)
+			hashDone = make(chan error, 1)
+			go func() {
+				defer r.Close()
+				sum, err := sha256Reader(ctx, r, nil, 0)
+				*cfg.sum = sum
+				hashDone <- err
+			}()
 		}
 		return nil
 	}
@@ -315,12 +322,144 @@ func Convert(ctx context.Context, src, dst, dstFormat string, opts ...ConvertOpt
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("convert %s: %w", absSrc, err)
 		}
+		if hashDone != nil {
+			err := <-hashDone
+			hashDone = nil
+			if err != nil {
+				return fmt.Errorf("convert %s: %w", absSrc, err)
+			}
+		}
 		return nil
 	}))
 	if err != nil {
 		return err
 	}
 	progress(total, total)
+	return nil
+}
+
+// CopyRaw writes src (a raw, qcow2, vmdk, vpc or vhdx image without a
+// backing file, as Convert takes) as a raw image into dst, a file of src's
+// virtual size holding only zeros (a new, truncated one) that the caller
+// created, then truncates dst to that size. Unlike Convert it writes in
+// place, with no temporary file and no fsync: it is for scratch copies
+// (the builder's working copy, which has loop devices attached before it
+// is written; see AttachSpare), made durable, if kept, by the caller.
+// Holes and all-zero blocks are not written.
+func CopyRaw(ctx context.Context, src string, dst *os.File, opts ...ConvertOption) error {
+	var cfg convertConfig
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if cfg.srcFormat == "vhd" {
+		cfg.srcFormat = "vpc"
+	}
+	if cfg.srcFormat != "" && !sourceFormats[cfg.srcFormat] {
+		return fmt.Errorf("copy: unknown source format %q (want one of %s)", cfg.srcFormat, formatList(sourceFormats))
+	}
+	absSrc, err := filepath.Abs(src)
+	if err != nil {
+		return err
+	}
+	info, err := checkSource(ctx, absSrc, cfg.srcFormat)
+	if err != nil {
+		return err
+	}
+	switch {
+	case cfg.srcSum == nil:
+		err = cfg.write(ctx, dst, absSrc, info, "raw", true)
+	case info.Format == "raw":
+		h := sha256.New()
+		err = sparseCopy(ctx, dst, absSrc, cfg.progress, h)
+		*cfg.srcSum = hex.EncodeToString(h.Sum(nil))
+	default:
+		// qemu-img and the hash read the source side by side; the page
+		// cache serves the slower of the two.
+		var sumErr error
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			*cfg.srcSum, sumErr = SHA256File(ctx, absSrc, nil)
+		}()
+		err = cfg.write(ctx, dst, absSrc, info, "raw", true)
+		<-done
+		if err == nil {
+			err = sumErr
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if err := dst.Truncate(info.VirtualSize); err != nil {
+		return fmt.Errorf("copy %s: %w", absSrc, err)
+	}
+	if cfg.progress != nil {
+		cfg.progress(info.VirtualSize, info.VirtualSize)
+	}
+	return nil
+}
+
+// checkSource inspects absSrc (format given, or probed when "") and refuses
+// formats Convert does not read and images that read another file.
+func checkSource(ctx context.Context, absSrc, srcFormat string) (ImageInfo, error) {
+	info, err := inspect(ctx, absSrc, srcFormat)
+	if err != nil {
+		return ImageInfo{}, fmt.Errorf("convert: %w", err)
+	}
+	if !sourceFormats[info.Format] {
+		return ImageInfo{}, fmt.Errorf("convert %s: source format %q is not accepted (want one of %s)", absSrc, info.Format, formatList(sourceFormats))
+	}
+	if info.BackingFile != "" {
+		return ImageInfo{}, fmt.Errorf("convert %s: refusing an image that reads another file (%s)", absSrc, info.BackingFile)
+	}
+	return info, nil
+}
+
+// write fills f with absSrc as dstFormat: the sparse copy in Go for raw to
+// raw, else qemu-img convert. inPlace says f holds zeros already and must
+// not be recreated (qemu-img -n --target-is-zero). qemu-img's own flushes
+// are turned off (-t unsafe): the callers fsync the file themselves, once,
+// or do not need it on disk (a scratch copy).
+func (cfg *convertConfig) write(ctx context.Context, f *os.File, absSrc string, info ImageInfo, dstFormat string, inPlace bool) error {
+	progress := cfg.progress
+	if progress == nil {
+		progress = func(int64, int64) {}
+	}
+	if info.Format == "raw" && dstFormat == "raw" {
+		return SparseCopy(ctx, f, absSrc, progress)
+	}
+	args := []string{"convert", "-f", info.Format, "-t", "unsafe"}
+	if inPlace {
+		args = append(args, "-n", "--target-is-zero")
+	}
+	switch dstFormat {
+	case "raw":
+		args = append(args, "-O", "raw")
+	case "qcow2":
+		args = append(args, "-O", "qcow2")
+		if !inPlace {
+			args = append(args, "-o", "compat=1.1")
+		}
+		if cfg.compression {
+			args = append(args, "-c")
+		}
+	case "vmdk":
+		args = append(args, "-O", "vmdk", "-o", "subformat=streamOptimized")
+	case "vhd":
+		args = append(args, "-O", "vpc", "-o", "subformat=fixed,force_size=on")
+	}
+	var pw *progressWriter
+	if cfg.progress != nil {
+		args = append(args, "-p")
+		pw = &progressWriter{total: info.VirtualSize, fn: progress}
+	}
+	args = append(args, absSrc, f.Name())
+	if _, err := qemuImg(ctx, pw, args...); err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("convert %s: %w", absSrc, ctx.Err())
+		}
+		return fmt.Errorf("convert %s: %w", absSrc, err)
+	}
 	return nil
 }
 
@@ -415,14 +554,23 @@ func SHA256File(ctx context.Context, path string, progress func(done, total int6
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return "", fmt.Errorf("sha256 %s: %w", path, err)
 	}
+	sum, err := sha256Reader(ctx, f, progress, total)
+	if err != nil {
+		return "", fmt.Errorf("sha256 %s: %w", path, err)
+	}
+	return sum, nil
+}
+
+// sha256Reader hashes r to its end in 1 MiB reads; see SHA256File.
+func sha256Reader(ctx context.Context, r io.Reader, progress func(done, total int64), total int64) (string, error) {
 	h := sha256.New()
 	buf := make([]byte, mib)
 	var done int64
 	for {
 		if err := ctx.Err(); err != nil {
-			return "", fmt.Errorf("sha256 %s: %w", path, err)
+			return "", err
 		}
-		n, err := f.Read(buf)
+		n, err := r.Read(buf)
 		if n > 0 {
 			h.Write(buf[:n])
 			done += int64(n)
@@ -434,7 +582,7 @@ func SHA256File(ctx context.Context, path string, progress func(done, total int6
 			break
 		}
 		if err != nil {
-			return "", fmt.Errorf("sha256 %s: %w", path, err)
+			return "", err
 		}
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil

@@ -61,6 +61,73 @@ func AttachRange(ctx context.Context, imagePath string, offset, size int64, read
 	return &Loop{Device: dev, Image: abs, Offset: offset, SizeLimit: size, ReadOnly: readOnly}, nil
 }
 
+// AttachSpare attaches the whole of imagePath, read-write, to a loop device
+// that is meant to be moved later, with Repoint, to a partition: a spare.
+// Why: since the fix for a lockdep report in 2025 (Linux 6.15, backported
+// to the stable kernels), attaching a loop device fsyncs its backing file,
+// so attaching after writing a scratch image pays a full write of it to
+// disk; moving an attached device (LOOP_SET_STATUS64) does not. A build
+// attaches its spares to the empty working copy, then fills it.
+// The device is also made write-through (below), best effort.
+func AttachSpare(ctx context.Context, imagePath string) (*Loop, error) {
+	abs, err := canonical(imagePath)
+	if err != nil {
+		return nil, err
+	}
+	st, err := os.Stat(abs)
+	if err != nil {
+		return nil, fmt.Errorf("attach %s: %w", abs, err)
+	}
+	l, err := AttachRange(ctx, abs, 0, st.Size(), false)
+	if err != nil {
+		return nil, err
+	}
+	l.writeThrough()
+	return l, nil
+}
+
+// writeThrough tells the block layer that the loop device has no volatile
+// cache, so that the flushes of the filesystem mounted on it (a journal
+// commit, the unmount) are dropped instead of becoming an fsync of the
+// whole backing file: a working copy is made durable once, at the end, by
+// whoever keeps it. Best effort: where /sys is read-only the flushes stay,
+// which costs time, not correctness.
+func (l *Loop) writeThrough() {
+	name := filepath.Base(l.Device)
+	os.WriteFile(filepath.Join("/sys/block", name, "queue/write_cache"), []byte("write through"), 0)
+}
+
+// Repoint moves the loop device to size bytes at offset of its image
+// (LOOP_SET_STATUS64; unlike attaching, this does not fsync the image) and
+// drops what the device had cached of its old range (BLKFLSBUF), so that
+// readers see the image as it is now, written after the attach.
+func (l *Loop) Repoint(offset, size int64) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.detached {
+		return fmt.Errorf("repoint %s: detached", l.Device)
+	}
+	f, err := os.OpenFile(l.Device, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("repoint %s: %w", l.Device, err)
+	}
+	defer f.Close()
+	fd := int(f.Fd())
+	info, err := unix.IoctlLoopGetStatus64(fd)
+	if err != nil {
+		return fmt.Errorf("repoint %s: LOOP_GET_STATUS64: %w", l.Device, err)
+	}
+	info.Offset, info.Sizelimit = uint64(offset), uint64(size)
+	if err := unix.IoctlLoopSetStatus64(fd, info); err != nil {
+		return fmt.Errorf("repoint %s to %d bytes at offset %d of %s: LOOP_SET_STATUS64: %w", l.Device, size, offset, l.Image, err)
+	}
+	l.Offset, l.SizeLimit = offset, size
+	if err := unix.IoctlSetInt(fd, unix.BLKFLSBUF, 0); err != nil {
+		return fmt.Errorf("repoint %s: BLKFLSBUF: %w", l.Device, err)
+	}
+	return nil
+}
+
 // Detach detaches the loop device. It is idempotent, and it detaches only
 // if the device is still backed by our image at our offset (a detached
 // device number may have been reused by someone else). A mounted loop is

@@ -229,3 +229,118 @@ func TestUnderAndUnescape(t *testing.T) {
 		t.Errorf("unescape %q", got)
 	}
 }
+
+// TestTrackerSpares: spares attached to an empty image, which is written
+// only afterwards, show the written partitions once handed out (nothing
+// stale from before the write), writes through them reach the image, and
+// the spares nobody took are detached.
+func TestTrackerSpares(t *testing.T) {
+	fixture.NeedRoot(t)
+	src, tab := buildGPTDisk(t)
+	ctx := context.Background()
+	st, err := os.Stat(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(t.TempDir(), "work.raw")
+	f, err := os.Create(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Truncate(st.Size()); err != nil {
+		t.Fatal(err)
+	}
+	var tr Tracker
+	defer tr.Release()
+	if err := tr.Reserve(ctx, img, 3); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(tr.Loops()); n != 3 {
+		t.Fatalf("%d loops after Reserve(3)", n)
+	}
+	// Read the start of each spare while the image is all zeros (as udev's
+	// probe would): a cache kept across the move would show zeros where the
+	// moved device's filesystem starts.
+	for _, l := range tr.Loops() {
+		d, err := os.Open(l.Device)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := make([]byte, 1<<20)
+		if _, err := d.ReadAt(b, 0); err != nil {
+			t.Fatal(err)
+		}
+		d.Close()
+	}
+	if err := SparseCopy(ctx, f, src, nil); err != nil {
+		t.Fatal(err)
+	}
+	root, boot := tab.Partitions[2], tab.Partitions[1]
+	lr, err := tr.AttachPartition(ctx, img, root, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lb, err := tr.AttachPartition(ctx, img, boot, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(tr.Loops()); n != 3 {
+		t.Errorf("%d loops: the attaches did not take the spares", n)
+	}
+	loops, err := ListLoopsFor(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	offsets := map[string]int64{}
+	for _, l := range loops {
+		offsets[l.Device] = l.Offset
+	}
+	if offsets[lr.Device] != root.Start || offsets[lb.Device] != boot.Start {
+		t.Errorf("loops %+v; want %s at %d and %s at %d", loops, lr.Device, root.Start, lb.Device, boot.Start)
+	}
+	dev, _ := os.Open(lr.Device)
+	fs, err := Probe(dev, 0, root.Size)
+	dev.Close()
+	if err != nil || fs.UUID != rootUUID {
+		t.Errorf("probe of the moved %s: %+v %v", lr.Device, fs, err)
+	}
+	if err := tr.DropSpares(); err != nil {
+		t.Fatal(err)
+	}
+	if loops, _ := ListLoopsFor(img); len(loops) != 2 {
+		t.Errorf("after DropSpares: %+v", loops)
+	}
+	mnt := filepath.Join(t.TempDir(), "mnt")
+	if err := tr.Mount(ctx, lr.Device, mnt, "ext4"); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(mnt, "marker")); string(b) != "hello from root\n" {
+		t.Errorf("marker: %q %v", b, err)
+	}
+	if err := os.WriteFile(filepath.Join(mnt, "written"), []byte("through the spare\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tr.Release(); err != nil {
+		t.Fatal(err)
+	}
+	noLoopsLeft(t, img)
+	// The write reached the image: mount it again from a fresh loop.
+	l, err := AttachPartition(ctx, img, root, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Detach()
+	if err := Mount(ctx, l.Device, mnt, "ext4", "ro"); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(mnt, "written"))
+	Unmount(mnt)
+	if string(b) != "through the spare\n" {
+		t.Errorf("written file: %q %v", b, err)
+	}
+	if err := l.Detach(); err != nil {
+		t.Fatal(err)
+	}
+	noLoopsLeft(t, img)
+}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash"
 	"os"
 	"runtime"
 	"syscall"
@@ -23,6 +24,13 @@ const (
 // src's size at the end. progress, if not nil, is called with the bytes
 // done and src's size as the copy goes. ctx's end stops it.
 func SparseCopy(ctx context.Context, dst *os.File, src string, progress func(done, total int64)) error {
+	return sparseCopy(ctx, dst, src, progress, nil)
+}
+
+// sparseCopy is SparseCopy that also feeds every byte of src to h when h
+// is not nil: what it reads, and zeros for the holes it skips (which read
+// as zeros), so that h ends as the hash of the whole file from one read.
+func sparseCopy(ctx context.Context, dst *os.File, src string, progress func(done, total int64), h hash.Hash) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return fmt.Errorf("sparse copy: %w", err)
@@ -55,6 +63,11 @@ func SparseCopy(ctx context.Context, dst *os.File, src string, progress func(don
 			}
 			d = min(d, size)
 			if d > off {
+				if h != nil {
+					for z := off; z < d; z += mib {
+						h.Write(zero[:min(mib, d-z)])
+					}
+				}
 				off = d
 				progress(off, size)
 				continue
@@ -70,6 +83,9 @@ func SparseCopy(ctx context.Context, dst *os.File, src string, progress func(don
 			n := min((off/mib+1)*mib, dataEnd) - off
 			if _, err := in.ReadAt(buf[:n], off); err != nil {
 				return fmt.Errorf("sparse copy: read %s at %d: %w", src, off, err)
+			}
+			if h != nil {
+				h.Write(buf[:n])
 			}
 			if !bytes.Equal(buf[:n], zero[:n]) {
 				if _, err := dst.WriteAt(buf[:n], off); err != nil {

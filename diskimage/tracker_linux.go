@@ -18,6 +18,7 @@ import (
 type Tracker struct {
 	mu     sync.Mutex
 	loops  []*Loop
+	spares []*Loop // attached by Reserve, not handed out yet (also in loops)
 	mounts []trackedMount
 	// Log, if set, receives one line per action Release takes.
 	Log func(string)
@@ -28,8 +29,35 @@ type trackedMount struct {
 	released              bool
 }
 
-// AttachPartition attaches part of imagePath and records the loop.
+// Reserve attaches n spare loop devices to the whole of imagePath (see
+// AttachSpare), for later read-write AttachPartition calls on that image:
+// call it while the image is still empty, before writing it.
+func (t *Tracker) Reserve(ctx context.Context, imagePath string, n int) error {
+	for i := 0; i < n; i++ {
+		l, err := AttachSpare(ctx, imagePath)
+		if err != nil {
+			return err
+		}
+		t.mu.Lock()
+		t.loops = append(t.loops, l)
+		t.spares = append(t.spares, l)
+		t.mu.Unlock()
+	}
+	return nil
+}
+
+// AttachPartition attaches part of imagePath and records the loop. A
+// read-write attach takes a spare of that image (Reserve) when one is left,
+// moved to the partition; otherwise it attaches a new loop device.
 func (t *Tracker) AttachPartition(ctx context.Context, imagePath string, part Partition, readOnly bool) (*Loop, error) {
+	if !readOnly {
+		if l := t.takeSpare(imagePath); l != nil {
+			if err := l.Repoint(part.Start, part.Size); err != nil {
+				return nil, fmt.Errorf("attach partition %d: %w", part.Number, err)
+			}
+			return l, nil
+		}
+	}
 	l, err := AttachPartition(ctx, imagePath, part, readOnly)
 	if err != nil {
 		return nil, err
@@ -38,6 +66,38 @@ func (t *Tracker) AttachPartition(ctx context.Context, imagePath string, part Pa
 	t.loops = append(t.loops, l)
 	t.mu.Unlock()
 	return l, nil
+}
+
+// takeSpare removes and returns a spare attached to imagePath, or nil.
+func (t *Tracker) takeSpare(imagePath string) *Loop {
+	abs, err := canonical(imagePath)
+	if err != nil {
+		return nil
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for i, l := range t.spares {
+		if l.Image == abs {
+			t.spares = append(t.spares[:i], t.spares[i+1:]...)
+			return l
+		}
+	}
+	return nil
+}
+
+// DropSpares detaches the spares no AttachPartition took.
+func (t *Tracker) DropSpares() error {
+	t.mu.Lock()
+	spares := t.spares
+	t.spares = nil
+	t.mu.Unlock()
+	var errs []error
+	for _, l := range spares {
+		if err := l.Detach(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Mount mounts and records the mount; image names the disk image behind
@@ -145,6 +205,7 @@ func (t *Tracker) Release() ([]string, error) {
 		}
 		say(fmt.Sprintf("detached %s (%s at offset %d)", l.Device, l.Image, l.Offset))
 	}
+	t.spares = nil
 	if len(errs) > 0 {
 		return report, fmt.Errorf("release: %w", errors.Join(errs...))
 	}

@@ -14,13 +14,21 @@
 # socat: a QEMU guest's guestfwd to the catalog runs it per connection
 # (a tcp: guestfwd is one connection for the VM's life, which the catalog's
 # handshake timeout closes before the guest speaks).
+# `deps.sh bench` installs only what make bench needs beyond that:
+# guestfs-tools, for virt-customize, the builder bench's comparison (it
+# pulls libguestfs and its appliance's packages, so make test and make
+# example do not install it).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-pkgs=(kmod openssl xz-utils zstd gzip make gcc libc6-dev dpkg-dev ca-certificates time
-	mmdebstrap cpio lz4 bzip2 qemu-system-x86 qemu-utils
-	fdisk gdisk e2fsprogs util-linux dosfstools xfsprogs btrfs-progs mtools
-	openssh-server openssh-client qemu-user-static docker-registry curl
-	libdqlite-dev libraft-dev libsqlite3-dev socat)
+if [ "${1:-}" = bench ]; then
+	pkgs=(guestfs-tools)
+else
+	pkgs=(kmod openssl xz-utils zstd gzip make gcc libc6-dev dpkg-dev ca-certificates time
+		mmdebstrap cpio lz4 bzip2 qemu-system-x86 qemu-utils
+		fdisk gdisk e2fsprogs util-linux dosfstools xfsprogs btrfs-progs mtools
+		openssh-server openssh-client qemu-user-static docker-registry curl
+		libdqlite-dev libraft-dev libsqlite3-dev socat)
+fi
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

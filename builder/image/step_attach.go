@@ -48,7 +48,9 @@ func (s *stepAttach) Run(ctx context.Context, state multistep.StateBag) multiste
 		u.Message(fmt.Sprintf("partition %d: %s %s %s %s", p.Number, humanBytes(p.Size), p.TypeName(), fs.Type, fs.Label))
 	}
 
-	b.tracker = &diskimage.Tracker{}
+	if b.tracker == nil { // source_rootfs: stepSource reserved nothing
+		b.tracker = &diskimage.Tracker{}
+	}
 	root, how, err := diskimage.ChooseRoot(t, diskimage.RootOptions{
 		Number: b.cfg.RootPartition,
 		Probes: b.probes,

@@ -26,6 +26,13 @@ type stepMountFstab struct{}
 func (s *stepMountFstab) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
 	b, u := get(state), ui(state)
 	start := time.Now()
+	// The loop devices stepSource reserved and no mount took are not
+	// needed past this step.
+	defer func() {
+		if err := b.tracker.DropSpares(); err != nil {
+			u.Error(fmt.Sprintf("detach spare loop devices: %v", err))
+		}
+	}()
 	required := map[string]bool{}
 	for _, m := range b.cfg.RequiredMounts {
 		required[filepath.Clean(m)] = true

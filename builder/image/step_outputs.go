@@ -32,6 +32,8 @@ func (s *stepOutputs) Run(ctx context.Context, state multistep.StateBag) multist
 		return filepath.Join(cfg.OutputDir, cfg.OutputName+diskimage.OutputFormats[format])
 	}
 	wantRaw := false
+	// Each output's sha256 is computed while the output is fsynced.
+	sums := map[string]string{}
 	for _, f := range cfg.OutputFormats {
 		if f == "raw" {
 			wantRaw = true
@@ -39,20 +41,38 @@ func (s *stepOutputs) Run(ctx context.Context, state multistep.StateBag) multist
 		}
 		out := dst(f)
 		u.Say(fmt.Sprintf("Writing %s...", out))
-		opts := []diskimage.ConvertOption{diskimage.WithSourceFormat("raw"), diskimage.WithProgress(progress(u, f))}
+		var sum string
+		opts := []diskimage.ConvertOption{diskimage.WithSourceFormat("raw"), diskimage.WithProgress(progress(u, f)),
+			diskimage.WithSHA256(&sum)}
 		if f == "qcow2" && cfg.QcowCompress {
 			opts = append(opts, diskimage.WithCompression(true))
 		}
 		if err := diskimage.Convert(ctx, b.workImage, out, f, opts...); err != nil {
 			return halt(state, "output %s: %v", out, err)
 		}
+		sums[f] = sum
 	}
 	if wantRaw {
 		out := dst("raw")
 		u.Say(fmt.Sprintf("Writing %s...", out))
-		if err := syncFile(b.workImage); err != nil {
+		type hashed struct {
+			sum string
+			err error
+		}
+		hc := make(chan hashed, 1)
+		go func() {
+			sum, err := diskimage.SHA256File(ctx, b.workImage, nil)
+			hc <- hashed{sum, err}
+		}()
+		err := syncFile(b.workImage)
+		h := <-hc
+		if err == nil {
+			err = h.err
+		}
+		if err != nil {
 			return halt(state, "output %s: %v", out, err)
 		}
+		sums["raw"] = h.sum
 		if err := os.Rename(b.workImage, out); err != nil {
 			return halt(state, "output %s: %v", out, err)
 		}
@@ -64,12 +84,8 @@ func (s *stepOutputs) Run(ctx context.Context, state multistep.StateBag) multist
 	b.checksums = map[string]string{}
 	for _, f := range cfg.OutputFormats {
 		out := dst(f)
-		sum, err := diskimage.SHA256File(ctx, out, nil)
-		if err != nil {
-			return halt(state, "checksum %s: %v", out, err)
-		}
 		b.outputs = append(b.outputs, out)
-		b.checksums[filepath.Base(out)] = sum
+		b.checksums[filepath.Base(out)] = sums[f]
 	}
 	if b.manifest != "" {
 		out := filepath.Join(cfg.OutputDir, cfg.OutputName+"-manifest.json")

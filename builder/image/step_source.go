@@ -16,7 +16,14 @@ import (
 // checked against source_checksum and converted (or sparse-copied), or a new
 // GPT disk made from source_rootfs. The source is only ever read.
 //
-// Consumes: config, build.workImage. Produces: the file at build.workImage.
+// The copy of a source_image is a scratch file, never fsynced here: the
+// loop devices the build will mount its partitions from are attached to it
+// while it is still empty (Tracker.Reserve: attaching one later would fsync
+// the whole copy), and made write-through, so that nothing writes it to
+// disk unless a raw output keeps it (stepOutputs syncs that).
+//
+// Consumes: config, build.workImage. Produces: the file at build.workImage,
+// build.tracker (holding the spare loop devices).
 type stepSource struct{}
 
 func (s *stepSource) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
@@ -52,32 +59,80 @@ func (s *stepSource) Run(ctx context.Context, state multistep.StateBag) multiste
 	} else if format != info.Format {
 		return halt(state, "source_format is %s but qemu-img reads %s as %s", format, cfg.SourceImage, info.Format)
 	}
+	opts := []diskimage.ConvertOption{diskimage.WithSourceFormat(format), diskimage.WithProgress(progress(u, "copy"))}
+	var got string
 	if cfg.SourceChecksum != "" {
-		want, _ := parseChecksum(cfg.SourceChecksum)
-		u.Say(fmt.Sprintf("Verifying the checksum of %s...", cfg.SourceImage))
-		got, err := diskimage.SHA256File(ctx, cfg.SourceImage, progress(u, "sha256"))
-		if err != nil {
-			return halt(state, "source_checksum: %v", err)
-		}
-		if got != want {
-			return halt(state, "source_checksum: %s has sha256 %s, want %s", cfg.SourceImage, got, want)
-		}
+		// Hashed by the copy's own read of the source, checked before
+		// anything uses the copy.
+		u.Say(fmt.Sprintf("Verifying the checksum of %s while copying it...", cfg.SourceImage))
+		opts = append(opts, diskimage.WithSourceSHA256(&got))
 	}
 	u.Say(fmt.Sprintf("Making a raw working copy of %s (%s, %s)...", cfg.SourceImage, format, humanBytes(info.VirtualSize)))
-	err = diskimage.Convert(ctx, cfg.SourceImage, b.workImage, "raw",
-		diskimage.WithSourceFormat(format), diskimage.WithProgress(progress(u, "copy")))
+	f, err := os.OpenFile(b.workImage, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
+		return halt(state, "working copy: %v", err)
+	}
+	defer f.Close()
+	if err := f.Truncate(info.VirtualSize); err != nil {
+		return halt(state, "working copy: %v", err)
+	}
+	b.tracker = &diskimage.Tracker{}
+	if err := b.tracker.Reserve(ctx, b.workImage, spareLoops(cfg.SourceImage, format)); err != nil {
+		return halt(state, "working copy: %v", err)
+	}
+	if err := diskimage.CopyRaw(ctx, cfg.SourceImage, f, opts...); err != nil {
 		return halt(state, "source_image %s: %v", cfg.SourceImage, err)
+	}
+	if want, _ := parseChecksum(cfg.SourceChecksum); cfg.SourceChecksum != "" && got != want {
+		return halt(state, "source_checksum: %s has sha256 %s, want %s", cfg.SourceImage, got, want)
+	}
+	if err := f.Close(); err != nil {
+		return halt(state, "working copy: %v", err)
 	}
 	u.Message(fmt.Sprintf("Working copy ready in %v", time.Since(start).Round(time.Millisecond)))
 	b.since("source", start)
 	return multistep.ActionContinue
 }
 
-// Cleanup removes the working copy (the preflight step removes its folder).
+// spareLoops is how many loop devices to reserve before the copy: one per
+// partition holding a filesystem (the root and what its fstab may mount),
+// read from a raw source's partition table. Other formats are read by
+// qemu-img only, so three are guessed (root, /boot, the ESP). A mount
+// beyond them attaches a new device, which fsyncs the working copy:
+// slower, not wrong. Those no mount takes are detached after the mounts.
+func spareLoops(source, format string) int {
+	const guess, most = 3, 8
+	if format != "raw" {
+		return guess
+	}
+	f, err := os.Open(source)
+	if err != nil {
+		return guess
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return guess
+	}
+	t, err := diskimage.ReadTable(f, st.Size())
+	if err != nil {
+		return 1 // stepAttach reports the table; the root needs one
+	}
+	n := 0
+	for _, fs := range diskimage.ProbeAll(f, t) {
+		if fs.Type != "" {
+			n++
+		}
+	}
+	return min(max(n, 1), most)
+}
+
+// Cleanup releases the loop devices (a failed copy leaves its spares; the
+// attach step's Cleanup, which normally does it, runs first) and removes
+// the working copy (the preflight step removes its folder).
 func (s *stepSource) Cleanup(state multistep.StateBag) {
 	b := get(state)
-	if b.workImage == "" {
+	if release(state) != nil || b.workImage == "" {
 		return
 	}
 	if loops, _ := diskimage.ListLoopsFor(b.workImage); len(loops) > 0 {

@@ -34,6 +34,7 @@ func main() {
 	packer := flag.String("packer", "bin/packer", "Packer binary (make packer), for the builder and provisioner benches")
 	plugin := flag.String("plugin", "bin/packer-plugin-kmod", "plugin binary (make plugin), for the builder and provisioner benches")
 	builderRuns := flag.Int("builder-runs", 3, "packer builds (and anchor runs) in the builder bench; the median is reported")
+	virtRuns := flag.Int("virt-customize-runs", 1, "timed virt-customize runs in the builder bench (after an untimed warm-up); the median is reported")
 	provisionerRuns := flag.Int("provisioner-runs", 3, "packer builds (and anchor runs) in the provisioner bench; the median is reported")
 	oras := flag.String("oras", "bin/oras", "oras binary (make oras), for the bundle bench")
 	bundleMods := flag.Int("bundle-modules", 50, "modules in the bundle bench")
@@ -81,7 +82,7 @@ func main() {
 		must(err)
 		pl, err := filepath.Abs(*plugin)
 		must(err)
-		benchBuilder(p, pl, filepath.Join(*fixtures, "cloudimg/debian12.raw"), *builderRuns)
+		benchBuilder(p, pl, *fixtures, filepath.Join(*fixtures, "cloudimg/debian12.raw"), *builderRuns, *virtRuns)
 	}
 	if want("provisioner") {
 		p, err := filepath.Abs(*packer)
