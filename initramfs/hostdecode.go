@@ -8,6 +8,8 @@ import (
 	"os/exec"
 	"syscall"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/kmodctl/packer-plugin-kmod/compress"
 )
 
@@ -59,6 +61,7 @@ type hostDecoder struct {
 
 func startHostDecoder(b []byte, f compress.Format) *hostDecoder {
 	var tool string
+	args := []string{"-dcq"}
 	var n int64
 	var err error
 	switch f {
@@ -67,6 +70,9 @@ func startHostDecoder(b []byte, f compress.Format) *hostDecoder {
 		n, err = compress.ZstdFrameLen(b)
 	case compress.XZ:
 		tool = "xz"
+		// -T0: the blocks of a multi-block stream (xz -T0 writes them,
+		// initramfs-tools uses it) are decoded on all cores.
+		args = append(args, "-T0")
 		n, err = compress.XZStreamLen(b)
 	default:
 		return nil
@@ -81,7 +87,7 @@ func startHostDecoder(b []byte, f compress.Format) *hostDecoder {
 	h := &hostDecoder{src: b[:n], f: f}
 	// An empty environment: XZ_OPT, XZ_DEFAULTS and ZSTD_* cannot change
 	// what the tool does. -q: no warnings on stderr for the caller.
-	h.cmd = &exec.Cmd{Path: path, Args: []string{tool, "-dcq"}, Env: []string{},
+	h.cmd = &exec.Cmd{Path: path, Args: append([]string{tool}, args...), Env: []string{},
 		Stdin: bytes.NewReader(h.src), Stderr: &limitedBuffer{b: &h.stderr, left: 4 << 10},
 		SysProcAttr: &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}}
 	out, err := h.cmd.StdoutPipe()
@@ -92,6 +98,9 @@ func startHostDecoder(b []byte, f compress.Format) *hostDecoder {
 		return nil
 	}
 	h.out = out.(*os.File)
+	// A 1 MiB pipe instead of 64 KiB: the tool and the reader switch 16
+	// times less often. Best effort (pipe-max-size may be lower).
+	_, _ = unix.FcntlInt(h.out.Fd(), unix.F_SETPIPE_SZ, 1<<20)
 	return h
 }
 
