@@ -60,6 +60,12 @@ type hostDecoder struct {
 }
 
 func startHostDecoder(b []byte, f compress.Format) *hostDecoder {
+	return startHostDecoderTo(b, f, nil)
+}
+
+// startHostDecoderTo starts the tool with its output to a pipe, or to the
+// file output returns (nil: a pipe).
+func startHostDecoderTo(b []byte, f compress.Format, output func() (*os.File, error)) *hostDecoder {
 	var tool string
 	args := []string{"-dcq"}
 	var n int64
@@ -90,6 +96,19 @@ func startHostDecoder(b []byte, f compress.Format) *hostDecoder {
 	h.cmd = &exec.Cmd{Path: path, Args: append([]string{tool}, args...), Env: []string{},
 		Stdin: bytes.NewReader(h.src), Stderr: &limitedBuffer{b: &h.stderr, left: 4 << 10},
 		SysProcAttr: &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}}
+	if output != nil {
+		out, err := output()
+		if err != nil {
+			return nil
+		}
+		h.cmd.Stdout = out
+		if err := h.cmd.Start(); err != nil {
+			out.Close()
+			return nil
+		}
+		h.out = out
+		return h
+	}
 	out, err := h.cmd.StdoutPipe()
 	if err != nil {
 		return nil
@@ -191,3 +210,66 @@ func (l *limitedBuffer) Write(p []byte) (int, error) {
 	}
 	return len(p), nil
 }
+
+// hostDecodeToMemory decodes the zstd or xz unit at the start of b with the
+// host's tool into a memory file and maps it, for Inject, which keeps the
+// whole stream: the tool writes it once and it is read in place, instead of
+// going through a pipe and being copied into a buffer. The file cannot grow
+// past limit+1 bytes (sealed), so a bomb stops the tool. It returns nil
+// when the tool is missing, fails or writes more than limit bytes; the
+// caller then decodes the unit the usual way (errors are the library's).
+func hostDecodeToMemory(b []byte, f compress.Format, limit int64) *mappedUnit {
+	h := startHostDecoderTo(b, f, func() (*os.File, error) {
+		fd, err := unix.MemfdCreate("kmodctl-initramfs", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+		if err != nil {
+			return nil, err
+		}
+		mf := os.NewFile(uintptr(fd), "kmodctl-initramfs")
+		if err := mf.Truncate(limit + 1); err != nil {
+			mf.Close()
+			return nil, err
+		}
+		if _, err := unix.FcntlInt(mf.Fd(), unix.F_ADD_SEALS, unix.F_SEAL_GROW|unix.F_SEAL_SHRINK); err != nil {
+			mf.Close()
+			return nil, err
+		}
+		return mf, nil
+	})
+	if h == nil {
+		return nil
+	}
+	mf := h.out
+	defer mf.Close()
+	if err := h.cmd.Wait(); err != nil {
+		return nil
+	}
+	// The tool shared the file's offset: it is the stream's length.
+	n, err := mf.Seek(0, io.SeekCurrent)
+	if err != nil || n > limit {
+		return nil
+	}
+	m := &mappedUnit{n: h.Len(), release: func() {}}
+	if n > 0 {
+		// Populated: one call maps every page instead of a fault per page.
+		data, err := unix.Mmap(int(mf.Fd()), 0, int(n), unix.PROT_READ, unix.MAP_SHARED|unix.MAP_POPULATE)
+		if err != nil {
+			return nil
+		}
+		m.data = data
+		m.release = func() { unix.Munmap(data) }
+	}
+	m.r = bytes.NewReader(m.data)
+	return m
+}
+
+// mappedUnit is a unit decoded into memory by hostDecodeToMemory.
+type mappedUnit struct {
+	data    []byte
+	r       *bytes.Reader
+	n       int64
+	release func()
+}
+
+func (m *mappedUnit) Read(p []byte) (int, error) { return m.r.Read(p) }
+func (m *mappedUnit) Len() int64                 { return m.n }
+func (m *mappedUnit) Close() error               { return nil }

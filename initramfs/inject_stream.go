@@ -71,8 +71,9 @@ func (a *anonBuffer) free() {
 // Inject's model takes its bodies from them instead of decoding every
 // segment a second time.
 type streamKeeper struct {
-	bufs    []*anonBuffer
-	streams map[int][]byte
+	bufs     []*anonBuffer
+	releases []func() // of mapped streams
+	streams  map[int][]byte
 }
 
 // keepStreams makes Open keep each compressed segment's stream in k; the
@@ -108,6 +109,14 @@ func (k *streamKeeper) finish(seg int, w *keptStream, size int64) {
 	k.streams[seg] = w.b[:w.n:w.n]
 }
 
+// finishMapped records segment seg's stream decoded into memory.
+func (k *streamKeeper) finishMapped(seg int, data []byte) {
+	if k.streams == nil {
+		k.streams = map[int][]byte{}
+	}
+	k.streams[seg] = data[:len(data):len(data)]
+}
+
 // stream is segment seg's kept stream, or nil.
 func (k *streamKeeper) stream(seg int) []byte {
 	if k == nil {
@@ -124,7 +133,10 @@ func (k *streamKeeper) free() {
 	for _, b := range k.bufs {
 		b.free()
 	}
-	k.bufs, k.streams = nil, nil
+	for _, r := range k.releases {
+		r()
+	}
+	k.bufs, k.releases, k.streams = nil, nil, nil
 }
 
 // keptStream copies a stream into its buffer, dropping it (over) when it

@@ -167,15 +167,26 @@ func (s *scanner) scanUnit(off int64) (int64, error) {
 	}
 	seg := len(im.Segments)
 	im.Segments = append(im.Segments, Segment{Offset: off, Compression: f})
-	u, err := newUnitDecoder(b, f)
-	if err != nil {
-		return 0, im.segErr(seg, "", err)
+	left := im.limits.MaxTotal - s.total
+	var u unitDecoder
+	var mapped *mappedUnit
+	if s.keep != nil {
+		// Kept whole: decoded into memory by the host's tool where it can.
+		if mapped = hostDecodeToMemory(b, f, left); mapped != nil {
+			s.keep.releases = append(s.keep.releases, mapped.release)
+			u = mapped
+		}
+	}
+	if u == nil {
+		var err error
+		if u, err = newUnitDecoder(b, f); err != nil {
+			return 0, im.segErr(seg, "", err)
+		}
 	}
 	defer u.Close()
-	left := im.limits.MaxTotal - s.total
 	var src io.Reader = u
 	var kept *keptStream
-	if s.keep != nil {
+	if s.keep != nil && mapped == nil {
 		// Room for a 64-fold expansion of what is left of the image:
 		// initramfs content compresses 3-5 fold; a stream beyond that is
 		// decoded again by Inject rather than kept.
@@ -204,7 +215,9 @@ func (s *scanner) scanUnit(off int64) (int64, error) {
 	sg.Length = u.Len()
 	sg.Size = lr.n
 	s.total += lr.n
-	if s.keep != nil {
+	if mapped != nil {
+		s.keep.finishMapped(seg, mapped.data)
+	} else if s.keep != nil {
 		s.keep.finish(seg, kept, lr.n)
 	}
 	if sg.Length <= 0 || sg.Length > int64(len(b)) {
