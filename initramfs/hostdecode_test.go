@@ -59,6 +59,17 @@ func TestHostDecoder(t *testing.T) {
 			if err != nil || !bytes.Equal(got, data) || u.Len() != int64(len(unit)) {
 				t.Fatalf("host %s: %d bytes, err %v, len %d (want %d bytes, len %d)", f, len(got), err, u.Len(), len(data), len(unit))
 			}
+			// Into memory (Inject): the whole stream, or nothing past the
+			// limit.
+			m := hostDecodeToMemory(img, f, 8<<20)
+			if m == nil || !bytes.Equal(m.data, data) || m.Len() != int64(len(unit)) {
+				t.Fatalf("host %s into memory: %v", f, m)
+			}
+			m.release()
+			if m := hostDecodeToMemory(img, f, 1<<20); m != nil {
+				m.release()
+				t.Fatalf("host %s into memory: %d bytes kept past a limit of 1 MiB", f, len(m.data))
+			}
 			// A byte of the data flipped (past what fits a pipe's buffer):
 			// the check fails; what was delivered and the error are the
 			// library's.
