@@ -56,6 +56,7 @@ type Option func(*options) error
 type options struct {
 	limits Limits
 	name   string
+	keep   *streamKeeper // Inject: keep the decoded streams
 }
 
 // newOptions applies opts over DefaultLimits and the name name.
@@ -277,7 +278,7 @@ func (im *Image) SegmentReader(i int) (io.ReadCloser, error) {
 	if s.Compression == compress.None {
 		return io.NopCloser(&limitedReader{r: bytes.NewReader(im.SegmentBytes(i)), left: im.limits.MaxTotal, max: im.limits.MaxTotal}), nil
 	}
-	u, err := compress.NewUnitReader(im.data[s.Offset:], s.Compression)
+	u, err := newUnitDecoder(im.data[s.Offset:], s.Compression)
 	if err != nil {
 		return nil, im.segErr(i, "", err)
 	}
@@ -286,7 +287,7 @@ func (im *Image) SegmentReader(i int) (io.ReadCloser, error) {
 
 type unitStream struct {
 	limitedReader
-	u *compress.UnitReader
+	u unitDecoder
 }
 
 func (s *unitStream) Close() error { return s.u.Close() }

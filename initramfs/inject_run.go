@@ -35,6 +35,8 @@ type injection struct {
 	early       []byte
 	// raw holds the bytes of the uncompressed segments.
 	raw map[int][]byte
+	// pending is Append's output, being written since the start.
+	pending *pendingAppend
 }
 
 // plannedRecord is a record Inject adds, in the order it is written.
@@ -64,18 +66,19 @@ func (j *injection) run(imagePath string) error {
 	if j.cfg.limits != nil {
 		openOpts = append(openOpts, WithLimits(*j.cfg.limits))
 	}
-	// Open decodes every segment to index it and keeps no data; the first
-	// unit is decoded again for the model meanwhile, on another core.
-	var spec *speculation
-	{
-		limit := DefaultLimits.MaxTotal
-		if j.cfg.limits != nil && j.cfg.limits.MaxTotal > 0 {
-			limit = j.cfg.limits.MaxTotal
-		}
-		spec = speculate(imagePath, min(limit, 64*st.Size()+1<<20))
-		// The model's bodies may be slices of its buffer: freed last.
-		defer spec.release()
+	// Append's output starts with the image as it is: copy it (and flush
+	// the copy) while the image is decoded and the records planned.
+	if j.cfg.mode == Append {
+		pending := j.startAppend(imagePath)
+		j.pending = pending
+		defer pending.abort()
 	}
+	// Open decodes every segment once to index it and keeps the streams
+	// for the model.
+	keeper := &streamKeeper{}
+	// The model's bodies are slices of the streams: freed last.
+	defer keeper.free()
+	openOpts = append(openOpts, keepStreams(keeper))
 	im, err := Open(imagePath, openOpts...)
 	if err != nil {
 		return err
@@ -101,7 +104,7 @@ func (j *injection) run(imagePath string) error {
 		}
 	}
 	im.Close()
-	err = j.buildTree(spec, imagePath)
+	err = j.buildTree(keeper, imagePath)
 	if err != nil {
 		return err
 	}
@@ -119,16 +122,16 @@ func (j *injection) run(imagePath string) error {
 			return err
 		}
 	}
-	write := j.rewriteImage
+	var size int64
 	if j.cfg.mode == Append {
 		seg, err := j.appendArchive()
 		if err != nil {
 			return err
 		}
-		write = func(w *os.File) error { return j.appendImage(w, imagePath, seg) }
-	}
-	size, err := writeImage(imagePath, j.cfg.backup, write)
-	if err != nil {
+		if size, err = j.pending.finish(seg); err != nil {
+			return err
+		}
+	} else if size, err = writeImage(imagePath, j.cfg.backup, j.rewriteImage); err != nil {
 		return err
 	}
 	j.res.Backup = j.cfg.backup
@@ -166,9 +169,9 @@ func (j *injection) mergeStart() int {
 }
 
 // buildTree runs every record of the image through the model. Each
-// compressed segment is decompressed once into memory; the model's bodies
-// are slices of it (uncompressed segments: of the image's mapping).
-func (j *injection) buildTree(spec *speculation, imagePath string) error {
+// compressed segment's stream is the one Open decoded (keeper); the model's
+// bodies are slices of it (uncompressed segments: of their copies in raw).
+func (j *injection) buildTree(keeper *streamKeeper, imagePath string) error {
 	vt := newVtree()
 	im := j.im
 	var file *os.File
@@ -185,11 +188,9 @@ func (j *injection) buildTree(spec *speculation, imagePath string) error {
 		start := seg.Offset
 		if seg.Compression != compress.None {
 			start = 0
-			if i == 0 {
-				data = spec.result(seg)
-			}
-			if data == nil {
-				// The image's mapping is gone: decode from the file.
+			if data = keeper.stream(i); data == nil {
+				// Not kept (beyond its reservation): decode from the
+				// file, the image's mapping being gone.
 				if file == nil {
 					var err error
 					if file, err = os.Open(imagePath); err != nil {

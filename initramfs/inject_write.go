@@ -3,11 +3,13 @@ package initramfs
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"runtime"
+	"sync"
 
 	kgzip "github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
@@ -221,20 +223,84 @@ func (j *injection) appendArchive() ([]byte, error) {
 	return seg.Bytes(), nil
 }
 
-// appendImage writes the old image (copied file to file), then seg.
-func (j *injection) appendImage(w *os.File, imagePath string, seg []byte) error {
+// pendingAppend is Append's output being written: the temporary file gets
+// a copy of the image, flushed to disk, while Inject decodes and plans;
+// finish adds the new archive and replaces the image, abort drops it.
+type pendingAppend struct {
+	seg  chan []byte // the new archive; nil aborts
+	done chan struct{}
+	once sync.Once
+	size int64
+	err  error
+}
+
+var errAppendAborted = errors.New("append aborted")
+
+// startAppend starts writing Append's output for the image at imagePath.
+func (j *injection) startAppend(imagePath string) *pendingAppend {
+	p := &pendingAppend{seg: make(chan []byte, 1), done: make(chan struct{})}
+	sizeBefore := j.res.SizeBefore
+	go func() {
+		defer close(p.done)
+		p.size, p.err = writeImage(imagePath, j.cfg.backup, func(w *os.File) error {
+			n, err := copyImage(w, imagePath, sizeBefore)
+			if err != nil {
+				return err
+			}
+			// Flush the copy now, while the main goroutine decodes: the
+			// final fsync then only has the new archive to write.
+			if err := w.Sync(); err != nil {
+				return err
+			}
+			seg := <-p.seg
+			if seg == nil {
+				return errAppendAborted
+			}
+			// j.im is read after the channel handed seg over.
+			return j.appendArchiveAt(w, n, seg)
+		})
+	}()
+	return p
+}
+
+// finish appends seg, replaces the image and returns its new size.
+func (p *pendingAppend) finish(seg []byte) (int64, error) {
+	p.send(seg)
+	<-p.done
+	return p.size, p.err
+}
+
+// abort drops the output (no-op after finish) and waits for the writer.
+func (p *pendingAppend) abort() {
+	p.send(nil)
+	<-p.done
+}
+
+func (p *pendingAppend) send(seg []byte) {
+	p.once.Do(func() { p.seg <- seg })
+}
+
+// copyImage copies the image at imagePath to w (copy_file_range where the
+// file system has it) and checks it still has sizeBefore bytes.
+func copyImage(w *os.File, imagePath string, sizeBefore int64) (int64, error) {
 	src, err := os.Open(imagePath)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer src.Close()
 	n, err := io.Copy(w, src)
 	if err != nil {
-		return err
+		return n, err
 	}
-	if n != j.res.SizeBefore {
-		return fmt.Errorf("%s changed while inject ran (%d bytes, was %d)", imagePath, n, j.res.SizeBefore)
+	if n != sizeBefore {
+		return n, fmt.Errorf("%s changed while inject ran (%d bytes, was %d)", imagePath, n, sizeBefore)
 	}
+	return n, nil
+}
+
+// appendArchiveAt writes the new archive seg after the n bytes of the old
+// image in w.
+func (j *injection) appendArchiveAt(w *os.File, n int64, seg []byte) error {
 	// Compressed units follow each other directly: NUL padding after a
 	// gzip member or zstd frame is "trailing garbage" to gzip -d and zstd
 	// -d, which the distributions' listers run. An uncompressed archive
@@ -247,11 +313,10 @@ func (j *injection) appendImage(w *os.File, imagePath string, seg []byte) error 
 	if j.im.Segments[len(j.im.Segments)-1].Compression == compress.LZ4 {
 		pad += 4
 	}
-	if _, err := w.Write(make([]byte, pad)); err != nil {
+	if _, err := w.Write(append(make([]byte, pad, pad+len(seg)), seg...)); err != nil {
 		return err
 	}
-	_, err = w.Write(seg)
-	return err
+	return nil
 }
 
 // rewriteImage writes the kept early archives and the model's merged tree.

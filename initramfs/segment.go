@@ -38,12 +38,13 @@ func kernelMagic(b []byte) compress.Format {
 // scanner indexes an image in one pass.
 type scanner struct {
 	im    *Image
-	total int64 // decompressed bytes so far
+	total int64         // decompressed bytes so far
+	keep  *streamKeeper // nil: streams are not kept
 }
 
 func parse(data []byte, o options) (*Image, error) {
 	im := &Image{Name: o.name, Size: int64(len(data)), data: data, limits: o.limits}
-	s := &scanner{im: im}
+	s := &scanner{im: im, keep: o.keep}
 	off := int64(0)
 	n := int64(len(data))
 	for off < n {
@@ -166,12 +167,34 @@ func (s *scanner) scanUnit(off int64) (int64, error) {
 	}
 	seg := len(im.Segments)
 	im.Segments = append(im.Segments, Segment{Offset: off, Compression: f})
-	u, err := compress.NewUnitReader(b, f)
-	if err != nil {
-		return 0, im.segErr(seg, "", err)
+	left := im.limits.MaxTotal - s.total
+	var u unitDecoder
+	var mapped *mappedUnit
+	if s.keep != nil {
+		// Kept whole: decoded into memory by the host's tool where it can.
+		if mapped = hostDecodeToMemory(b, f, left); mapped != nil {
+			s.keep.releases = append(s.keep.releases, mapped.release)
+			u = mapped
+		}
+	}
+	if u == nil {
+		var err error
+		if u, err = newUnitDecoder(b, f); err != nil {
+			return 0, im.segErr(seg, "", err)
+		}
 	}
 	defer u.Close()
-	lr := &limitedReader{r: u, left: im.limits.MaxTotal - s.total, max: im.limits.MaxTotal}
+	var src io.Reader = u
+	var kept *keptStream
+	if s.keep != nil && mapped == nil {
+		// Room for a 64-fold expansion of what is left of the image:
+		// initramfs content compresses 3-5 fold; a stream beyond that is
+		// decoded again by Inject rather than kept.
+		if kept = s.keep.start(min(left+1, 64*int64(len(b))+1<<20)); kept != nil {
+			src = io.TeeReader(u, kept)
+		}
+	}
+	lr := &limitedReader{r: src, left: left, max: im.limits.MaxTotal}
 	cr := cpio.NewReader(lr)
 	for {
 		rec, err := cr.Next()
@@ -192,6 +215,11 @@ func (s *scanner) scanUnit(off int64) (int64, error) {
 	sg.Length = u.Len()
 	sg.Size = lr.n
 	s.total += lr.n
+	if mapped != nil {
+		s.keep.finishMapped(seg, mapped.data)
+	} else if s.keep != nil {
+		s.keep.finish(seg, kept, lr.n)
+	}
 	if sg.Length <= 0 || sg.Length > int64(len(b)) {
 		return 0, im.segErr(seg, "", fmt.Errorf("%s: cannot tell where the compressed data ends", f))
 	}
