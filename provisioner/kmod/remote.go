@@ -341,8 +341,8 @@ func (t *target) writeFiles(ctx context.Context, files []upload) error {
 	all := strings.Join(tmps, " ")
 	// tar creates the missing folders; sync -f (not in busybox) makes the
 	// contents durable before the renames publish them.
-	script := fmt.Sprintf("command -v tar >/dev/null 2>&1 || exit %d\ntrap 'rm -f -- %s' EXIT\nset -e\ntar -C / -xf - --no-same-owner\nsync -f %s 2>/dev/null || true\n%s\ntrap - EXIT\n",
-		noTar, all, all, strings.Join(moves, "\n"))
+	script := fmt.Sprintf("command -v tar >/dev/null 2>&1 || exit %d\ntrap %s EXIT\nset -e\ntar -C / -xf - --no-same-owner\nsync -f %s 2>/dev/null || true\n%s\ntrap - EXIT\n",
+		noTar, shquote.Quote("rm -f -- "+all), all, strings.Join(moves, "\n"))
 	var errb bytes.Buffer
 	st, err := t.runStdin(ctx, script, &stream, nil, &errb)
 	t.mu.Lock()
