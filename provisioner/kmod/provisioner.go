@@ -571,7 +571,7 @@ func (r *run) saveManifest(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := r.t.writeFile(ctx, manifest.Path, data, 0o644); err != nil {
+	if err := r.t.writeFiles(ctx, []upload{{Path: manifest.Path, Data: data, Mode: 0o644}}); err != nil {
 		return fmt.Errorf("manifest: %w", err)
 	}
 	if r.cfg.ManifestOutput != "" {

@@ -277,15 +277,6 @@ func (t *target) writeFile(ctx context.Context, p string, data []byte, mode os.F
 	return nil
 }
 
-// writeHostFile uploads a host file to p (same rules as writeFile).
-func (t *target) writeHostFile(ctx context.Context, host, p string, mode os.FileMode) error {
-	data, err := os.ReadFile(host)
-	if err != nil {
-		return err
-	}
-	return t.writeFile(ctx, p, data, mode)
-}
-
 // upload is one file for writeFiles: Data, or the content of the host file
 // Host.
 type upload struct {
