@@ -534,6 +534,49 @@ func (d *Driver) Install(ctx context.Context, name, version, kernel, arch string
 	return nil
 }
 
+// InstallRequest is one module for InstallAll.
+type InstallRequest struct{ Name, Version, Kernel, Arch string }
+
+// InstallAll is Install for each request, in order, in one command on the
+// target: each command is a process start there plus, through Packer, a
+// communicator round trip. It stops at the first failure, which names its
+// module and kernel (the command exits 100 + its index).
+func (d *Driver) InstallAll(ctx context.Context, reqs []InstallRequest) error {
+	for len(reqs) > 0 {
+		n := min(len(reqs), 100) // exit statuses 100..199
+		var script strings.Builder
+		for i, q := range reqs[:n] {
+			if q.Kernel == "" {
+				return fmt.Errorf("dkms install of %s/%s: no kernel given (dkms would install for the running kernel, which is the build host's in a chroot)", q.Name, q.Version)
+			}
+			cmd := installCommand(q.Name, q.Version, q.Kernel, q.Arch)
+			d.logf("dkms: %s", cmd)
+			fmt.Fprintf(&script, "{ %s; } || exit %d\n", cmd, 100+i)
+		}
+		text, st, err := d.combined(ctx, script.String())
+		if err != nil {
+			return fmt.Errorf("dkms install of %s: %w", installNames(reqs[:n]), err)
+		}
+		if st != 0 {
+			if st >= 100 && st < 100+n {
+				q := reqs[st-100]
+				return fmt.Errorf("dkms install of %s/%s for kernel %s failed: %s", q.Name, q.Version, q.Kernel, strings.TrimSpace(lastLines(text, 15)))
+			}
+			return fmt.Errorf("dkms install of %s failed (exit status %d): %s", installNames(reqs[:n]), st, strings.TrimSpace(lastLines(text, 15)))
+		}
+		reqs = reqs[n:]
+	}
+	return nil
+}
+
+func installNames(reqs []InstallRequest) string {
+	var s []string
+	for _, q := range reqs {
+		s = append(s, q.Name+"/"+q.Version+" ("+q.Kernel+")")
+	}
+	return strings.Join(s, ", ")
+}
+
 // installCommand is the /bin/sh command line Install runs.
 func installCommand(name, version, kernel, arch string) string {
 	k := kernel

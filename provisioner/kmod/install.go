@@ -9,7 +9,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
+	"github.com/kmodctl/packer-plugin-kmod/dkms"
 	"github.com/kmodctl/packer-plugin-kmod/firstboot"
 	"github.com/kmodctl/packer-plugin-kmod/initramfs"
 	"github.com/kmodctl/packer-plugin-kmod/internal/shquote"
@@ -126,28 +128,40 @@ func (r *run) conflicts(m *module) []string {
 }
 
 // install puts the signed files in place and runs depmod for each kernel.
+// The remote work is batched: one upload of every file, one command for
+// every dkms install, one checksum pass, one command for every depmod.
 func (r *run) install(ctx context.Context) error {
+	t0 := time.Now()
 	for _, nv := range r.toAdd {
 		if err := r.driver.Add(ctx, nv.Name, nv.Version); err != nil {
 			return fmt.Errorf("module %s %s: dkms add: %w", nv.Name, nv.Version, err)
 		}
 	}
-	for _, m := range r.modules {
-		if m.DKMS != nil {
-			// Into dkms's tree, then `dkms install` so dkms's bookkeeping
-			// (status, autoinstall, removal) knows it; the installed copy
-			// must be exactly our signed file.
-			if err := r.t.writeHostFile(ctx, m.Host, m.Built, 0o644); err != nil {
-				return fmt.Errorf("%s: %w", m.where(), err)
-			}
-		}
+	if len(r.toAdd) > 0 {
+		r.step("dkms_add", t0)
 	}
+	// dkms-built files go into dkms's tree, then `dkms install` so dkms's
+	// bookkeeping (status, autoinstall, removal) knows them; the installed
+	// copy must be exactly our signed file. The others go straight to
+	// their place.
+	t0 = time.Now()
+	var files []upload
+	for _, m := range r.modules {
+		dst := m.Dest
+		if m.DKMS != nil {
+			dst = m.Built
+		}
+		files = append(files, upload{Path: dst, Host: m.Host, Mode: 0o644})
+	}
+	if err := r.t.writeFiles(ctx, files); err != nil {
+		return fmt.Errorf("modules: %w", err)
+	}
+	r.step("upload", t0)
+	t0 = time.Now()
+	var reqs []dkms.InstallRequest
 	done := map[string]bool{}
 	for _, m := range r.modules {
 		if m.DKMS == nil {
-			if err := r.t.writeHostFile(ctx, m.Host, m.Dest, 0o644); err != nil {
-				return fmt.Errorf("%s: %w", m.where(), err)
-			}
 			continue
 		}
 		key := m.DKMS.Name + "/" + m.DKMS.Version + "/" + m.Kernel.Release
@@ -155,26 +169,59 @@ func (r *run) install(ctx context.Context) error {
 			continue
 		}
 		done[key] = true
-		// One depmod per kernel below instead of one per dkms install.
-		if err := r.driver.Install(ctx, m.DKMS.Name, m.DKMS.Version, m.Kernel.Release, r.arch); err != nil {
-			return fmt.Errorf("%s: %w", m.where(), err)
-		}
+		reqs = append(reqs, dkms.InstallRequest{Name: m.DKMS.Name, Version: m.DKMS.Version, Kernel: m.Kernel.Release, Arch: r.arch})
 	}
-	// The installed files must be byte for byte the signed ones.
+	// One depmod per kernel below instead of one per dkms install.
+	if err := r.driver.InstallAll(ctx, reqs); err != nil {
+		return err
+	}
+	if len(reqs) > 0 {
+		r.step("dkms_install", t0)
+	}
+	// The installed files must be byte for byte the signed ones: one
+	// sha256sum of them all.
+	t0 = time.Now()
+	var dests []string
 	for _, m := range r.modules {
-		out, err := r.t.output(ctx, "sha256sum "+shquote.Quote(m.Dest))
-		if err != nil {
-			return fmt.Errorf("%s: %s not installed: %w", m.where(), m.Dest, err)
-		}
-		if got := strings.Fields(out); len(got) == 0 || got[0] != m.SHA256 {
-			return fmt.Errorf("%s: %s differs from the signed file after install (sha256 %s, want %s)", m.where(), m.Dest, firstField(out), m.SHA256)
+		dests = append(dests, m.Dest)
+	}
+	var out strings.Builder
+	if _, err := r.t.Run(ctx, "sha256sum -- "+shquote.Join(dests...)+" 2>/dev/null", &out, nil); err != nil {
+		return fmt.Errorf("sha256sum of the installed modules: %w", err)
+	}
+	sums := map[string]string{}
+	for _, l := range strings.Split(out.String(), "\n") {
+		if sum, file, ok := strings.Cut(l, "  "); ok {
+			sums[file] = sum
 		}
 	}
+	for _, m := range r.modules {
+		got, ok := sums[m.Dest]
+		if !ok {
+			return fmt.Errorf("%s: %s not installed (sha256sum cannot read it)", m.where(), m.Dest)
+		}
+		if got != m.SHA256 {
+			return fmt.Errorf("%s: %s differs from the signed file after install (sha256 %s, want %s)", m.where(), m.Dest, got, m.SHA256)
+		}
+	}
+	r.step("verify", t0)
+	t0 = time.Now()
+	// One command for every kernel's depmod; the failing one prints its
+	// kernel.
+	var depmod []string
 	for _, k := range r.kernels {
-		if _, err := r.t.output(ctx, "depmod -a "+shquote.Quote(k.Release)); err != nil {
-			return fmt.Errorf("kernel %s: depmod: %w", k.Release, err)
-		}
+		q := shquote.Quote(k.Release)
+		depmod = append(depmod, fmt.Sprintf("depmod -a %s || { printf '%%s\\n' %s; exit 1; }", q, q))
 	}
+	var outb, errb strings.Builder
+	st, err := r.t.Run(ctx, strings.Join(depmod, "\n"), &outb, &errb)
+	if err != nil {
+		return fmt.Errorf("depmod: %w", err)
+	}
+	if st != 0 {
+		return fmt.Errorf("kernel %s: depmod: exit status %d: %s", strings.TrimSpace(outb.String()), st, strings.TrimSpace(errb.String()))
+	}
+	r.step("depmod", t0)
 	r.ui.Say(fmt.Sprintf("kmod: installed %d module file(s); depmod done for %s", len(r.modules), r.kernelList()))
 	return nil
 }
@@ -218,31 +265,45 @@ func (r *run) writeLoadConfig(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	var ups []upload
 	for _, f := range files {
-		if err := r.t.writeFile(ctx, f.Path, f.Content, f.Mode); err != nil {
-			return err
-		}
-		r.ui.Message("kmod: wrote " + f.Path)
+		ups = append(ups, upload{Path: f.Path, Data: f.Content, Mode: f.Mode})
 	}
 	early := r.earlyNames()
-	if len(early) == 0 {
-		return nil
-	}
-	switch {
-	case r.t.exists(ctx, "/usr/sbin/update-initramfs") || r.t.exists(ctx, "/etc/initramfs-tools"):
-		// A marked block in /etc/initramfs-tools/modules, the rest kept.
+	if len(early) > 0 {
+		// Which initramfs tool the image has, in one round trip.
 		const p = loadconf.InitramfsToolsModulesPath
-		var old []byte
-		if r.t.exists(ctx, p) {
-			if old, err = r.t.readFile(p); err != nil {
-				return err
-			}
+		probe := []string{"/usr/sbin/update-initramfs", "/etc/initramfs-tools", "/usr/bin/dracut", "/usr/sbin/dracut", p}
+		out, err := r.t.output(ctx, "for p in "+shquote.Join(probe...)+"; do if [ -e \"$p\" ]; then echo \"$p\"; fi; done")
+		if err != nil {
+			return fmt.Errorf("the image's initramfs tool: %w", err)
 		}
-		return r.t.writeFile(ctx, p, loadconf.EarlyInitramfsTools(old, early), 0o644)
-	case r.t.exists(ctx, "/usr/bin/dracut") || r.t.exists(ctx, "/usr/sbin/dracut"):
-		return r.t.writeFile(ctx, loadconf.DracutConfPath, loadconf.EarlyDracut(early), 0o644)
+		have := map[string]bool{}
+		for _, l := range strings.Split(out, "\n") {
+			have[l] = true
+		}
+		switch {
+		case have[probe[0]] || have[probe[1]]:
+			// A marked block in /etc/initramfs-tools/modules, the rest kept.
+			var old []byte
+			if have[p] {
+				if old, err = r.t.readFile(p); err != nil {
+					return err
+				}
+			}
+			ups = append(ups, upload{Path: p, Data: loadconf.EarlyInitramfsTools(old, early), Mode: 0o644})
+		case have[probe[2]] || have[probe[3]]:
+			ups = append(ups, upload{Path: loadconf.DracutConfPath, Data: loadconf.EarlyDracut(early), Mode: 0o644})
+		default:
+			r.ui.Error("kmod: warning: neither initramfs-tools nor dracut in the image; the early-load list is not persisted for later initramfs generations")
+		}
 	}
-	r.ui.Error("kmod: warning: neither initramfs-tools nor dracut in the image; the early-load list is not persisted for later initramfs generations")
+	if err := r.t.writeFiles(ctx, ups); err != nil {
+		return err
+	}
+	for _, f := range files {
+		r.ui.Message("kmod: wrote " + f.Path)
+	}
 	return nil
 }
 
@@ -401,7 +462,7 @@ func (r *run) inject(ctx context.Context, k *targetKernel, early []*module) erro
 	if err != nil {
 		return fmt.Errorf("kernel %s: inject into %s: %w", k.Release, k.Initrd, err)
 	}
-	if err := r.t.writeHostFile(ctx, img, k.Initrd, mode); err != nil {
+	if err := r.t.writeFiles(ctx, []upload{{Path: k.Initrd, Host: img, Mode: mode}}); err != nil {
 		return fmt.Errorf("kernel %s: %w", k.Release, err)
 	}
 	if k.InitrdFile, err = manifest.InitramfsFromFile(img, k.Initrd); err != nil {

@@ -82,14 +82,14 @@ done; exit 0`, shquote.Quote(moddir), release, release, release, release, releas
 			have[l] = true
 		}
 	}
+	// What the checks read, fetched in one round trip below.
+	want := map[string]string{}
 	fetch := func(remote string) (string, error) {
 		host := filepath.Join(hostRoot, filepath.FromSlash(strings.TrimPrefix(remote, "/")))
 		if err := os.MkdirAll(filepath.Dir(host), 0o755); err != nil {
 			return "", err
 		}
-		if err := t.download(remote, host); err != nil {
-			return "", fmt.Errorf("kernel %s: %w", release, err)
-		}
+		want[remote] = host
 		return host, nil
 	}
 	for _, p := range []string{moddir + "/build/Module.symvers", "/usr/src/linux-headers-" + release + "/Module.symvers", "/usr/src/kernels/" + release + "/Module.symvers"} {
@@ -136,6 +136,9 @@ done; exit 0`, shquote.Quote(moddir), release, release, release, release, releas
 			}
 			opts = append(opts, f.opt(host))
 		}
+	}
+	if err := t.downloadFiles(ctx, want); err != nil {
+		return nil, fmt.Errorf("kernel %s: %w", release, err)
 	}
 	if k.Config != "" {
 		opts = append(opts, kmod.WithConfig(k.Config))

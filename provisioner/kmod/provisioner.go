@@ -83,6 +83,12 @@ func (p *Provisioner) Provision(ctx context.Context, ui packersdk.Ui, comm packe
 		return fmt.Errorf("kmod: %w", err)
 	}
 	ui.Say(fmt.Sprintf("kmod: done in %v (%s)", time.Since(r.start).Round(10*time.Millisecond), r.timings()))
+	// Where the install phase and the image round trips went: what to
+	// look at when provisioning is slower than expected.
+	if len(r.steps) > 0 {
+		ui.Message("kmod: install: " + phaseList(r.steps))
+	}
+	ui.Message("kmod: remote: " + r.t.summary())
 	return nil
 }
 
@@ -95,6 +101,8 @@ type run struct {
 	start    time.Time
 	cleanups []func() error
 	phases   []phase
+	// steps: the parts of the install phase, for the "kmod: install" line.
+	steps []phase
 
 	signer *kmod.Signer
 	cert   *x509.Certificate
@@ -129,9 +137,15 @@ func (r *run) timed(name string, start time.Time) {
 	r.phases = append(r.phases, phase{name, time.Since(start)})
 }
 
-func (r *run) timings() string {
+func (r *run) step(name string, start time.Time) {
+	r.steps = append(r.steps, phase{name, time.Since(start)})
+}
+
+func (r *run) timings() string { return phaseList(r.phases) }
+
+func phaseList(ps []phase) string {
 	var parts []string
-	for _, p := range r.phases {
+	for _, p := range ps {
 		parts = append(parts, fmt.Sprintf("%s=%.2fs", p.name, p.d.Seconds()))
 	}
 	return strings.Join(parts, " ")
@@ -218,9 +232,11 @@ func (r *run) provision(ctx context.Context) error {
 	if err := r.install(ctx); err != nil {
 		return err
 	}
+	t1 := time.Now()
 	if err := r.writeLoadConfig(ctx); err != nil {
 		return err
 	}
+	r.step("load_config", t1)
 	r.timed("install", t0)
 
 	t0 = time.Now()
@@ -555,7 +571,7 @@ func (r *run) saveManifest(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := r.t.writeFile(ctx, manifest.Path, data, 0o644); err != nil {
+	if err := r.t.writeFiles(ctx, []upload{{Path: manifest.Path, Data: data, Mode: 0o644}}); err != nil {
 		return fmt.Errorf("manifest: %w", err)
 	}
 	if r.cfg.ManifestOutput != "" {
@@ -617,18 +633,31 @@ func (r *run) installHook(ctx context.Context) error {
 		}
 		files = append(files, firstboot.File{Path: firstboot.ReportConfigPath, Content: append(data, '\n'), Mode: 0o644})
 	}
-	if err := r.t.writeFile(ctx, firstboot.DefaultAgentPath, agent, 0o755); err != nil {
-		return fmt.Errorf("firstboot: agent: %w", err)
-	}
+	// The agent and the files in one upload, the links in one command.
+	ups := []upload{{Path: firstboot.DefaultAgentPath, Data: agent, Mode: 0o755}}
 	for _, f := range files {
-		if err := r.t.writeFile(ctx, f.Path, f.Content, f.Mode); err != nil {
-			return fmt.Errorf("firstboot: %w", err)
-		}
+		ups = append(ups, upload{Path: f.Path, Data: f.Content, Mode: f.Mode})
 	}
+	if err := r.t.writeFiles(ctx, ups); err != nil {
+		return fmt.Errorf("firstboot: %w", err)
+	}
+	var cmds []string
 	for _, l := range links {
-		cmd := fmt.Sprintf("mkdir -p %s && ln -sfn %s %s", shquote.Quote(path.Dir(l.Path)), shquote.Quote(l.Target), shquote.Quote(l.Path))
-		if _, err := r.t.output(ctx, cmd); err != nil {
-			return fmt.Errorf("firstboot: enable %s: %w", l.Path, err)
+		cmds = append(cmds, fmt.Sprintf("mkdir -p %s && ln -sfn %s %s || { printf '%%s\\n' %s; exit 1; }",
+			shquote.Quote(path.Dir(l.Path)), shquote.Quote(l.Target), shquote.Quote(l.Path), shquote.Quote(l.Path)))
+	}
+	if len(cmds) > 0 {
+		var out, errb strings.Builder
+		st, err := r.t.Run(ctx, strings.Join(cmds, "\n"), &out, &errb)
+		if err == nil && st != 0 {
+			err = fmt.Errorf("exit status %d: %s", st, strings.TrimSpace(errb.String()))
+		}
+		if err != nil {
+			what := strings.TrimSpace(out.String())
+			if what == "" {
+				what = "the hook's units"
+			}
+			return fmt.Errorf("firstboot: enable %s: %w", what, err)
 		}
 	}
 	r.ui.Say(fmt.Sprintf("kmod: first-boot hook installed (%s, agent %s, %d files)", hookName(fb.Hook), firstboot.DefaultAgentPath, len(files)))
