@@ -175,8 +175,18 @@ debugfs -R "cat /usr/lib/kmodctl/manifest.json" "$img" 2>/dev/null >"$W/manifest
 cmp -s "$W/manifest.json" debian12-manifest.json || fail "debian12-manifest.json (exported by the builder) differs from the image's /usr/lib/kmodctl/manifest.json"
 echo "manifest: $(grep -c '"name"' debian12-manifest.json) module entries, exported next to the images"
 cn=$(openssl x509 -noout -subject -nameopt multiline -in "$W/signing-cert.pem" | sed -n 's/^ *commonName *= //p')
-for p in $(grep -o '"path": "[^"]*"' "$W/manifest.json" | cut -d'"' -f4); do
-	debugfs -R "dump $p $W/mod.ko" "$img" 2>/dev/null
+# The module files the manifest lists (its other paths, such as a kernel's
+# initramfs record under /boot, are not modules). dumpmod fails when debugfs
+# wrote nothing: it does not report a missing file in its status.
+modpaths() { grep -o '"path": "/lib/modules/[^"]*\.ko[^"]*"' "$W/manifest.json" | cut -d'"' -f4; }
+dumpmod() {
+	rm -f "$W/mod.ko"
+	debugfs -R "dump $1 $W/mod.ko" "$img" 2>/dev/null
+	[[ -s $W/mod.ko ]] || fail "$1: not in debian12.raw's root filesystem"
+}
+[[ -n $(modpaths) ]] || fail "the image's manifest lists no module file"
+for p in $(modpaths); do
+	dumpmod "$p"
 	signer=$(modinfo -F signer "$W/mod.ko")
 	[[ $signer == "$cn" ]] || fail "$p: signer '$signer', want '$cn'"
 	"$K" module verify --cert "$W/signing-cert.pem" "$W/mod.ko" >/dev/null || fail "$p does not verify"
@@ -191,8 +201,8 @@ ref="127.0.0.1:$REGPORT/kmodctl/example:example"
 "$K" bundle verify --plain-http --trusted-cert "$W/signing-cert.pem" "$ref"
 mkdir -p "$W/oras"
 "$BIN/oras" pull --plain-http -o "$W/oras" "127.0.0.1:$REGPORT/kmodctl/example:$KVER" >/dev/null
-for p in $(grep -o '"path": "[^"]*"' "$W/manifest.json" | cut -d'"' -f4); do
-	debugfs -R "dump $p $W/mod.ko" "$img" 2>/dev/null
+for p in $(modpaths); do
+	dumpmod "$p"
 	cmp -s "$W/mod.ko" "$W/oras/$(basename "$p")" || fail "oras pull: $(basename "$p") differs from the image's $p"
 done
 echo "oras pull $KVER: every module file byte-identical to the image's"
