@@ -80,18 +80,11 @@ func ModuleFromFile(path, imagePath string, certs []*x509.Certificate) (Module, 
 // readModule reads a module file whole, refusing files larger than a
 // module can be.
 func readModule(path string) ([]byte, error) {
-	f, err := os.Open(path)
+	f, st, err := openRegular(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s: not a regular file", path)
-	}
 	if st.Size() > kmod.MaxModuleSize {
 		return nil, fmt.Errorf("%s: %w: %d bytes", path, kmod.ErrTooLarge, st.Size())
 	}
@@ -105,6 +98,25 @@ func readModule(path string) ([]byte, error) {
 	return data, nil
 }
 
+// openRegular opens path and checks that it is a regular file (what the
+// open followed, symlinks included), returning it with its FileInfo.
+func openRegular(path string) (*os.File, os.FileInfo, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	if !st.Mode().IsRegular() {
+		f.Close()
+		return nil, nil, fmt.Errorf("%s: not a regular file", path)
+	}
+	return f, st, nil
+}
+
 // InitramfsFromFile describes the initramfs image file at path (on the
 // host), which is, byte for byte, the file at imagePath in the image: its
 // length and SHA-256, for Kernel.Initramfs.
@@ -112,18 +124,11 @@ func InitramfsFromFile(path, imagePath string) (*Initramfs, error) {
 	if err := checkImagePath(imagePath); err != nil {
 		return nil, fmt.Errorf("%s: image path: %w", path, err)
 	}
-	f, err := os.Open(path)
+	f, _, err := openRegular(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s: not a regular file", path)
-	}
 	h := sha256.New()
 	n, err := io.Copy(h, f)
 	if err != nil {
