@@ -111,13 +111,7 @@ func TestInjectFixtures(t *testing.T) {
 	for _, name := range fixture.InitrdNames {
 		for _, mode := range []InjectMode{Append, Rewrite} {
 			t.Run(name+"/"+string(mode), func(t *testing.T) {
-				// -short (the alternate-kernel run of make test): the
-				// kernel-dependent part is the module tree, the same for
-				// every image; the gzip, xz and microcode variants differ
-				// from zstd only in compression (xz is slow in pure Go).
-				if testing.Short() && name != fixture.InitrdToolsZstd && name != fixture.InitrdDracut {
-					t.Skip("-short: the zstd and dracut images only")
-				}
+				shortImages(t, name)
 				t.Parallel()
 				src := fixture.Initrd(t, name)
 				img := filepath.Join(t.TempDir(), "initrd.img")
